@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install into .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS := curate,shards,train,notebooks,dev
+OUT ?= out/demo
+
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: .venv test demo lint bench clean help
+
+help:
+	@echo "make demo   - install into .venv, then run the pipeline on the embedded sample"
+	@echo "make test   - install into .venv, then run the test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - run every benchmark in benchmarks/ (prints figures and baseline ratios)"
+
+# Reruns are no-ops until pyproject.toml changes.
+.venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+test: .venv
+	$(PY) -m pytest -q
+
+demo: .venv
+	$(PY) -m curation.demo --output $(OUT)
+
+lint: .venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: .venv
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf out spark-warehouse .pytest_cache

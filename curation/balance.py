@@ -1,0 +1,110 @@
+"""Head/tail thresholds and deterministic balanced sampling (semantics doc, sections 7-8)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+T_EN_METACLIP2 = 170_000
+T_EN_METACLIP1 = 20_000
+
+
+def tail_fraction(counts: np.ndarray, t: float) -> float:
+    """Share of all matches that fall on tail entries (count < t)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total <= 0:
+        raise ValueError("tail_fraction needs at least one matched entry (all counts are zero)")
+    return float(counts[counts < t].sum()) / total
+
+
+def threshold_for_fraction(counts: np.ndarray, p: float) -> int:
+    """The count t at which the cumulative share of matches is closest to p; always >= 1."""
+    counts = np.asarray(counts, dtype=np.int64)
+    nonzero = np.sort(counts[counts > 0], kind="stable")
+    if nonzero.size == 0:
+        raise ValueError("threshold_for_fraction needs at least one non-zero count")
+    cumulative = np.cumsum(nonzero) / nonzero.sum()
+    return int(nonzero[int(np.argmin(np.abs(cumulative - p)))])
+
+
+def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
+    """prob[e] = 1 for tail entries (count < t), t / count for head entries."""
+    if not t > 0:
+        raise ValueError(f"threshold t must be positive, got {t!r}")
+    counts = np.asarray(counts, dtype=np.float64)
+    probs = np.ones_like(counts)
+    head = counts >= t
+    probs[head] = t / counts[head]
+    return probs
+
+
+def keep_probability(probs: np.ndarray, entry_ids: Sequence[int]) -> float:
+    """1 - prod(1 - prob[e]) over the matched entries; 0 when nothing matched."""
+    if len(entry_ids) == 0:
+        return 0.0
+    selected = np.asarray(probs, dtype=np.float64)[np.asarray(entry_ids, dtype=np.int64)]
+    return float(1.0 - np.prod(1.0 - selected))
+
+
+def _hash64(seed: int, *parts: str) -> int:
+    digest = hashlib.blake2b(digest_size=8, person=b"metaclip-cur")
+    digest.update(struct.pack("<q", seed))
+    for part in parts:
+        encoded = part.encode("utf-8", "surrogatepass")
+        digest.update(struct.pack("<Q", len(encoded)))
+        digest.update(encoded)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def text_choice_key(seed: int, uid: str, text: str) -> int:
+    """Among an image's matched texts, the one with the smallest key is chosen."""
+    return _hash64(seed, "choose", uid, text)
+
+
+def keep_uniform(seed: int, uid: str) -> float:
+    """The uniform number in [0, 1) an image's keep decision is made with."""
+    return (_hash64(seed, "keep", uid) >> 11) * (1.0 / (1 << 53))
+
+
+@dataclass(frozen=True)
+class Record:
+    uid: str
+    text: str
+    lang: str
+    entry_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    record: Record
+    keep_prob: float
+    kept: bool
+
+
+def sample_records(
+    records: Iterable[Record], probs_by_lang: Mapping[str, np.ndarray], seed: int
+) -> list[Decision]:
+    """Section 8 in one process: one matched text per image, then a seeded keep decision.
+
+    Records without matches take no part. The result is sorted by uid, so it does not depend on
+    the order of ``records``. This is the reference the Spark job is tested against.
+    """
+    chosen: dict[str, tuple[int, str, Record]] = {}
+    for record in records:
+        if not record.entry_ids:
+            continue
+        candidate = (text_choice_key(seed, record.uid, record.text), record.text, record)
+        current = chosen.get(record.uid)
+        if current is None or candidate[:2] < current[:2]:
+            chosen[record.uid] = candidate
+    decisions = []
+    for uid in sorted(chosen):
+        record = chosen[uid][2]
+        prob = keep_probability(probs_by_lang[record.lang], record.entry_ids)
+        decisions.append(Decision(record, prob, keep_uniform(seed, uid) < prob))
+    return decisions

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+WIT_LANGUAGES = ("ar", "bg", "da", "el", "en", "et", "id", "ja", "ko", "tr", "vi")
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared sample {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cc3m_captions() -> list[str]:
+    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
+        return [line.split("\t", 1)[0] for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def wit_captions() -> dict[str, list[str]]:
+    captions = {}
+    for lang in WIT_LANGUAGES:
+        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        captions[lang] = [row["caption_reference_description"] for row in rows]
+    return captions
+
+
+@pytest.fixture(scope="session")
+def wordnet_lemmas() -> list[str]:
+    lemmas = set()
+    for pos in ("noun", "verb", "adj", "adv"):
+        with gzip.open(shared_path("wordnet", f"index.{pos}.gz"), "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(" "):
+                    continue  # license header
+                lemmas.add(line.split(" ", 1)[0].replace("_", " "))
+    return sorted(lemmas)
