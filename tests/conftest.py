@@ -44,3 +44,14 @@ def wordnet_lemmas() -> list[str]:
                     continue  # license header
                 lemmas.add(line.split(" ", 1)[0].replace("_", " "))
     return sorted(lemmas)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test run."""
+    from curation.spark import get_spark, local_test_conf
+
+    session = get_spark("tests", master="local[2]", conf=local_test_conf())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -1,0 +1,48 @@
+"""Spark session helpers shared by the jobs and the tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None):
+    """The active session under spark-submit; a local one (all cores) under plain python.
+
+    Executors must run the same Python as the driver, or they will not find pyarrow: unless the
+    user set PYSPARK_PYTHON, point it at this interpreter.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master is None and "SPARK_HOME" not in os.environ and not _launched_by_spark_submit():
+        master = "local[*]"
+    if master:
+        builder = builder.master(master)
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        **(conf or {}),
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _launched_by_spark_submit() -> bool:
+    return "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_SUBMIT_OPTS" in os.environ
+
+
+def local_test_conf(shuffle_partitions: int = 4) -> dict[str, str]:
+    """Small, quiet settings for local[2] tests and the demo."""
+    return {
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.default.parallelism": str(shuffle_partitions),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": "2g",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.python.worker.reuse": "true",
+    }
