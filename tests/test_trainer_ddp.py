@@ -1,0 +1,117 @@
+"""Two gloo ranks under torchrun train a tiny open_clip model on real-image shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_shards import make_shards
+
+pytest.importorskip("open_clip")
+pytest.importorskip("skimage")
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer_shards")
+    make_shards(root / "train", num_shards=4, per_shard=100, broken=True)
+    make_shards(root / "val", num_shards=1, per_shard=64, seed=1, first_index=100)
+    return root
+
+
+def torchrun(shards: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        str(ROOT / "trainer" / "train.py"),
+        "--train-data", str(shards / "train" / "{00000..00003}.tar"),
+        "--val-data", str(shards / "val" / "00100.tar"),
+        "--model", "tiny-clip",
+        "--batch-size", "8",
+        "--steps", str(STEPS),
+        "--lr", "1e-3",
+        "--warmup", "2",
+        "--precision", "fp32",
+        "--workers", "1",
+        "--shuffle-buffer", "50",
+        "--log-every", "1",
+        "--save-every", "10",
+        "--keep-checkpoints", "0",
+        "--record-samples",
+        "--output-dir", str(out),
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def trained_keys(out: Path, rank: int) -> list[str]:
+    lines = (out / f"samples_rank{rank}.txt").read_text().splitlines()
+    return [line.split("\t")[1] for line in lines]
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    path = out / "checkpoints" / f"step_{STEPS:08d}.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_full")
+    torchrun(shards, out)
+    return out
+
+
+def test_ddp_run_learns_on_disjoint_samples(uninterrupted):
+    curve = losses(uninterrupted)
+    assert sorted(curve) == list(range(1, STEPS + 1))
+    first, last = sum(curve[s] for s in range(1, 6)) / 5, sum(curve[s] for s in range(16, 21)) / 5
+    assert last < first * 0.8, curve
+
+    rank0, rank1 = trained_keys(uninterrupted, 0), trained_keys(uninterrupted, 1)
+    assert len(rank0) == len(rank1) == STEPS * 8
+    assert len(set(rank0)) == len(rank0) and len(set(rank1)) == len(rank1)
+    assert not set(rank0) & set(rank1)
+
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["steps"] == STEPS
+    assert summary["retrieval"]["pairs"] == 64
+    assert 0.0 <= summary["retrieval"]["image_to_text_R@1"] <= 1.0
+    assert (uninterrupted / "tensorboard").is_dir()
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(shards, uninterrupted, tmp_path):
+    first = torchrun(shards, tmp_path, "--exit-after", "10")
+    assert "stopping after step 10" in first.stdout
+    assert not (tmp_path / "checkpoints" / f"step_{STEPS:08d}.pt").exists()
+    # a write that a kill interrupted leaves a temp file that must be ignored
+    (tmp_path / "checkpoints" / ".step_00000015.pt.tmp.123").write_bytes(b"partial")
+
+    second = torchrun(shards, tmp_path, "--resume", "latest")
+    assert "resumed from" in second.stdout and "step_00000010.pt" in second.stdout
+
+    assert losses(tmp_path) == losses(uninterrupted)
+    for rank in (0, 1):
+        assert trained_keys(tmp_path, rank) == trained_keys(uninterrupted, rank)
+    expected, got = final_weights(uninterrupted), final_weights(tmp_path)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

@@ -1,0 +1,1 @@
+"""The slim CLIP trainer: `torchrun trainer/train.py` (see trainer/train.py)."""

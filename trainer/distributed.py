@@ -1,0 +1,101 @@
+"""Process-group setup from torchrun or SLURM environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_ranks() -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) from torchrun, else from srun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return (
+            int(os.environ["RANK"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ["WORLD_SIZE"]),
+        )
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        if "MASTER_ADDR" not in os.environ:
+            raise ValueError(
+                "under srun set MASTER_ADDR (e.g. the first host of "
+                "`scontrol show hostnames $SLURM_JOB_NODELIST`) and MASTER_PORT"
+            )
+        os.environ.setdefault("MASTER_PORT", "29500")
+        return (
+            int(os.environ["SLURM_PROCID"]),
+            int(os.environ.get("SLURM_LOCALID", 0)),
+            int(os.environ["SLURM_NTASKS"]),
+        )
+    return None
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group (NCCL on GPU, gloo on CPU) when launched with several ranks."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    ranks = _env_ranks()
+    if ranks is None:
+        return DistInfo(device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
+    rank, local_rank, world_size = ranks
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            device_id=dev if use_cuda else None,
+        )
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def all_gather_json(obj, info: DistInfo) -> list:
+    """Every rank's JSON-serialisable `obj`, in rank order (no pickling)."""
+    if not info.enabled:
+        return [obj]
+    payload = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    size = torch.tensor([payload.numel()], device=info.device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=info.device)
+    padded[: payload.numel()] = payload.to(info.device)
+    gathered = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(gathered, padded)
+    return [json.loads(bytes(g[: int(n.item())].cpu().tolist())) for g, n in zip(gathered, sizes)]
+
+
+def mean_across_ranks(value: float, info: DistInfo) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return t.item() / info.world_size
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,76 @@
+"""Contrastive losses over the global batch, each rank computing only its own rows.
+
+Every rank gathers the other ranks' features *with* gradient and scores its local
+rows against the whole global batch. The mean of the per-rank losses equals the
+full-batch loss, and DDP's gradient averaging then yields the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # gloo has no reduce_scatter
+        rows = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
+
+
+def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' features concatenated in rank order, and this rank's row offset."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features, 0
+    return _GatherRows.apply(features), dist.get_rank() * features.shape[0]
+
+
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """InfoNCE in both directions; features are L2-normalised, logit_scale is exp(t)."""
+    all_images, offset = gather_with_grad(image_features)
+    all_texts, _ = gather_with_grad(text_features)
+    labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
+    logits_per_image = logit_scale * image_features @ all_texts.T
+    logits_per_text = logit_scale * text_features @ all_images.T
+    image_loss = F.cross_entropy(logits_per_image, labels)
+    text_loss = F.cross_entropy(logits_per_text, labels)
+    return (image_loss + text_loss) / 2
+
+
+def siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Pairwise sigmoid loss: local images against every text, normalised by local batch size."""
+    all_texts, offset = gather_with_grad(text_features)
+    n = image_features.shape[0]
+    logits = logit_scale * image_features @ all_texts.T + logit_bias
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(n, device=logits.device)
+    signs[rows, rows + offset] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / n
+
+
+def compute_loss(kind: str, out: dict) -> torch.Tensor:
+    if kind == "clip":
+        return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+    if kind == "siglip":
+        return siglip_loss(
+            out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
+        )
+    raise ValueError(f"unknown loss {kind!r} (choose clip or siglip)")

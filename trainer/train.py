@@ -1,0 +1,357 @@
+"""Train an open_clip model on WebDataset shards.
+
+    torchrun --nproc_per_node=8 trainer/train.py --train-data '/data/shards/{00000..00099}.tar' \
+        --model ViT-B-32 --batch-size 256 --output-dir runs/b32
+    python trainer/train.py ...          # one process (CPU or one GPU)
+
+Random init only: no weights or tokenizers are fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init: never reach for a model hub
+
+if __package__ in (None, ""):  # `python trainer/train.py` / `torchrun trainer/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from trainer import checkpoint, data, distributed, evaluate  # noqa: E402
+from trainer.losses import compute_loss  # noqa: E402
+
+MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"  # adds e.g. `tiny-clip`
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", required=True, help="shard spec, e.g. 'dir/{00000..00099}.tar'")
+    g.add_argument(
+        "--train-num-samples",
+        type=int,
+        help="samples per epoch (default: from sizes.json / manifest.json next to the shards)",
+    )
+    g.add_argument("--val-data", help="held-out shard(s) for the final retrieval recall@1/5")
+    g.add_argument("--val-max-samples", type=int, default=1000, help="cap on held-out pairs")
+    g.add_argument("--workers", type=int, default=4, help="data loader processes per rank")
+    g.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in shuffle buffer")
+    g.add_argument(
+        "--resampled", action="store_true", help="draw shards with replacement (no epoch split)"
+    )
+    g.add_argument(
+        "--record-samples",
+        action="store_true",
+        help="write the keys each rank trained on to OUTPUT_DIR/samples_rank{R}.txt",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ViT-B-32", help="any open_clip model name (random init)")
+    g.add_argument(
+        "--tokenizer",
+        help="local Hugging Face tokenizer directory (e.g. XLM-V for multilingual runs; needs "
+        "`transformers`); default: the model's open_clip tokenizer",
+    )
+    g.add_argument("--loss", choices=["clip", "siglip"], default="clip")
+    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=256, help="per rank and micro-step")
+    g.add_argument("--accum-steps", type=int, default=1, help="micro-steps per optimizer step")
+    g.add_argument("--epochs", type=float, default=1.0, help="epochs (ignored with --steps)")
+    g.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
+    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
+    g.add_argument("--warmup", type=int, default=2000, help="linear warmup steps")
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.95)
+    g.add_argument("--eps", type=float, default=1e-6)
+    g.add_argument("--wd", type=float, default=0.1, help="weight decay (not on norms/biases/scale)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm, 0 = off")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--output-dir", default="runs/clip", help="checkpoints, metrics, tensorboard")
+    g.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
+    g.add_argument("--resume", help="'latest' (newest in OUTPUT_DIR/checkpoints) or a path")
+    g.add_argument("--log-every", type=int, default=10, help="progress line every N steps")
+    g.add_argument("--exit-after", type=int, help="stop after this step (as a preempted job would)")
+    return p.parse_args(argv)
+
+
+def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
+    """No weight decay on 1-d parameters (norms, biases, embeddings' scale) and logit scale/bias."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "logit_" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dist_info = distributed.init_distributed(args.device)
+    device, is_main = dist_info.device, dist_info.is_main
+    out_dir = Path(args.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    # model, tokenizer, preprocessing
+    torch.manual_seed(args.seed)
+    open_clip.add_model_config(MODEL_CONFIGS)
+    extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
+    raw_model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        args.model,
+        pretrained=None,
+        pretrained_image=False,
+        pretrained_text=False,
+        output_dict=True,
+        **(extra if args.loss == "siglip" else {}),
+    )
+    raw_model.to(device)
+    if args.grad_checkpointing:
+        raw_model.set_grad_checkpointing(True)
+    if args.tokenizer:
+        tokenizer = open_clip.tokenizer.HFTokenizer(
+            args.tokenizer, context_length=raw_model.context_length
+        )
+    else:
+        tokenizer = open_clip.get_tokenizer(args.model)
+
+    # optimisation
+    urls = data.expand_urls(args.train_data)
+    samples_per_epoch = args.train_num_samples or data.count_samples(urls)
+    global_batch = args.batch_size * dist_info.world_size * args.accum_steps
+    total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / global_batch))
+    optimizer = torch.optim.AdamW(
+        param_groups(raw_model, args.wd),
+        lr=args.lr,
+        betas=(args.beta1, args.beta2),
+        eps=args.eps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.warmup, total_steps, args.min_lr / args.lr)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    # resume
+    step, data_state = 0, None
+    resume_path = checkpoint.resolve(args.resume, ckpt_dir) if args.resume else None
+    if resume_path is not None:
+        ckpt = checkpoint.load(resume_path)
+        if ckpt["world_size"] != dist_info.world_size:
+            raise SystemExit(
+                f"error: {resume_path} was written by {ckpt['world_size']} ranks, "
+                f"this run has {dist_info.world_size}"
+            )
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.set_rng_state(ckpt["rng"][dist_info.rank])
+        step, data_state = ckpt["step"], ckpt["data"][dist_info.rank]
+        if is_main:
+            print(f"resumed from {resume_path} at step {step}", flush=True)
+
+    model = raw_model
+    if dist_info.enabled:
+        model = DistributedDataParallel(
+            raw_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    ddp = model
+    if args.compile:
+        model = torch.compile(model)
+
+    def make_dataset(**resume):
+        return data.ShardBatches(
+            urls,
+            preprocess_train,
+            tokenizer,
+            args.batch_size,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            num_workers=args.workers,
+            seed=args.seed,
+            resampled=args.resampled,
+            shuffle_buffer=args.shuffle_buffer,
+            record_keys=args.record_samples,
+            **resume,
+        )
+
+    loader = data.ResumableLoader(make_dataset, args.workers, data_state, seed=args.seed)
+    writer = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        print(
+            f"training {args.model} ({args.loss} loss) for {total_steps} steps: "
+            f"{samples_per_epoch} samples/epoch, global batch {global_batch}, "
+            f"{dist_info.world_size} rank(s) on {device.type}",
+            flush=True,
+        )
+    keys_file = None
+    if args.record_samples:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        keys_file = (out_dir / f"samples_rank{dist_info.rank}.txt").open("a", encoding="utf-8")
+
+    # the loop
+    model.train()
+    rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
+    while step < total_steps:
+        for micro in range(args.accum_steps):
+            images, tokens = next(loader)
+            if keys_file:
+                keys_file.write("".join(f"{step + 1}\t{k}\n" for k in loader.last_keys))
+            images = images.to(device, non_blocking=True)
+            tokens = tokens.to(device, non_blocking=True)
+            last_micro = micro == args.accum_steps - 1
+            sync = contextlib.nullcontext() if last_micro or not dist_info.enabled else None
+            with sync or ddp.no_sync():
+                with autocast():
+                    out = model(images, tokens)
+                out = {k: v.float() for k, v in out.items()}
+                loss = compute_loss(args.loss, out) / args.accum_steps
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if args.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if args.loss == "clip":
+            with torch.no_grad():
+                raw_model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+
+        if step % args.log_every == 0 or step == total_steps:
+            mean_loss = distributed.mean_across_ranks(
+                float(loss_sum) / (step - last_step), dist_info
+            )
+            now = time.perf_counter()
+            rate = global_batch * (step - last_step) / (now - last_time)
+            if last_step > 0 or resume_path is not None:
+                rates.append(rate)  # the first interval includes start-up
+            lr = optimizer.param_groups[0]["lr"]
+            dropped = sum(loader.dropped().values())
+            if is_main:
+                epoch = step * global_batch / samples_per_epoch
+                print(
+                    f"step {step}/{total_steps} epoch {epoch:.2f} loss {mean_loss:.4f} "
+                    f"lr {lr:.2e} samples/s {rate:.1f} dropped {dropped}",
+                    flush=True,
+                )
+                writer.add_scalar("train/loss", mean_loss, step)
+                writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/samples_per_s", rate, step)
+                writer.add_scalar("train/logit_scale", raw_model.logit_scale.exp().item(), step)
+                with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr}) + "\n")
+            last_time, last_step, loss_sum = now, step, 0.0
+
+        if step % args.save_every == 0 or step == total_steps:
+            save_checkpoint(
+                args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir
+            )
+        if args.exit_after is not None and step >= args.exit_after and step < total_steps:
+            if is_main:
+                print(f"stopping after step {step} (--exit-after)", flush=True)
+            break
+
+    if keys_file:
+        keys_file.close()
+    summary = {
+        "steps": step,
+        "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+        "peak_memory_gib": peak_memory_gib(device),
+        "dropped": loader.dropped(),
+    }
+    if step == total_steps and args.val_data and is_main:
+        raw_model.eval()
+        batches = data.eval_batches(
+            data.expand_urls(args.val_data),
+            preprocess_val,
+            tokenizer,
+            args.batch_size,
+            args.val_max_samples,
+        )
+        image_emb, text_emb = evaluate.embed(raw_model, batches, device, autocast)
+        summary["retrieval"] = evaluate.recall_at_k(image_emb, text_emb)
+        summary["retrieval"]["pairs"] = len(image_emb)
+        for name, value in summary["retrieval"].items():
+            writer.add_scalar(f"val/{name}", value, step)
+        print(f"held-out retrieval: {json.dumps(summary['retrieval'])}", flush=True)
+    if is_main:
+        writer.close()
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"done: {json.dumps(summary)}", flush=True)
+    distributed.cleanup(dist_info)
+    return summary
+
+
+def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir):
+    """Rank 0 writes; every rank contributes its RNG and data position."""
+    per_rank = distributed.all_gather_json(
+        {"rng": checkpoint.rng_state(), "data": loader.state_dict()}, dist_info
+    )
+    if not dist_info.is_main:
+        return
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": [r["rng"] for r in per_rank],
+        "data": [r["data"] for r in per_rank],
+        "world_size": dist_info.world_size,
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    path = checkpoint.save(state, ckpt_dir, step, keep=args.keep_checkpoints)
+    print(f"saved {path}", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
