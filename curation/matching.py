@@ -1,16 +1,39 @@
 """Substring matching of normalized alt-text against one language's entries (section 3).
 
-The automaton is built in memory from the entry list every time (in each Spark worker, once per
-language); it is never serialized.
+Automata are built in memory from the entry list (in each Spark worker, once per language) and
+never serialized.
+
+Keys split in two kinds:
+- token-aligned keys, padded with a space on both sides (" new york "). In a normalized text
+  (tokens joined by single spaces, padded) such a key occurs exactly where its tokens occur as
+  consecutive tokens, so they are found by walking a trie over token ids. Most entries and most
+  matches (single words, stop words) take this path.
+- every other key (next to a no-space character: "東京", " C++") is found by an overlapping
+  Aho-Corasick automaton (ahocorasick-rs) over the normalized text.
+
+`match` handles one text in plain Python. `match_many` and `match_arrow` work a batch at a time
+in compiled kernels (`curation._match_kernel`): tokenize and look tokens up, walk the trie, merge
+in the automaton's matches (one automaton call per batch), sort and de-duplicate ids per text.
+Tests check both paths against the literal definition.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from itertools import islice
 
+import numpy as np
+import pyarrow as pa
 from ahocorasick_rs import AhoCorasick, Implementation, MatchKind
 
-from curation.text import entry_key, normalize
+from curation import _match_kernel as kernel
+from curation.text import SPACED_PUNCTUATION, entry_key, normalize
+
+BATCH_TEXTS = 8192
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_IS_SPACE = np.array([chr(cp).isspace() for cp in range(0x3001)], dtype=np.bool_)
+_IS_PUNCT = np.array([chr(cp) in SPACED_PUNCTUATION for cp in range(128)], dtype=np.bool_)
 
 
 class EntryMatcher:
@@ -20,25 +43,36 @@ class EntryMatcher:
     """
 
     def __init__(self, entries: Sequence[str]):
-        keys = [entry_key(entry) for entry in entries]
         key_index: dict[str, int] = {}
         ids_of_key: list[list[int]] = []
-        for entry_id, key in enumerate(keys):
+        for entry_id, entry in enumerate(entries):
+            key = entry_key(entry)
             index = key_index.setdefault(key, len(ids_of_key))
             if index == len(ids_of_key):
                 ids_of_key.append([entry_id])
             else:
                 ids_of_key[index].append(entry_id)
-        self.num_entries = len(keys)
-        self._has_shared_keys = len(ids_of_key) != len(keys)
+        self.num_entries = len(entries)
         self._ids_of_key = ids_of_key
+        self._key_offsets, self._key_entries = _csr(ids_of_key)
+        self._trie = _TokenTrie()
+        substring_keys: list[str] = []
+        substring_key_ids: list[int] = []
+        for key, index in key_index.items():
+            if len(key) > 2 and key[0] == " " and key[-1] == " ":
+                self._trie.add(key[1:-1].split(" "), index)
+            else:
+                substring_keys.append(key)
+                substring_key_ids.append(index)
+        self._trie.freeze()
+        self._substring_key_ids = np.asarray(substring_key_ids, dtype=np.int64)
         self._automaton = (
             AhoCorasick(
-                list(key_index),
+                substring_keys,
                 matchkind=MatchKind.Standard,
                 implementation=Implementation.ContiguousNFA,
             )
-            if key_index
+            if substring_keys
             else None
         )
 
@@ -47,16 +81,148 @@ class EntryMatcher:
 
     def match(self, text: str) -> list[int]:
         """Sorted ids of the entries whose key occurs in ``normalize(text)``."""
-        if self._automaton is None:
-            return []
-        found = self._automaton.find_matches_as_indexes(normalize(text), overlapping=True)
-        if not found:
-            return []
-        key_ids = {key_id for key_id, _, _ in found}
-        if self._has_shared_keys:
-            return sorted(i for key_id in key_ids for i in self._ids_of_key[key_id])
-        return sorted(key_ids)
+        normalized = normalize(text)
+        found = self._trie.find(normalized[1:-1].split(" "))
+        if self._automaton is not None:
+            key_ids = self._substring_key_ids
+            found.update(int(key_ids[i]) for i, _, _ in _find_all(self._automaton, normalized))
+        return sorted({i for key in found for i in self._ids_of_key[key]})
 
     def match_many(self, texts: Iterable[str]) -> list[list[int]]:
-        match = self.match
-        return [match(text) for text in texts]
+        """`match` for each text, computed a batch at a time."""
+        results: list[list[int]] = []
+        iterator = iter(texts)
+        while batch := list(islice(iterator, BATCH_TEXTS)):
+            offsets, ids = self._match_batch(batch)
+            values = ids.tolist()
+            bounds = offsets.tolist()
+            results.extend(values[a:b] for a, b in zip(bounds, bounds[1:]))
+        return results
+
+    def match_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+        """Matches of an Arrow string array as list<int32> (null texts match nothing)."""
+        batch = ["" if text is None else text for text in texts.to_pylist()]
+        offsets, ids = self._match_batch(batch)
+        return pa.ListArray.from_arrays(
+            pa.array(offsets, type=pa.int32()), pa.array(ids, type=pa.int32())
+        )
+
+    def _match_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        chars, text_offsets = _code_points(texts)
+        trie = self._trie
+        token_ids, token_offsets, normalized, norm_offsets = kernel.tokenize(
+            chars,
+            text_offsets,
+            _IS_SPACE,
+            _IS_PUNCT,
+            trie.table,
+            trie.vocab_chars,
+            trie.vocab_offsets,
+            self._automaton is not None,
+        )
+        auto_texts, auto_keys = self._automaton_matches(normalized, norm_offsets)
+        return kernel.collect_matches(
+            token_ids,
+            token_offsets,
+            trie.root_child,
+            trie.edge_offsets,
+            trie.edge_tokens,
+            trie.edge_children,
+            trie.terminal_key,
+            auto_texts,
+            auto_keys,
+            self._key_offsets,
+            self._key_entries,
+        )
+
+    def _automaton_matches(self, normalized, norm_offsets) -> tuple[np.ndarray, np.ndarray]:
+        """One scan over the batch's normalized texts, back to back; (text, key) per match.
+
+        No key spans two texts: that would need two spaces in a row, which no key has.
+        """
+        if self._automaton is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        text = normalized.tobytes().decode("utf-32-le", "surrogatepass")
+        found = _find_all(self._automaton, text)
+        if not found:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        matches = np.array(found, dtype=np.int64).reshape(-1, 3)
+        text_idx = np.searchsorted(norm_offsets, matches[:, 1], side="right") - 1
+        return text_idx, self._substring_key_ids[matches[:, 0]]
+
+
+def _find_all(automaton: AhoCorasick, text: str) -> list[tuple[int, int, int]]:
+    """Overlapping matches; lone surrogates (broken input) are scanned as U+FFFD, same offsets."""
+    try:
+        return automaton.find_matches_as_indexes(text, overlapping=True)
+    except UnicodeEncodeError:
+        text = _SURROGATE.sub("\ufffd", text)
+        return automaton.find_matches_as_indexes(text, overlapping=True)
+
+
+def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The batch as one UTF-32 code point array, and each text's start offset in it."""
+    chars = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=offsets[1:])
+    return chars, offsets
+
+
+def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((i for row in rows for i in row), dtype=np.int64, count=int(offsets[-1]))
+    return offsets, flat
+
+
+class _TokenTrie:
+    """Token-aligned keys as a trie over token ids, stored as sorted CSR edges per node."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+        self._children: dict[tuple[int, int], int] = {}
+        self._terminal: dict[int, int] = {}
+        self._nodes = 1  # node 0 is the root
+
+    def add(self, tokens: list[str], key_id: int) -> None:
+        node = 0
+        for token in tokens:
+            token_id = self.vocab.setdefault(token, len(self.vocab))
+            child = self._children.get((node, token_id))
+            if child is None:
+                child = self._children[(node, token_id)] = self._nodes
+                self._nodes += 1
+            node = child
+        self._terminal[node] = key_id
+
+    def freeze(self) -> None:
+        self.vocab_chars, self.vocab_offsets = _code_points(list(self.vocab))
+        self.table = kernel.build_table(self.vocab_chars, self.vocab_offsets)
+        self.root_child = np.full(len(self.vocab), -1, dtype=np.int64)
+        edges = sorted((node, tok, child) for (node, tok), child in self._children.items())
+        table = np.array(edges, dtype=np.int64).reshape(-1, 3)
+        self.edge_tokens = np.ascontiguousarray(table[:, 1])
+        self.edge_children = np.ascontiguousarray(table[:, 2])
+        self.edge_offsets = np.searchsorted(table[:, 0], np.arange(self._nodes + 1)).astype(
+            np.int64
+        )
+        roots = table[:, 0] == 0
+        self.root_child[table[roots, 1]] = table[roots, 2]
+        self.terminal_key = np.full(self._nodes, -1, dtype=np.int64)
+        for node, key_id in self._terminal.items():
+            self.terminal_key[node] = key_id
+
+    def find(self, tokens: list[str]) -> set[int]:
+        """Keys occurring as consecutive tokens of one text."""
+        found = set()
+        vocab, children, terminal = self.vocab, self._children, self._terminal
+        for start in range(len(tokens)):
+            node = 0
+            for token in tokens[start:]:
+                node = children.get((node, vocab.get(token, -1)))
+                if node is None:
+                    break
+                if node in terminal:
+                    found.add(terminal[node])
+        return found

@@ -10,13 +10,6 @@ MAX_ENTRY_CHARS = 256
 # Punctuation that gets one space on each side, so "St. Louis," and "St. Louis" share tokens.
 SPACED_PUNCTUATION = ",.;:?!`"
 
-# Every code point with str.isspace() lies below U+3001; tests check the whole range.
-_WHITESPACE = [chr(cp) for cp in range(0x3001) if chr(cp).isspace()]
-
-_TRANSLATION = str.maketrans(
-    {**{ch: " " for ch in _WHITESPACE}, **{ch: f" {ch} " for ch in SPACED_PUNCTUATION}}
-)
-
 _NO_SPACE_RANGES = (
     (0x4E00, 0x9FFF),  # CJK unified ideographs
     (0x3400, 0x4DBF),  # CJK extension A
@@ -38,9 +31,16 @@ FULL_WIDTH_PUNCTUATION = "，。、；：？！“”‘’（）【】《》〈
 _NO_SPACE_PUNCTUATION = frozenset(string.punctuation + FULL_WIDTH_PUNCTUATION)
 
 
+def space_punctuation(text: str) -> str:
+    """Rule 2. (Rules 1 and 3 come from str.split(), which splits on every str.isspace() run.)"""
+    for punct in SPACED_PUNCTUATION:
+        text = text.replace(punct, f" {punct} ")
+    return text
+
+
 def normalize_core(text: str) -> str:
     """Rules 1-4 without the outer padding: the normalized form of a metadata entry."""
-    return " ".join(text.translate(_TRANSLATION).split())
+    return " ".join(space_punctuation(text).split())
 
 
 def normalize(text: str) -> str:

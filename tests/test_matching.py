@@ -193,3 +193,82 @@ def test_parity_with_reference_on_wit(wit_captions, lang):
     assert len(ours) > 100
     assert sum(map(len, ours)) > len(ours)
     assert ours == reference
+
+
+TRICKY_ENTRIES = [
+    "new",
+    "new york",
+    "new york city",
+    "york",
+    "city",
+    "St. Louis",
+    "U.S.",
+    "Mr.",
+    "C++",
+    "東京",
+    "タワー",
+    "ねこ",
+    "แมว",
+    "😀",
+    "a b c d e",
+    "b c",
+    "?",
+    "cat",
+    " cat ",
+    "x\u00a0y",
+]
+TRICKY_TEXTS = [
+    "",
+    " ",
+    "\t\n",
+    "new new york city york",
+    "new\u00a0york\u3000city",
+    "U.S. and Mr. Smith",
+    "C++11 in St.Louis, St. Louis!",
+    "東京タワーとねこ",
+    "รูปแมว",
+    "smile 😀😀",
+    "a b c d e f",
+    "a b c d",
+    "why?!",
+    "cat\x1ccat",
+    "x y",
+    "x\u2003y",
+    "lone \ud800 surrogate new york",
+    "\u3000new york\u3000",
+    "...",
+    "new york city" * 3,
+    "new york, city",
+    "`new` york",
+]
+
+
+def test_batch_path_equals_single_path_and_definition_on_tricky_texts(monkeypatch):
+    import curation.matching as matching
+
+    matcher = EntryMatcher(TRICKY_ENTRIES)
+    expected = [brute_force(TRICKY_ENTRIES, t) for t in TRICKY_TEXTS]
+    assert [matcher.match(t) for t in TRICKY_TEXTS] == expected
+    assert matcher.match_many(TRICKY_TEXTS) == expected
+    monkeypatch.setattr(matching, "BATCH_TEXTS", 5)
+    assert matcher.match_many(TRICKY_TEXTS) == expected
+    assert sum(map(len, expected)) > 30
+
+
+def test_match_arrow_returns_int32_lists_and_handles_nulls():
+    import pyarrow as pa
+
+    matcher = EntryMatcher(TRICKY_ENTRIES)
+    valid = [t for t in TRICKY_TEXTS if "\ud800" not in t]  # Arrow strings are valid UTF-8
+    texts = pa.chunked_array([valid[:5], [None, *valid[5:]]])
+    result = matcher.match_arrow(texts)
+    assert result.type == pa.list_(pa.int32())
+    expected = [brute_force(TRICKY_ENTRIES, t or "") for t in texts.to_pylist()]
+    assert result.to_pylist() == expected
+
+
+def test_entries_that_are_prefixes_of_each_other_in_the_token_trie():
+    entries = ["a", "a a", "a a a", "a b", "b"]
+    matcher = EntryMatcher(entries)
+    texts = ["a a a a", "a b a", "b a", "a"]
+    assert matcher.match_many(texts) == [brute_force(entries, t) for t in texts]
