@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 import random
 import sys
 from collections import Counter
@@ -45,9 +46,18 @@ def expand_urls(spec: str) -> list[str]:
 
 
 def _read_json_next_to(url: str, name: str) -> dict | None:
+    """The JSON file `name` in the shard's folder, local or any fsspec URI (s3://, gs://...)."""
+    if url.startswith("pipe:"):
+        return None
+    if "://" in url.removeprefix("file://"):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(posixpath.join(posixpath.dirname(url), name))
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
     path = Path(url.removeprefix("file://")).parent / name
-    if "://" in url.removeprefix("file://") or url.startswith("pipe:"):
-        return None  # remote shards: pass --train-num-samples
     if not path.is_file():
         return None
     with path.open(encoding="utf-8") as f:
