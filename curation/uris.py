@@ -1,0 +1,66 @@
+"""Open inputs named by URI (local path, file:, s3:, gs:, hdfs:) on the driver or an executor."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
+
+
+def local_path(uri: str) -> str | None:
+    """The filesystem path of a local URI or plain path, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # "C:" on Windows
+        return unquote(parsed.path) if parsed.scheme == "file" else uri
+    return None
+
+
+def open_binary(uri: str) -> BinaryIO:
+    """A raw byte stream; pyarrow's filesystems first, fsspec for the schemes pyarrow lacks."""
+    path = local_path(uri)
+    if path is not None:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    scheme, rest = uri.split("://", 1)
+    uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+    try:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(uri)
+        return filesystem.open_input_stream(inner)
+    except Exception:  # pyarrow has no driver for this scheme: try fsspec
+        import fsspec
+
+        return fsspec.open(uri, "rb").open()
+
+
+def open_decompressed(uri: str) -> BinaryIO:
+    """A byte stream, decompressed by file suffix (.bz2, .xz, .gz), read lazily."""
+    raw = open_binary(uri)
+    name = uri.rsplit("/", 1)[-1].lower()
+    if name.endswith(".bz2"):
+        return bz2.open(raw, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(raw, "rb")
+    if name.endswith(".gz"):
+        return gzip.open(raw, "rb")
+    return raw
+
+
+def expand(spark, patterns: list[str]) -> list[str]:
+    """Glob each pattern with Hadoop's filesystem layer (any URI Spark can read), sorted."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    found = set()
+    for pattern in patterns:
+        path = jvm.org.apache.hadoop.fs.Path(pattern)
+        statuses = path.getFileSystem(conf).globStatus(path)
+        if not statuses:
+            raise FileNotFoundError(f"no input matches {pattern}")
+        for status in statuses:
+            if status.isFile():
+                found.add(status.getPath().toString())
+    return sorted(found)
