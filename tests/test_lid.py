@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import fasttext
+import pytest
+from conftest import WIT_LANGUAGES, shared_path
+
+from curation.languages import wikipedia_language
+from curation.lid import FastTextLID, default_model_path, get_identifier, model_labels
+
+
+@pytest.fixture(scope="module")
+def lid() -> FastTextLID:
+    return FastTextLID()
+
+
+@pytest.fixture(scope="module")
+def wit_rows() -> dict[str, list[dict]]:
+    rows = {}
+    for lang in WIT_LANGUAGES:
+        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
+            rows[lang] = [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def test_model_labels_read_from_the_wheel_model():
+    labels = model_labels()
+    assert len(labels) == len(set(labels)) == 176
+    assert {"en", "als", "yue", "wuu", "zh", "lrc", "cbk"} <= set(labels)
+    with pytest.raises(ValueError, match="not a fastText model"):
+        model_labels(shared_path("wikipedia_languages.txt"))
+
+
+def test_batch_path_matches_fasttext_predict_single_calls(lid, wit_captions):
+    texts = [t for lang in ("da", "ja", "ar") for t in wit_captions[lang][:100]]
+    texts += ["two\nlines", "two lines", texts[0]]  # newlines, duplicates within a batch
+    labels, scores, langs = lid.predict(texts)
+    model = fasttext.load_model(str(default_model_path()))
+    for text, label, score in zip(texts, labels, scores):
+        (expected,), (expected_score,) = model.predict(text.replace("\n", " "), k=1)
+        assert label == expected.removeprefix("__label__")
+        assert score == pytest.approx(expected_score, abs=1e-6)
+    assert labels[-3] == labels[-2] and labels[-1] == labels[0]
+    assert langs[:100].count("da") > 30 and langs[100:200].count("ja") > 80
+    # fasttext-predict's own list path is the broken one we avoid: multilinePredict returns
+    # labels only, so 3 texts fail to unpack and 2 texts come back as (labels, labels)
+    with pytest.raises(ValueError):
+        model.predict(texts[:3], k=1)
+    first, second = model.predict(["hello world", "bonjour le monde"], k=1)
+    assert first == ["__label__en"] and second == ["__label__fr"]
+
+
+def test_page_prior_decides_ambiguous_captions_but_not_confident_ones(lid):
+    texts = ["Escudo d'armas", "Powered by MediaWiki", "Escudo d'armas"]
+    labels, _scores, langs = lid.predict(texts, ["an", "an", None])
+    assert labels == ["ca", "en", "ca"]  # raw lid.176 labels are kept
+    assert langs == ["an", "en", "ca"]
+    assert lid.predict(["Escudo d'armas"])[2] == ["ca"]
+
+
+def accuracy(langs, expected):
+    return sum(lang == expected for lang in langs) / len(langs)
+
+
+def test_page_prior_gains_on_short_wit_captions_and_resists_wrong_priors(lid, wit_rows):
+    gains, hijacks = {}, {}
+    for k, (lang, rows) in enumerate(wit_rows.items()):
+        texts = [row["caption_reference_description"] for row in rows]
+        priors = [wikipedia_language(row["page_url"]) for row in rows]
+        assert set(priors) == {lang}
+        alone = lid.predict(texts)[2]
+        with_prior = lid.predict(texts, priors)[2]
+        gains[lang] = accuracy(with_prior, lang) - accuracy(alone, lang)
+        wrong = list(wit_rows)[(k + 1) % len(wit_rows)]
+        hijacked = lid.predict(texts, [wrong] * len(texts))[2]
+        hijacks[lang] = accuracy(hijacked, wrong) - accuracy(alone, wrong)
+    assert min(gains.values()) >= 0
+    assert gains["da"] > 0.2 and gains["id"] > 0.15 and gains["bg"] > 0.15 and gains["et"] > 0.1
+    assert max(hijacks.values()) < 0.15, hijacks
+
+
+def test_sentence_length_english_captions(lid, cc3m_captions):
+    langs = lid.predict(cc3m_captions[:3000])[2]
+    assert accuracy(langs, "en") >= 0.95
+
+
+def test_identifier_is_loaded_once_per_process():
+    assert get_identifier(None, prior_weight=10.0) is get_identifier(None, prior_weight=10.0)
+    assert get_identifier(None, prior_weight=5.0) is not get_identifier(None, prior_weight=10.0)
+    assert get_identifier().model == "lid176"
