@@ -1,0 +1,549 @@
+"""Export a curated table to WebDataset shards with img2dataset.
+
+Steps, each small and separately testable:
+1. `read_curated`: the `curated/` table (Parquet partitioned by `lang`, or Delta).
+2. `filter_urls`: drop what must never be fetched (non-http(s), private or loopback hosts),
+   counting each drop reason; sort by uid so shard contents do not depend on file layout.
+3. `write_download_list`: the flat Parquet img2dataset reads (url, caption, uid, lang, entry_ids).
+4. `reset_broken_shards` + `run_img2dataset`: incremental download/resize/write of the shards.
+5. `summarize`: `sizes.json` (shard -> samples) and `manifest.json` for the trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import http.server
+import ipaddress
+import json
+import math
+import os
+import posixpath
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+CURATED_COLUMNS = ("uid", "url", "text", "lang", "entry_ids")
+EXTRA_COLUMNS = ["uid", "lang", "entry_ids"]
+LIST_DIR = "_url_list"
+# img2dataset's own default: respect noai/noimageai (and the index directives) in X-Robots-Tag.
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+# Same bound as Pillow's decompression-bomb warning; OpenCV refuses to decode beyond it.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_SHARD_STATS = re.compile(r"^(\d+)_stats\.json$")
+
+
+class ExportError(RuntimeError):
+    """A problem with the inputs or the output folder, reported as one line."""
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    curated: str
+    output: str
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    samples_per_shard: int = 10000
+    processes: int = max(1, os.cpu_count() or 1)
+    threads: int = 64
+    timeout: int = 10
+    retries: int = 0
+    distributor: str = "multiprocessing"
+    user_agent_token: str | None = None
+    disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    allow_local: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    encode_quality: int = 95
+    extract_exif: bool = False
+    overwrite: bool = False
+    require_success: bool = True
+
+
+# ---------------------------------------------------------------- 1. read
+
+
+def _fs_and_path(uri: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
+
+
+def read_curated(uri: str, require_success: bool = True) -> tuple[pa.Table, dict | None]:
+    """The curated pairs and the producing run's `run.json` (None when absent)."""
+    fs, path = _fs_and_path(uri)
+    if not fs.exists(path):
+        raise ExportError(f"curated table not found: {uri}")
+    is_delta = fs.exists(posixpath.join(path, "_delta_log"))
+    if require_success and not is_delta and not fs.exists(posixpath.join(path, "_SUCCESS")):
+        raise ExportError(
+            f"{uri} has no _SUCCESS marker: the curation run is incomplete "
+            "(pass --allow-incomplete to export it anyway)"
+        )
+    if is_delta:
+        from deltalake import DeltaTable
+
+        dataset = DeltaTable(uri).to_pyarrow_dataset()
+    else:
+        import pyarrow.dataset as ds
+
+        dataset = ds.dataset(
+            path,
+            filesystem=fs,
+            format="parquet",
+            partitioning="hive",
+            exclude_invalid_files=True,
+        )
+    missing = [c for c in CURATED_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
+    table = dataset.to_table(columns=list(CURATED_COLUMNS))
+    run = None
+    run_path = posixpath.join(path, "run.json")
+    if fs.exists(run_path):
+        with fs.open(run_path, "r") as f:
+            run = json.load(f)
+    return _normalize_types(table), run
+
+
+def _normalize_types(table: pa.Table) -> pa.Table:
+    """Hive partition values come back dictionary-encoded; entry ids may be any int width."""
+    return pa.table(
+        {
+            "uid": table["uid"].cast(pa.string()),
+            "url": table["url"].cast(pa.string()),
+            "text": table["text"].cast(pa.string()),
+            "lang": table["lang"].cast(pa.string()),
+            "entry_ids": table["entry_ids"].cast(pa.list_(pa.int64())),
+        }
+    )
+
+
+# ---------------------------------------------------------------- 2. filter
+
+
+def url_drop_reason(url: str | None, allow_local: bool = False) -> str | None:
+    """Why a URL must not be fetched, or None. Literal addresses only: no DNS lookups here."""
+    if not url or not isinstance(url, str) or not url.strip():
+        return "empty_url"
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return "malformed_url"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "unsupported_scheme"
+    if not host:
+        return "missing_host"
+    if allow_local:
+        return None
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return "private_address"
+    address = _literal_address(host)
+    if address is not None and not _is_public(address):
+        return "private_address"
+    return None
+
+
+def _literal_address(host: str):
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    # Legacy IPv4 spellings the resolver still accepts: 127.1, 0x7f000001, 2130706433.
+    if re.fullmatch(r"[0-9a-fx.]+", host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _is_public(address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return address.is_global and not address.is_multicast
+
+
+def filter_urls(table: pa.Table, allow_local: bool = False) -> tuple[pa.Table, Counter]:
+    """Keep the fetchable rows, sorted by uid (deterministic shards); count the drop reasons."""
+    reasons = [url_drop_reason(url, allow_local) for url in table["url"].to_pylist()]
+    drops = Counter(r for r in reasons if r is not None)
+    kept = table.filter(pa.array([r is None for r in reasons], pa.bool_()))
+    uids = kept["uid"]
+    if uids.null_count:
+        raise ExportError(f"{uids.null_count} curated rows have no uid")
+    kept = kept.take(pc.sort_indices(kept, sort_keys=[("uid", "ascending"), ("url", "ascending")]))
+    return kept, drops
+
+
+def localize_urls(table: pa.Table, base_url: str, names: list[str]) -> pa.Table:
+    """Demo helper: point every URL at one of `names` under `base_url` (chosen by URL hash)."""
+    if not names:
+        raise ExportError("no images to serve")
+    urls = [
+        f"{base_url}/{names[int(hashlib.sha1(u.encode()).hexdigest()[:8], 16) % len(names)]}"
+        for u in table["url"].to_pylist()
+    ]
+    return table.set_column(table.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
+
+
+# ---------------------------------------------------------------- 3. download list
+
+
+def download_list(table: pa.Table) -> pa.Table:
+    return pa.table(
+        {
+            "url": table["url"],
+            "caption": table["text"],
+            "uid": table["uid"],
+            "lang": table["lang"],
+            "entry_ids": table["entry_ids"],
+        }
+    )
+
+
+def list_digest(table: pa.Table) -> str:
+    digest = hashlib.sha256()
+    for batch in table.select(["uid", "url", "caption"]).to_batches(max_chunksize=65536):
+        for column in batch.columns:
+            for value in column.to_pylist():
+                digest.update((value or "").encode())
+                digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_download_list(table: pa.Table, output: str, overwrite: bool = False) -> dict:
+    """Write `output/_url_list/` once; a rerun must see the same list (or --overwrite)."""
+    fs, out = _fs_and_path(output)
+    list_dir = posixpath.join(out, LIST_DIR)
+    info_path = posixpath.join(list_dir, "_list.json")
+    info = {"rows": table.num_rows, "digest": list_digest(table)}
+    if overwrite and fs.exists(out):
+        fs.rm(out, recursive=True)
+    if fs.exists(info_path):
+        with fs.open(info_path, "r") as f:
+            previous = json.load(f)
+        if previous["digest"] == info["digest"]:
+            return previous
+        raise ExportError(
+            f"{output} holds shards of a different curated input "
+            f"({previous['rows']} rows vs {info['rows']}): use a new OUT or --overwrite"
+        )
+    fs.makedirs(list_dir, exist_ok=True)
+    with fs.open(posixpath.join(list_dir, "part-00000.parquet"), "wb") as f:
+        pq.write_table(table, f)
+    with fs.open(info_path, "w") as f:
+        json.dump(info, f)
+    return info
+
+
+# ---------------------------------------------------------------- 4. img2dataset
+
+
+def reset_broken_shards(output: str) -> list[str]:
+    """Make img2dataset redo shards whose .tar or .parquet is gone.
+
+    img2dataset treats a shard as done when its `_stats.json` exists, and it would choke on our
+    own top-level json files; both are removed here (summarize rewrites them).
+    """
+    fs, out = _fs_and_path(output)
+    if not fs.exists(out):
+        return []
+    for name in ("manifest.json", "sizes.json"):
+        if fs.exists(posixpath.join(out, name)):
+            fs.rm(posixpath.join(out, name))
+    reset = []
+    for stats in sorted(fs.glob(posixpath.join(out, "*_stats.json"))):
+        shard = posixpath.basename(stats).split("_")[0]
+        files = [posixpath.join(out, f"{shard}.{ext}") for ext in ("tar", "parquet")]
+        if not all(fs.exists(p) for p in files):
+            for p in [stats, *files]:
+                if fs.exists(p):
+                    fs.rm(p)
+            reset.append(shard)
+    return reset
+
+
+def run_img2dataset(list_uri: str, config: ExportConfig) -> None:
+    # Spawned workers inherit these: OpenCV refuses decompression bombs before allocating,
+    # and albumentations skips its network version check.
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_image_pixels)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset import download
+
+    download(
+        url_list=list_uri,
+        output_folder=config.output,
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=list(EXTRA_COLUMNS),
+        output_format="webdataset",
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        encode_quality=config.encode_quality,
+        processes_count=config.processes,
+        thread_count=config.threads,
+        number_sample_per_shard=config.samples_per_shard,
+        timeout=config.timeout,
+        retries=config.retries,
+        distributor=config.distributor,
+        incremental_mode="incremental",
+        extract_exif=config.extract_exif,
+        max_image_area=float(config.max_image_pixels),
+        user_agent_token=config.user_agent_token,
+        disallowed_header_directives=list(config.disallowed_header_directives),
+        enable_wandb=False,
+    )
+
+
+# ---------------------------------------------------------------- 5. summarize
+
+_REASON_PATTERNS = (
+    ("x_robots_tag", "X-Robots-Tag"),
+    ("timeout", "timed out"),
+    ("image_too_large", "CV_IO_MAX_IMAGE_PIXELS"),
+    ("image_too_large", "image area too large"),
+    ("decode_error", "Image decoding error"),
+    ("connection_error", "urlopen error"),
+    ("incomplete_read", "IncompleteRead"),
+)
+
+
+def reason_category(message: str) -> str:
+    """A short, stable name for one of img2dataset's error messages."""
+    match = re.match(r"HTTP Error (\d+)", message)
+    if match:
+        return f"http_{match.group(1)}"
+    for category, needle in _REASON_PATTERNS:
+        if needle in message:
+            return category
+    return "other"
+
+
+def expected_shards(rows: int, samples_per_shard: int) -> list[str]:
+    return [f"{i:05d}" for i in range(math.ceil(rows / samples_per_shard))]
+
+
+def summarize(
+    config: ExportConfig, list_info: dict, drops: Counter, input_rows: int, run: dict | None
+) -> dict:
+    """Write sizes.json and manifest.json from the shards' parquet and stats files."""
+    fs, out = _fs_and_path(config.output)
+    shards = expected_shards(list_info["rows"], config.samples_per_shard)
+    sizes, languages, raw_reasons = {}, Counter(), Counter()
+    totals = Counter()
+    missing = []
+    for shard in shards:
+        stats_path = posixpath.join(out, f"{shard}_stats.json")
+        if not fs.exists(stats_path):
+            missing.append(shard)
+            continue
+        with fs.open(stats_path, "r") as f:
+            stats = json.load(f)
+        for key in ("count", "successes", "failed_to_download", "failed_to_resize"):
+            totals[key] += stats[key]
+        raw_reasons.update(
+            {k.strip(): v for k, v in stats["status_dict"].items() if k != "success"}
+        )
+        with fs.open(posixpath.join(out, f"{shard}.parquet"), "rb") as f:
+            meta = pq.read_table(f, columns=["status", "lang"])
+        ok = meta.filter(pc.equal(meta["status"], "success"))
+        sizes[f"{shard}.tar"] = ok.num_rows
+        languages.update(ok["lang"].to_pylist())
+    categories = Counter()
+    for message, count in raw_reasons.items():
+        categories[reason_category(message)] += count
+    manifest = {
+        "total_samples": sum(sizes.values()),
+        "shards": len(sizes),
+        "languages": dict(sorted(languages.items())),
+        "source": {"curated": config.curated, "run": run, "url_list": list_info},
+        "input_rows": input_rows,
+        "url_filter_drops": dict(sorted(drops.items())),
+        "download": {
+            "attempted": totals["count"],
+            "successes": totals["successes"],
+            "failed_to_download": totals["failed_to_download"],
+            "failed_to_resize": totals["failed_to_resize"],
+            "failure_categories": dict(sorted(categories.items())),
+            "failure_reasons": dict(sorted(raw_reasons.items())),
+        },
+        "incomplete_shards": missing,
+        "config": {
+            "image_size": config.image_size,
+            "resize_mode": config.resize_mode,
+            "samples_per_shard": config.samples_per_shard,
+            "timeout": config.timeout,
+            "retries": config.retries,
+            "user_agent_token": config.user_agent_token,
+            "disallowed_header_directives": list(config.disallowed_header_directives),
+            "allow_local": config.allow_local,
+            "max_image_pixels": config.max_image_pixels,
+        },
+    }
+    _write_json(fs, posixpath.join(out, "sizes.json"), sizes)
+    _write_json(fs, posixpath.join(out, "manifest.json"), manifest)
+    return manifest
+
+
+def _write_json(fs, path: str, value) -> None:
+    tmp = path + ".tmp"
+    with fs.open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=False)
+    fs.mv(tmp, path)
+
+
+# ---------------------------------------------------------------- the whole export
+
+
+def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[dict, list[str]]:
+    """Run every step; returns the manifest and the shards that were rebuilt from scratch."""
+    started = time.perf_counter()
+    table, run = read_curated(config.curated, config.require_success)
+    log(f"[shards] read {table.num_rows} curated rows from {config.curated}")
+    if url_rewrite is not None:
+        table = url_rewrite(table)
+    kept, drops = filter_urls(table, config.allow_local)
+    log(f"[shards] {kept.num_rows} fetchable, dropped {dict(drops) or 'none'}")
+    if kept.num_rows == 0:
+        raise ExportError(f"nothing to fetch in {config.curated} (drops: {dict(drops)})")
+    listing = download_list(kept)
+    info = write_download_list(listing, config.output, config.overwrite)
+    reset = reset_broken_shards(config.output)
+    if reset:
+        log(f"[shards] redoing shard(s) with missing files: {', '.join(reset)}")
+    fs, out = _fs_and_path(config.output)
+    list_uri = config.output.rstrip("/") + f"/{LIST_DIR}/part-00000.parquet"
+    done_before = {
+        posixpath.basename(p).split("_")[0] for p in fs.glob(posixpath.join(out, "*_stats.json"))
+    }
+    run_img2dataset(list_uri, config)
+    manifest = summarize(config, info, drops, table.num_rows, run)
+    built = sorted(
+        set(expected_shards(info["rows"], config.samples_per_shard))
+        - done_before
+        - set(manifest["incomplete_shards"])
+    )
+    log(
+        f"[shards] {manifest['total_samples']} samples in {manifest['shards']} shards "
+        f"({len(built)} built this run) in {time.perf_counter() - started:.1f}s; "
+        f"failures {manifest['download']['failure_categories'] or 'none'}"
+    )
+    return manifest, built
+
+
+# ---------------------------------------------------------------- loopback server
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    extra_headers: dict[str, dict[str, str]] = {}
+    delays: dict[str, float] = {}
+    stopping: threading.Event
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        delay = self.delays.get(self.path, 0.0)
+        if delay:
+            self.stopping.wait(delay)
+        super().do_GET()
+
+    def end_headers(self):
+        for name, value in self.extra_headers.get(self.path, {}).items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # clients that time out or refuse a body hang up mid-response: expected here
+
+
+@contextlib.contextmanager
+def serve_directory(
+    root: str | Path,
+    headers: dict[str, dict[str, str]] | None = None,
+    delays: dict[str, float] | None = None,
+    lifetime_s: float = 600.0,
+) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 (a free port) and yield its base URL.
+
+    `headers` / `delays` are keyed by request path ("/name.jpg"). The server stops when the block
+    exits or after `lifetime_s`, whichever is first, so a hung client cannot keep it alive.
+    """
+    stopping = threading.Event()
+    handler = type(
+        "Handler",
+        (_Handler,),
+        {"extra_headers": headers or {}, "delays": delays or {}, "stopping": stopping},
+    )
+
+    def make_handler(*args, **kwargs):
+        return handler(*args, directory=str(root), **kwargs)
+
+    server = _QuietServer(("127.0.0.1", 0), make_handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    timer = threading.Timer(lifetime_s, server.shutdown)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stopping.set()
+        timer.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+# Photographs shipped inside scikit-image, CC0 or public domain per skimage.data's docstrings.
+BUNDLED_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "rocket.jpg",
+)
+
+
+def bundled_photo_dir() -> Path:
+    """scikit-image's data folder (holds BUNDLED_PHOTOS); scikit-image is in the dev extra."""
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise ExportError(
+            "the bundled photographs need scikit-image (pip install scikit-image)"
+        ) from err
+    return Path(skimage.data.__file__).parent
+
+
+def image_names(root: str | Path) -> list[str]:
+    root = Path(root)
+    with contextlib.suppress(ExportError):
+        if root.resolve() == bundled_photo_dir().resolve():
+            return list(BUNDLED_PHOTOS)
+    return sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

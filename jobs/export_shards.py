@@ -1,0 +1,161 @@
+"""Export the curated table to WebDataset shards with img2dataset.
+
+    python jobs/export_shards.py --curated out/run1/curated --output out/shards
+    spark-submit jobs/export_shards.py --curated s3://b/run1/curated --output s3://b/shards \
+        --distributor pyspark
+
+Writes OUT/_url_list/ (the flat Parquet img2dataset reads), OUT/NNNNN.{tar,parquet,_stats.json},
+OUT/sizes.json and OUT/manifest.json. Rerunning the same command finishes only missing shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from curation import shards
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = shards.ExportConfig(curated="", output="")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--curated", required=True, help="URI of the curated/ table (Parquet or Delta)")
+    p.add_argument("--output", required=True, help="URI of the shard folder to write")
+    p.add_argument(
+        "--image-size", type=int, default=defaults.image_size, help="resize target in pixels"
+    )
+    p.add_argument(
+        "--resize-mode",
+        default=defaults.resize_mode,
+        choices=["keep_ratio", "keep_ratio_largest", "center_crop", "border", "no"],
+        help="img2dataset resize mode (default keep_ratio: shorter side = size, no crop)",
+    )
+    p.add_argument(
+        "--samples-per-shard", type=int, default=defaults.samples_per_shard, help="rows per shard"
+    )
+    p.add_argument(
+        "--distributor",
+        choices=["auto", "multiprocessing", "pyspark"],
+        default="auto",
+        help="pyspark under spark-submit, multiprocessing otherwise (auto)",
+    )
+    p.add_argument(
+        "--processes", type=int, default=defaults.processes, help="worker processes (local)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=defaults.threads, help="download threads per process"
+    )
+    p.add_argument("--timeout", type=int, default=defaults.timeout, help="seconds per HTTP request")
+    p.add_argument("--retries", type=int, default=defaults.retries, help="retries per URL")
+    p.add_argument(
+        "--user-agent-token",
+        default=None,
+        help="token added to the User-Agent (also the agent that X-Robots-Tag rules name)",
+    )
+    p.add_argument(
+        "--disallowed-header-directives",
+        default=",".join(defaults.disallowed_header_directives),
+        help="X-Robots-Tag directives that forbid use of an image (comma-separated)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help="refuse images larger than this before decoding (decompression bombs)",
+    )
+    p.add_argument(
+        "--extract-exif", action="store_true", help="keep EXIF in the sample json (off: privacy)"
+    )
+    p.add_argument(
+        "--allow-local",
+        action="store_true",
+        help="also fetch loopback/private addresses (tests and the demo only)",
+    )
+    p.add_argument(
+        "--serve-local",
+        metavar="DIR",
+        default=None,
+        help="demo: serve DIR's images on 127.0.0.1 and map every URL onto one of them "
+        "(implies --allow-local); 'skimage' serves scikit-image's bundled CC0 photographs",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete OUTPUT first instead of resuming"
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="export a curated table that has no _SUCCESS marker",
+    )
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
+    distributor = args.distributor
+    if distributor == "auto":
+        under_spark = "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_SUBMIT_OPTS" in os.environ
+        distributor = "pyspark" if under_spark else "multiprocessing"
+    return shards.ExportConfig(
+        curated=args.curated,
+        output=args.output,
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
+        samples_per_shard=args.samples_per_shard,
+        processes=args.processes,
+        threads=args.threads,
+        timeout=args.timeout,
+        retries=args.retries,
+        distributor=distributor,
+        user_agent_token=args.user_agent_token,
+        disallowed_header_directives=tuple(
+            d.strip() for d in args.disallowed_header_directives.split(",") if d.strip()
+        ),
+        allow_local=args.allow_local or args.serve_local is not None,
+        max_image_pixels=args.max_image_pixels,
+        extract_exif=args.extract_exif,
+        overwrite=args.overwrite,
+        require_success=not args.allow_incomplete,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = config_from_args(args)
+    if config.distributor == "pyspark":
+        # img2dataset uses the active session; the env reaches local executors at startup.
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_image_pixels)
+        from curation.spark import get_spark
+
+        get_spark(
+            "export_shards",
+            conf={"spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS": str(config.max_image_pixels)},
+        )
+    try:
+        if args.serve_local:
+            if args.serve_local == "skimage":
+                args.serve_local = str(shards.bundled_photo_dir())
+            names = shards.image_names(args.serve_local)
+            with shards.serve_directory(args.serve_local) as base:
+                manifest, _ = shards.export_shards(
+                    config, url_rewrite=lambda t: shards.localize_urls(t, base, names)
+                )
+        else:
+            manifest, _ = shards.export_shards(config)
+    except shards.ExportError as err:
+        print(f"export_shards: error: {err}", file=sys.stderr)
+        return 2
+    if manifest["incomplete_shards"]:
+        print(
+            f"export_shards: error: {len(manifest['incomplete_shards'])} shard(s) failed "
+            f"({', '.join(manifest['incomplete_shards'][:5])}...); rerun the same command "
+            "to finish them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Shard export: real img2dataset against a loopback server of real photographs and bad URLs."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import struct
+import tarfile
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from curation import samples, shards
+
+pytest.importorskip("img2dataset")
+pytest.importorskip("skimage")
+
+LANGS = ("en", "ja", "ar", "vi")
+JOB = Path(__file__).resolve().parents[1] / "jobs" / "export_shards.py"
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid grayscale PNG of width x height zeros: ~400 KB that decodes to 400 MB."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The served folder: the CC0 photographs plus one file per failure case."""
+    root = tmp_path_factory.mktemp("site")
+    photos = shards.bundled_photo_dir()
+    for name in shards.BUNDLED_PHOTOS:
+        shutil.copy(photos / name, root / name)
+    rocket = (photos / "rocket.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(rocket[: len(rocket) // 2])
+    (root / "not_an_image.jpg").write_bytes(b"<html><body>Sorry, moved</body></html>\n" * 20)
+    (root / "bomb.png").write_bytes(bomb_png())
+    shutil.copy(photos / "coffee.png", root / "noai.png")
+    shutil.copy(photos / "chelsea.png", root / "slow.png")
+    return root
+
+
+# name -> expected failure category (img2dataset's reason, mapped by reason_category)
+FAILURES = {
+    "missing.jpg": "http_404",
+    "slow.png": "timeout",
+    "truncated.jpg": "decode_error",
+    "not_an_image.jpg": "decode_error",
+    "bomb.png": "image_too_large",
+    "noai.png": "x_robots_tag",
+}
+UNFETCHABLE = {
+    "file:///etc/passwd": "unsupported_scheme",
+    "ftp://example.org/a.jpg": ("unsupported_scheme"),
+}
+
+
+def captions() -> dict[str, list[str]]:
+    return {
+        lang: [row["caption_reference_description"] for row in samples.wit_rows(lang)][:20]
+        for lang in LANGS
+    }
+
+
+def curated_rows(base_url: str) -> list[dict]:
+    """One row per photograph and per failure case, real WIT captions in four languages."""
+    texts = captions()
+    names = list(shards.BUNDLED_PHOTOS) + list(FAILURES)
+    rows = []
+    for i, name in enumerate(names):
+        lang = LANGS[i % len(LANGS)]
+        rows.append(
+            {
+                "uid": f"{(i * 2654435761) % 2**32:08x}",
+                "url": f"{base_url}/{name}",
+                "text": texts[lang][i],
+                "lang": lang,
+                "entry_ids": [i, 100 + i],
+                "keep_prob": 1.0,
+            }
+        )
+    for j, url in enumerate(UNFETCHABLE):
+        rows.append({**rows[j], "uid": f"zz{j}", "url": url})
+    return rows
+
+
+def write_curated(rows: list[dict], path: Path, fmt: str = "parquet") -> str:
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("uid", pa.string()),
+                ("url", pa.string()),
+                ("text", pa.string()),
+                ("lang", pa.string()),
+                ("entry_ids", pa.list_(pa.int32())),
+                ("keep_prob", pa.float64()),
+            ]
+        ),
+    )
+    if fmt == "delta":
+        from deltalake import write_deltalake
+
+        write_deltalake(str(path), table, partition_by=["lang"])
+    else:
+        ds.write_dataset(
+            table, path, format="parquet", partitioning=["lang"], partitioning_flavor="hive"
+        )
+        (path / "_SUCCESS").write_text("")
+    (path / "run.json").write_text(json.dumps({"run": "fixture", "seed": 0}))
+    return str(path)
+
+
+def read_tars(out: Path) -> dict[str, dict]:
+    """Every sample in every shard, by uid: {'shard', 'jpg', 'txt', 'json'}."""
+    found = {}
+    for tar_path in sorted(out.glob("*.tar")):
+        members: dict[str, dict] = {}
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        for parts in members.values():
+            meta = json.loads(parts["json"])
+            found[meta["uid"]] = {
+                "shard": tar_path.name,
+                "jpg": parts["jpg"],
+                "txt": parts["txt"].decode(),
+                "json": meta,
+            }
+    return found
+
+
+def config_for(curated: str, out: Path, **overrides) -> shards.ExportConfig:
+    settings = dict(
+        curated=curated,
+        output=str(out),
+        samples_per_shard=4,
+        processes=2,
+        threads=8,
+        timeout=1,
+        allow_local=True,
+    )
+    settings.update(overrides)
+    return shards.ExportConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def exported(site, tmp_path_factory):
+    """One real export, shared by the assertions below; the server lives for the module."""
+    delays = {"/slow.png": 4.0}
+    headers = {"/noai.png": {"X-Robots-Tag": "noai"}}
+    with shards.serve_directory(site, headers=headers, delays=delays, lifetime_s=120) as base:
+        work = tmp_path_factory.mktemp("export")
+        rows = curated_rows(base)
+        curated = write_curated(rows, work / "curated")
+        out = work / "shards"
+        manifest, built = shards.export_shards(config_for(curated, out))
+        first = {"manifest": manifest, "built": built, "samples": read_tars(out)}
+        yield {"rows": rows, "out": out, "curated": curated, "first": first, "base": base}
+
+
+def test_every_good_photo_is_in_a_shard_with_caption_and_json(exported, site):
+    samples_by_uid = exported["first"]["samples"]
+    good = [r for r in exported["rows"] if r["url"].rsplit("/", 1)[-1] in shards.BUNDLED_PHOTOS]
+    assert len(good) == len(shards.BUNDLED_PHOTOS)
+    assert sorted(samples_by_uid) == sorted(r["uid"] for r in good)
+    for row in good:
+        sample = samples_by_uid[row["uid"]]
+        assert sample["txt"] == row["text"]
+        meta = sample["json"]
+        assert (meta["lang"], meta["entry_ids"], meta["status"]) == (
+            row["lang"],
+            row["entry_ids"],
+            "success",
+        )
+        with Image.open(site / row["url"].rsplit("/", 1)[-1]) as original:
+            assert (meta["original_width"], meta["original_height"]) == original.size
+        image = Image.open(io.BytesIO(sample["jpg"]))
+        assert image.format == "JPEG"
+        assert min(image.size) == 256  # keep_ratio: shorter side resized, nothing cropped
+        ratio = meta["original_width"] / meta["original_height"]
+        assert image.size[0] / image.size[1] == pytest.approx(ratio, rel=0.02)
+        assert "exif" not in meta or meta["exif"] is None
+
+
+def test_every_failure_is_counted_with_its_reason(exported):
+    manifest = exported["first"]["manifest"]
+    download = manifest["download"]
+    assert download["failure_categories"] == dict(Counter(FAILURES.values()))
+    assert download["failed_to_download"] + download["failed_to_resize"] == len(FAILURES)
+    assert download["attempted"] == len(shards.BUNDLED_PHOTOS) + len(FAILURES)
+    assert manifest["url_filter_drops"] == dict(Counter(UNFETCHABLE.values()))
+    assert manifest["input_rows"] == len(exported["rows"])
+    # the per-shard stats img2dataset wrote say the same
+    per_shard = Counter()
+    for stats in exported["out"].glob("*_stats.json"):
+        per_shard.update(json.loads(stats.read_text())["status_dict"])
+    assert per_shard.pop("success") == len(shards.BUNDLED_PHOTOS)
+    assert sum(per_shard.values()) == len(FAILURES)
+    assert any("404" in reason for reason in per_shard)
+
+
+def test_sizes_and_manifest_add_up(exported):
+    out = exported["out"]
+    sizes = json.loads((out / "sizes.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    samples_by_uid = exported["first"]["samples"]
+    assert sorted(sizes) == sorted(p.name for p in out.glob("*.tar"))
+    assert sum(sizes.values()) == manifest["total_samples"] == len(samples_by_uid)
+    assert sizes == dict(Counter(s["shard"] for s in samples_by_uid.values()))
+    assert manifest["languages"] == dict(
+        sorted(Counter(s["json"]["lang"] for s in samples_by_uid.values()).items())
+    )
+    assert manifest["source"]["run"] == {"run": "fixture", "seed": 0}
+    assert manifest["incomplete_shards"] == []
+
+
+def test_rerun_after_deleting_a_shard_rebuilds_only_that_shard(exported):
+    out = exported["out"]
+    first = exported["first"]
+    assert len(first["built"]) == len(list(out.glob("*.tar"))) > 2
+    victim = sorted(out.glob("*.tar"))[1]
+    others = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p != victim}
+    victim.unlink()
+    manifest, built = shards.export_shards(config_for(exported["curated"], out))
+    assert built == [victim.stem]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p != victim} == others
+    second = read_tars(out)
+    assert {u: s["shard"] for u, s in second.items()} == {
+        u: s["shard"] for u, s in first["samples"].items()
+    }
+    assert manifest["total_samples"] == first["manifest"]["total_samples"]
+    assert manifest["download"] == first["manifest"]["download"]
+
+
+def test_nothing_local_is_fetched_without_allow_local(exported, tmp_path):
+    with pytest.raises(shards.ExportError, match="nothing to fetch"):
+        shards.export_shards(config_for(exported["curated"], tmp_path / "o", allow_local=False))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_different_curated_input_is_refused_on_the_same_output(exported, tmp_path):
+    rows = exported["rows"][:-3]
+    curated = write_curated(rows, tmp_path / "curated")
+    with pytest.raises(shards.ExportError, match="different curated input"):
+        shards.export_shards(config_for(curated, exported["out"]))
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("https://upload.wikimedia.org/a.jpg", None),
+        ("http://93.184.216.34/x.png", None),
+        ("HTTPS://Example.ORG/a.jpg", None),
+        ("ftp://example.org/a.jpg", "unsupported_scheme"),
+        ("file:///etc/passwd", "unsupported_scheme"),
+        ("data:image/png;base64,AAAA", "unsupported_scheme"),
+        ("javascript:alert(1)", "unsupported_scheme"),
+        ("", "empty_url"),
+        (None, "empty_url"),
+        ("http:///nohost.jpg", "missing_host"),
+        ("http://[::1", "malformed_url"),
+        ("http://127.0.0.1:8080/a.jpg", "private_address"),
+        ("http://localhost/a.jpg", "private_address"),
+        ("http://api.localhost/a.jpg", "private_address"),
+        ("http://10.1.2.3/a.jpg", "private_address"),
+        ("http://192.168.0.1/a.jpg", "private_address"),
+        ("http://172.16.5.4/a.jpg", "private_address"),
+        ("http://169.254.169.254/latest/meta-data", "private_address"),
+        ("http://100.64.0.1/a.jpg", "private_address"),
+        ("http://0.0.0.0/a.jpg", "private_address"),
+        ("http://[::1]/a.jpg", "private_address"),
+        ("http://[fd00::1]/a.jpg", "private_address"),
+        ("http://[::ffff:127.0.0.1]/a.jpg", "private_address"),
+        ("http://2130706433/a.jpg", "private_address"),
+        ("http://0x7f000001/a.jpg", "private_address"),
+        ("http://127.1/a.jpg", "private_address"),
+        ("http://224.0.0.1/a.jpg", "private_address"),
+    ],
+)
+def test_url_drop_reason(url, reason):
+    assert shards.url_drop_reason(url) == reason
+
+
+def test_allow_local_still_refuses_other_schemes():
+    assert shards.url_drop_reason("http://127.0.0.1/a.jpg", allow_local=True) is None
+    assert shards.url_drop_reason("file:///etc/passwd", allow_local=True) == "unsupported_scheme"
+
+
+def test_delta_and_parquet_curated_read_the_same_and_order_is_stable(tmp_path):
+    rows = curated_rows("https://images.example.org")
+    parquet = write_curated(rows, tmp_path / "p")
+    delta = write_curated(list(reversed(rows)), tmp_path / "d", fmt="delta")
+    from_parquet, run = shards.read_curated(parquet)
+    from_delta, _ = shards.read_curated(delta)
+    assert run == {"run": "fixture", "seed": 0}
+    kept_p, drops_p = shards.filter_urls(from_parquet)
+    kept_d, drops_d = shards.filter_urls(from_delta)
+    assert kept_p.equals(kept_d)
+    assert drops_p == drops_d == Counter(UNFETCHABLE.values())
+    assert kept_p["uid"].to_pylist() == sorted(
+        r["uid"] for r in rows if r["url"].startswith("https")
+    )
+
+
+def test_incomplete_or_malformed_curated_is_a_clear_error(tmp_path):
+    curated = write_curated(curated_rows("https://x.org"), tmp_path / "c")
+    (tmp_path / "c" / "_SUCCESS").unlink()
+    with pytest.raises(shards.ExportError, match="_SUCCESS"):
+        shards.read_curated(curated)
+    bad = tmp_path / "bad"
+    ds.write_dataset(pa.table({"url": ["https://x.org/a.jpg"]}), bad, format="parquet")
+    (bad / "_SUCCESS").write_text("")
+    with pytest.raises(shards.ExportError, match="lacks column"):
+        shards.read_curated(str(bad))
+    with pytest.raises(shards.ExportError, match="not found"):
+        shards.read_curated(str(tmp_path / "nowhere"))
+
+
+def test_job_cli_help_and_one_line_error(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("export_shards", JOB)
+    export_shards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_shards)
+    with pytest.raises(SystemExit):
+        export_shards.main(["--help"])
+    helptext = capsys.readouterr().out
+    for flag in ("--curated", "--output", "--allow-local", "--user-agent-token", "--serve-local"):
+        assert flag in helptext
+    assert export_shards.main(["--curated", str(tmp_path / "none"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export_shards: error:") and "\n" not in err
