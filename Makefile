@@ -41,3 +41,11 @@ bench: .venv
 
 clean:
 	rm -rf out spark-warehouse .pytest_cache
+
+# Stage 4: WebDataset shards from a curated/ table (Parquet or Delta), written to $(OUT)/shards.
+# Extra flags via SHARDS_ARGS, e.g. SHARDS_ARGS='--image-size 224 --processes 16'.
+CURATED ?= $(OUT)/curated
+SHARDS_ARGS ?=
+.PHONY: shards
+shards: .venv
+	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(OUT)/shards $(SHARDS_ARGS)
