@@ -1,0 +1,499 @@
+"""The curation job (semantics doc, sections 3-9) as Spark stages.
+
+records -> matches/ -> entry_counts/ -> thresholds/ -> curated/, each a table under the output
+URI, then run.json and _SUCCESS. Matching and balancing run in Python workers (mapInArrow) with
+the same library code the tests use as reference; everything that decides what is kept is a pure
+function of (seed, uid, text) and the counts, so partitioning and input order do not matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from curation import tables
+from curation.balance import (
+    T_EN_METACLIP2,
+    entry_probabilities,
+    keep_probability,
+    keep_uniform,
+    tail_fraction,
+    text_choice_key,
+    threshold_for_fraction,
+)
+from curation.matching import EntryMatcher
+
+log = logging.getLogger("curate")
+
+OTHER = "other"
+STAGES = ("matches", "entry_counts", "thresholds", "curated")
+MATCHES_SCHEMA = (
+    "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
+)
+CANDIDATES_SCHEMA = (
+    "uid string, url string, text string, lang string, entry_ids array<int>, "
+    "keep_prob double, choice long, draw double"
+)
+MATCHERS_PER_WORKER = 4
+
+
+class CurationError(Exception):
+    """A problem with the job's inputs or flags, reported as one line."""
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    metadata: str
+    input: str
+    output: str
+    t_en: float | None = T_EN_METACLIP2
+    tail_fraction: float | None = None
+    seed: int = 0
+    format: str = "parquet"
+    languages: tuple[str, ...] | None = None
+    resume: bool = False
+    salt_buckets: int = 16
+    lid_model: str | None = None
+    partitions: int | None = None
+
+    def __post_init__(self):
+        if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
+            raise CurationError(f"--tail-fraction must be in (0, 1], got {self.tail_fraction}")
+        if self.tail_fraction is None and (self.t_en is None or self.t_en <= 0):
+            raise CurationError("give a positive --t-en or a --tail-fraction")
+        if self.format not in ("parquet", "delta"):
+            raise CurationError(f"--format must be parquet or delta, got {self.format!r}")
+
+
+@dataclass
+class RunReport:
+    config: dict
+    counts: dict = field(default_factory=dict)
+    drops: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
+
+
+# --- executor side ---------------------------------------------------------------------------
+
+_MATCHERS: OrderedDict = OrderedDict()
+_PROBS: OrderedDict = OrderedDict()
+
+
+def _cached(cache: OrderedDict, key, build):
+    """A small per-worker LRU: data is sorted by lang, so a worker holds few languages at once."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = build()
+    if len(cache) > MATCHERS_PER_WORKER:
+        cache.popitem(last=False)
+    return value
+
+
+def language_matcher(metadata_uri: str, lang: str) -> tuple[EntryMatcher, np.ndarray | None]:
+    """The matcher of one language, built from the metadata table (never unpickled)."""
+
+    def build():
+        table = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
+        table = table.sort_by("entry_id")
+        entry_ids = table.column("entry_id").to_numpy().astype(np.int32)
+        identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
+        return EntryMatcher(table.column("entry").to_pylist()), None if identity else entry_ids
+
+    return _cached(_MATCHERS, (metadata_uri, lang), build)
+
+
+def match_batches(metadata_uri: str):
+    """mapInArrow function: adds entry_ids to records sorted (within the partition) by lang."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            langs = batch.column("lang").to_numpy(zero_copy_only=False)
+            if len(langs) == 0:
+                continue
+            cuts = np.flatnonzero(langs[1:] != langs[:-1]) + 1
+            for start, stop in zip([0, *cuts], [*cuts, len(langs)]):
+                part = batch.slice(start, stop - start)
+                matcher, entry_ids = language_matcher(metadata_uri, langs[start])
+                matched = matcher.match_arrow(part.column("text"))
+                if entry_ids is not None:
+                    values = entry_ids[matched.values.to_numpy()]
+                    matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        *(part.column(c) for c in ("uid", "url", "page_url", "text", "lang")),
+                        matched,
+                    ],
+                    names=["uid", "url", "page_url", "text", "lang", "entry_ids"],
+                )
+
+    return run
+
+
+def language_probabilities(counts_uri: str, lang: str, t: float) -> np.ndarray:
+    """prob per entry id of one language, from its entry_counts partition (zeros included)."""
+
+    def build():
+        table = tables.read_partition(counts_uri, lang, ["entry_id", "count"])
+        ids = table.column("entry_id").to_numpy()
+        counts = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=np.int64)
+        counts[ids] = table.column("count").to_numpy()
+        return entry_probabilities(counts, t)
+
+    return _cached(_PROBS, (counts_uri, lang, t), build)
+
+
+def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int):
+    """mapInArrow function: keep probability, choice key and keep draw of each matched record."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows = batch.to_pydict()
+            keep_probs, choices, draws = [], [], []
+            for uid, text, lang, ids in zip(
+                rows["uid"], rows["text"], rows["lang"], rows["entry_ids"]
+            ):
+                probs = language_probabilities(counts_uri, lang, thresholds[lang])
+                keep_probs.append(keep_probability(probs, ids))
+                choices.append(text_choice_key(seed, uid, text) - 2**63)  # order kept, fits long
+                draws.append(keep_uniform(seed, uid))
+            yield pa.RecordBatch.from_pydict(
+                {
+                    **{c: rows[c] for c in ("uid", "url", "text", "lang")},
+                    "entry_ids": pa.array(rows["entry_ids"], pa.list_(pa.int32())),
+                    "keep_prob": pa.array(keep_probs, pa.float64()),
+                    "choice": pa.array(choices, pa.int64()),
+                    "draw": pa.array(draws, pa.float64()),
+                }
+            )
+
+    return run
+
+
+# --- driver side -----------------------------------------------------------------------------
+
+
+def compute_thresholds(
+    nonzero_counts: dict[str, np.ndarray], t_en: float | None, p: float | None
+) -> dict[str, tuple[float, float]]:
+    """{lang: (t, tail_fraction)} per section 7, for every language with at least one match."""
+    if p is None:
+        if "en" not in nonzero_counts:
+            raise CurationError(
+                "no English record matched, so --t-en cannot set the tail fraction; "
+                "pass --tail-fraction instead"
+            )
+        p = tail_fraction(nonzero_counts["en"], t_en)
+    result = {}
+    for lang, counts in sorted(nonzero_counts.items()):
+        t = float(t_en) if lang == "en" and t_en is not None else threshold_for_fraction(counts, p)
+        result[lang] = (float(t), p)
+    return result
+
+
+class CurationJob:
+    def __init__(self, spark, config: CurateConfig):
+        self.spark = spark
+        self.config = config
+        self.fs = tables.HadoopFS(spark)
+        self.report = RunReport(config={k: v for k, v in asdict(config).items()})
+        self.out = config.output.rstrip("/")
+
+    def table_uri(self, name: str) -> str:
+        return f"{self.out}/{name}"
+
+    # stages ----------------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        started = time.perf_counter()
+        self.fs.delete(f"{self.out}/_SUCCESS")
+        self.fs.delete(f"{self.out}/run.json")
+        metadata_langs = self.metadata_languages()
+        records = self.load_records(metadata_langs)
+        fingerprint = self.input_fingerprint()
+        fp = self.stage("matches", fingerprint, lambda: self.write_matches(records))
+        fp = self.stage("entry_counts", fp, self.write_entry_counts)
+        fp = self.stage("thresholds", fp, self.write_thresholds)
+        self.stage("curated", fp, self.write_curated)
+        self.collect_counts()
+        self.report.stages["total_s"] = round(time.perf_counter() - started, 2)
+        self.fs.write_text(
+            f"{self.out}/run.json", json.dumps(asdict(self.report), indent=2, sort_keys=True)
+        )
+        self.fs.write_text(f"{self.out}/_SUCCESS", "")
+        log.info("done in %.1fs: %s", time.perf_counter() - started, self.out)
+        return self.report
+
+    def stage(self, name: str, previous: str, build) -> str:
+        flags = {
+            "matches": [self.config.languages],
+            "entry_counts": [],
+            "thresholds": [self.config.t_en, self.config.tail_fraction],
+            "curated": [self.config.seed],
+        }[name]
+        fingerprint = hashlib.sha256(
+            json.dumps([previous, name, flags, self.config.format, tables.code_version()]).encode()
+        ).hexdigest()
+        marker = f"{self.out}/_stages/{name}.json"
+        if (
+            self.config.resume
+            and self.fs.read_text(marker) == fingerprint
+            and self.fs.exists(f"{self.table_uri(name)}/_SUCCESS")
+        ):
+            log.info("stage %s: unchanged inputs and flags, skipped (--resume)", name)
+            self.report.stages[name] = "skipped"
+            return fingerprint
+        self.fs.delete(marker)
+        started = time.perf_counter()
+        log.info("stage %s: started", name)
+        build()
+        elapsed = time.perf_counter() - started
+        self.report.stages[name] = round(elapsed, 2)
+        self.fs.write_text(marker, fingerprint)
+        log.info("stage %s: done in %.1fs", name, elapsed)
+        return fingerprint
+
+    def metadata_languages(self) -> list[str]:
+        langs = self.fs.partition_values(self.config.metadata, "lang")
+        if not langs:
+            raise CurationError(f"metadata {self.config.metadata}: no lang=... partitions found")
+        if self.config.languages:
+            missing = sorted(set(self.config.languages) - set(langs))
+            if missing:
+                raise CurationError(
+                    f"metadata {self.config.metadata} has no language {', '.join(missing)}"
+                )
+            return sorted(self.config.languages)
+        return sorted(langs)
+
+    def input_fingerprint(self) -> str:
+        parts = [self.config.input, self.config.metadata]
+        parts += [
+            self.fs.content_summary(self.config.input),
+            self.fs.content_summary(self.config.metadata),
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def load_records(self, metadata_langs: list[str]):
+        from pyspark.sql import functions as F
+
+        df = tables.read_table(self.spark, self.config.input)
+        missing = [c for c in ("url", "text") if c not in df.columns]
+        if missing:
+            raise CurationError(
+                f"input {self.config.input} lacks column(s) {', '.join(missing)} "
+                f"(has: {', '.join(df.columns)})"
+            )
+        if "page_url" not in df.columns:
+            df = df.withColumn("page_url", F.lit(None).cast("string"))
+        if "uid" not in df.columns:
+            df = df.withColumn("uid", tables.image_uid_column(F.col("url"), F.col("page_url")))
+        if "lang" not in df.columns:
+            log.info(
+                "input has no lang column: identifying languages with %s",
+                self.config.lid_model or "lid.176",
+            )
+            df = tables.with_language(df, self.config.lid_model)
+        df = df.select(
+            F.col("uid").cast("string"),
+            F.col("url").cast("string"),
+            F.col("page_url").cast("string"),
+            F.col("text").cast("string"),
+            F.col("lang").cast("string"),
+        )
+        counts = df.agg(
+            F.count(F.lit(1)).alias("records"),
+            F.sum(
+                (F.col("text").isNull() | F.col("url").isNull() | F.col("uid").isNull()).cast(
+                    "long"
+                )
+            ).alias("null"),
+        ).first()
+        if not counts["records"]:
+            raise CurationError(f"input {self.config.input} has no records")
+        df = df.where(
+            F.col("text").isNotNull() & F.col("url").isNotNull() & F.col("uid").isNotNull()
+        )
+        # one record per distinct (uid, text); the other columns are chosen deterministically
+        df = df.groupBy("uid", "text").agg(
+            F.min("url").alias("url"),
+            F.min("page_url").alias("page_url"),
+            F.min("lang").alias("lang"),
+        )
+        known = set(metadata_langs)
+        routed = F.when(F.col("lang").isin(list(known)), F.col("lang")).otherwise(F.lit(OTHER))
+        df = df.withColumn("lang", routed)
+        self.report.counts["input_records"] = counts["records"]
+        self.report.drops["null_text_or_url"] = counts["null"] or 0
+        self.records = df
+        return df
+
+    def write_matches(self, records) -> None:
+        from pyspark.sql import functions as F
+
+        known = records.where(F.col("lang") != OTHER)
+        partitions = self.config.partitions or int(
+            self.spark.conf.get("spark.sql.shuffle.partitions")
+        )
+        salt = F.abs(F.xxhash64("uid")) % self.config.salt_buckets
+        spread = known.repartition(partitions, "lang", salt).sortWithinPartitions("lang")
+        matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
+            match_batches(self.config.metadata), MATCHES_SCHEMA
+        )
+        tables.write_table(matched, self.table_uri("matches"), self.config.format, ["lang"])
+
+    def write_entry_counts(self) -> None:
+        from pyspark.sql import functions as F
+
+        matches = tables.read_table(self.spark, self.table_uri("matches"))
+        run_langs = [r["lang"] for r in matches.select("lang").distinct().collect()]
+        per_entry = (
+            matches.select("lang", F.explode("entry_ids").alias("entry_id"))
+            .groupBy("lang", "entry_id")
+            .agg(F.count(F.lit(1)).alias("count"))
+        )
+        metadata = tables.read_table(self.spark, self.config.metadata).where(
+            F.col("lang").isin(run_langs)
+        )
+        counts = (
+            metadata.select("lang", F.col("entry_id").cast("int"), "entry")
+            .join(per_entry, ["lang", "entry_id"], "left")
+            .select(
+                "lang",
+                "entry_id",
+                "entry",
+                F.coalesce("count", F.lit(0)).cast("long").alias("count"),
+            )
+        )
+        tables.write_table(counts, self.table_uri("entry_counts"), self.config.format, ["lang"])
+
+    def write_thresholds(self) -> None:
+        from pyspark.sql import functions as F
+
+        counts = tables.read_table(self.spark, self.table_uri("entry_counts"))
+        rows = (
+            counts.where(F.col("count") > 0)
+            .groupBy("lang")
+            .agg(F.collect_list("count").alias("counts"))
+            .collect()
+        )
+        nonzero = {r["lang"]: np.asarray(r["counts"], dtype=np.int64) for r in rows}
+        if not nonzero:
+            raise CurationError(f"no record of {self.config.input} matched any metadata entry")
+        thresholds = compute_thresholds(
+            nonzero,
+            self.config.t_en if self.config.tail_fraction is None else None,
+            self.config.tail_fraction,
+        )
+        matches = tables.read_table(self.spark, self.table_uri("matches"))
+        stats = {
+            r["lang"]: (r["records"], r["matched"])
+            for r in matches.groupBy("lang")
+            .agg(
+                F.count(F.lit(1)).alias("records"),
+                F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
+            )
+            .collect()
+        }
+        entries = {
+            r["lang"]: r["n"]
+            for r in counts.groupBy("lang").agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        table = [
+            (
+                lang,
+                float(t),
+                float(p),
+                int(entries.get(lang, 0)),
+                int(stats.get(lang, (0, 0))[1] or 0),
+            )
+            for lang, (t, p) in sorted(thresholds.items())
+        ]
+        df = self.spark.createDataFrame(
+            table, "lang string, t double, tail_fraction double, entries long, matched_records long"
+        )
+        tables.write_table(df.coalesce(1), self.table_uri("thresholds"), self.config.format, None)
+        for lang, (t, p) in sorted(thresholds.items()):
+            log.info(
+                "  %s: t=%g tail_fraction=%.4f matched_records=%s",
+                lang,
+                t,
+                p,
+                stats.get(lang, (0, 0))[1],
+            )
+
+    def read_thresholds(self) -> dict[str, float]:
+        rows = tables.read_table(self.spark, self.table_uri("thresholds")).collect()
+        return {r["lang"]: r["t"] for r in rows}
+
+    def write_curated(self) -> None:
+        from pyspark.sql import functions as F
+
+        thresholds = self.read_thresholds()
+        matches = tables.read_table(self.spark, self.table_uri("matches")).where(
+            F.size("entry_ids") > 0
+        )
+        candidates = matches.select("uid", "url", "text", "lang", "entry_ids").mapInArrow(
+            candidate_batches(self.table_uri("entry_counts"), thresholds, self.config.seed),
+            CANDIDATES_SCHEMA,
+        )
+        chosen = candidates.groupBy("uid").agg(
+            F.min(
+                F.struct("choice", "text", "url", "lang", "entry_ids", "keep_prob", "draw")
+            ).alias("c")
+        )
+        kept = chosen.where(F.col("c.draw") < F.col("c.keep_prob")).select(
+            "uid",
+            F.col("c.url").alias("url"),
+            F.col("c.text").alias("text"),
+            F.col("c.lang").alias("lang"),
+            F.col("c.entry_ids").alias("entry_ids"),
+            F.col("c.keep_prob").alias("keep_prob"),
+        )
+        ordered = kept.repartition("lang").sortWithinPartitions("lang", "uid")
+        tables.write_table(ordered, self.table_uri("curated"), self.config.format, ["lang"])
+
+    def collect_counts(self) -> None:
+        from pyspark.sql import functions as F
+
+        matches = tables.read_table(self.spark, self.table_uri("matches"))
+        curated = tables.read_table(self.spark, self.table_uri("curated"))
+        records = self.records
+        per_lang = {
+            r["lang"]: r["n"]
+            for r in records.groupBy("lang").count().withColumnRenamed("count", "n").collect()
+        }
+        self.report.drops["no_metadata_language"] = int(per_lang.pop(OTHER, 0))
+        self.report.counts["distinct_records"] = int(
+            sum(per_lang.values()) + self.report.drops["no_metadata_language"]
+        )
+        self.report.counts["records_per_lang"] = {k: int(v) for k, v in sorted(per_lang.items())}
+        self.report.counts["matched_records"] = int(matches.where(F.size("entry_ids") > 0).count())
+        self.report.counts["curated_per_lang"] = {
+            r["lang"]: int(r["count"])
+            for r in curated.groupBy("lang").count().orderBy("lang").collect()
+        }
+        self.report.counts["curated_records"] = int(
+            sum(self.report.counts["curated_per_lang"].values())
+        )
+        c = self.report.counts
+        log.info(
+            "records in %s, distinct %s, no metadata language %s, matched %s, curated %s",
+            c["input_records"],
+            c["distinct_records"],
+            self.report.drops["no_metadata_language"],
+            c["matched_records"],
+            c["curated_records"],
+        )
+
+
+def run(spark, config: CurateConfig) -> RunReport:
+    return CurationJob(spark, config).run()

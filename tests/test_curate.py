@@ -1,0 +1,291 @@
+"""The curation job end to end on real captions, against a single-process recomputation."""
+
+import json
+import re
+from collections import Counter, defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.balance import (
+    Record,
+    entry_probabilities,
+    sample_records,
+    tail_fraction,
+    threshold_for_fraction,
+)
+from curation.curate import CurateConfig, CurationError, run
+from curation.extract import image_uid
+from curation.matching import EntryMatcher
+from tests.conftest import WIT_LANGUAGES, shared_path
+
+T_EN = 40
+
+
+def wit_entries(captions, lang):
+    """Entries taken from the captions: words seen 3+ times and bigrams seen 3+ times."""
+    grams = Counter()
+    for caption in captions:
+        if lang == "ja":
+            for run_ in re.findall(r"[\u4e00-\u9fff]+", caption):
+                grams.update(run_[i : i + 2] for i in range(len(run_) - 1))
+        else:
+            words = caption.split()
+            grams.update(words)
+            grams.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+    return sorted(g for g, c in grams.items() if c >= 3 and g.strip(",.;:?!`"))
+
+
+def write_metadata(root, entries_by_lang):
+    rows = {"lang": [], "entry_id": [], "entry": [], "source": []}
+    for lang, entries in entries_by_lang.items():
+        for entry_id, entry in enumerate(sorted(set(entries))):
+            rows["lang"].append(lang)
+            rows["entry_id"].append(entry_id)
+            rows["entry"].append(entry)
+            rows["source"].append("test")
+    table = pa.table(rows).cast(
+        pa.schema(
+            [
+                ("lang", pa.string()),
+                ("entry_id", pa.int32()),
+                ("entry", pa.string()),
+                ("source", pa.string()),
+            ]
+        )
+    )
+    pq.write_to_dataset(table, str(root), partition_cols=["lang"])
+    return {lang: sorted(set(e)) for lang, e in entries_by_lang.items()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, wordnet_lemmas, wit_captions):
+    """Metadata (WordNet for en, caption n-grams elsewhere) and alt_text of real captions."""
+    root = tmp_path_factory.mktemp("curate")
+    rows = []
+    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
+        for line in list(f)[:4000]:
+            caption, url = line.rstrip("\n").split("\t")
+            rows.append((url, None, caption, "en"))
+    for lang in WIT_LANGUAGES:
+        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                rows.append(
+                    (row["image_url"], row["page_url"], row["caption_reference_description"], lang)
+                )
+    rows += rows[:50]  # exact duplicates count once
+    rows.append(("https://example.org/a.jpg", None, "a cat in a hat", "zz"))  # no metadata language
+    rows.append(("ftp://example.org/a.jpg", None, "a cat", "en"))  # not an http(s) image
+    table = pa.table(
+        {
+            "url": [r[0] for r in rows],
+            "page_url": [r[1] for r in rows],
+            "text": [r[2] for r in rows],
+            "lang": [r[3] for r in rows],
+        }
+    )
+    table = table.append_column(
+        "uid", pa.array([uid_or_none(r[0], r[1]) for r in rows], pa.string())
+    )
+    pq.write_table(table, root / "alt_text.parquet")
+    entries = {"en": [e for e in wordnet_lemmas if len(e) > 1]}
+    for lang in WIT_LANGUAGES:
+        if lang != "en":
+            entries[lang] = wit_entries(wit_captions[lang], lang)
+    entries = write_metadata(root / "metadata", entries)
+    return root, table, entries
+
+
+def uid_or_none(url, page_url):
+    try:
+        return image_uid(url, page_url)
+    except ValueError:
+        return None
+
+
+def reference_run(table, entries, t_en, seed):
+    """The same job in one process, straight from the library."""
+    records = {}
+    for row in table.to_pylist():
+        if row["uid"] is None or row["lang"] not in entries:
+            continue
+        records.setdefault((row["uid"], row["text"]), row["lang"])
+    by_lang = defaultdict(list)
+    for (uid, text), lang in sorted(records.items()):
+        by_lang[lang].append((uid, text))
+    counts, matched = {}, []
+    for lang, items in by_lang.items():
+        matcher = EntryMatcher(entries[lang])
+        ids = matcher.match_many(text for _, text in items)
+        counts[lang] = np.zeros(len(entries[lang]), dtype=np.int64)
+        for (uid, text), found in zip(items, ids):
+            counts[lang][found] += 1
+            matched.append(Record(uid, text, lang, tuple(found)))
+    p = tail_fraction(counts["en"], t_en)
+    t = {
+        lang: (t_en if lang == "en" else threshold_for_fraction(c, p))
+        for lang, c in counts.items()
+        if c.any()
+    }
+    probs = {lang: entry_probabilities(counts[lang], t[lang]) for lang in t}
+    decisions = sample_records([r for r in matched if r.lang in t], probs, seed)
+    return counts, t, p, decisions
+
+
+def read(path):
+    return pq.read_table(path).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def curated_run(spark, corpus):
+    root, table, entries = corpus
+    config = CurateConfig(
+        metadata=str(root / "metadata"),
+        input=str(root / "alt_text.parquet"),
+        output=str(root / "out"),
+        t_en=T_EN,
+        seed=7,
+    )
+    report = run(spark, config)
+    return root / "out", report, reference_run(table, entries, T_EN, 7)
+
+
+def test_counts_equal_a_single_process_recomputation(curated_run, corpus):
+    out, report, (counts, t, p, decisions) = curated_run
+    _, _, entries = corpus
+    table = read(out / "entry_counts")
+    assert set(table["lang"]) == set(counts)
+    for lang, expected in counts.items():
+        got = table[table["lang"] == lang].sort_values("entry_id")
+        assert got["entry_id"].tolist() == list(range(len(entries[lang])))
+        assert got["entry"].tolist() == entries[lang]
+        assert np.array_equal(got["count"].to_numpy(), expected), lang
+    assert sum(c.sum() for c in counts.values()) > 50_000
+
+
+def test_thresholds_follow_the_tail_fraction_of_english(curated_run):
+    out, report, (counts, t, p, decisions) = curated_run
+    table = read(out / "thresholds").set_index("lang")
+    assert table.loc["en", "t"] == T_EN
+    for lang, expected in t.items():
+        assert table.loc[lang, "t"] == expected, lang
+        assert table.loc[lang, "tail_fraction"] == pytest.approx(p)
+        assert table.loc[lang, "t"] >= 1
+    assert table.loc["ja", "matched_records"] > 0
+
+
+def test_curated_equals_the_reference_sampling(curated_run):
+    out, report, (counts, t, p, decisions) = curated_run
+    curated = read(out / "curated")
+    got = {
+        (r.uid, r.text, r.lang, tuple(r.entry_ids), round(r.keep_prob, 12))
+        for r in curated.itertuples()
+    }
+    expected = {
+        (d.record.uid, d.record.text, d.record.lang, d.record.entry_ids, round(d.keep_prob, 12))
+        for d in decisions
+        if d.kept
+    }
+    assert got == expected
+    assert 0 < len(got) < len(decisions)
+    assert curated["uid"].is_unique
+    assert (out / "_SUCCESS").exists()
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["counts"]["curated_records"] == len(got)
+    assert run_json["drops"]["no_metadata_language"] == 1
+    assert run_json["config"]["seed"] == 7
+
+
+def test_tail_entries_keep_everything_and_head_entries_are_capped(curated_run):
+    out, report, (counts, t, p, decisions) = curated_run
+    curated = read(out / "curated")
+    kept = Counter()
+    for lang, ids in zip(curated["lang"], curated["entry_ids"]):
+        kept.update((lang, int(i)) for i in ids)
+    candidates = [d for d in decisions]
+    head_checked = 0
+    for d in candidates:
+        c = counts[d.record.lang][list(d.record.entry_ids)]
+        if (c < t[d.record.lang]).all():
+            assert d.keep_prob == 1.0 and d.kept  # all-tail records are always kept
+    # single-entry records isolate one entry's sampling: E[kept] = n * t / count <= t
+    single = defaultdict(lambda: [0, 0])
+    for d in candidates:
+        if len(d.record.entry_ids) == 1:
+            e = d.record.entry_ids[0]
+            single[(d.record.lang, e)][0] += 1
+            single[(d.record.lang, e)][1] += d.kept
+    for (lang, e), (n, k) in single.items():
+        count = counts[lang][e]
+        if count >= t[lang] and n >= 20:
+            expected = n * t[lang] / count
+            assert k <= t[lang] + 4 * np.sqrt(t[lang]) + 1
+            assert abs(k - expected) <= 4 * np.sqrt(expected) + 1, (lang, e, n, k, expected)
+            head_checked += 1
+    assert head_checked >= 3
+
+
+def test_rerun_with_other_partitioning_gives_identical_curated_content(
+    spark, corpus, curated_run, tmp_path
+):
+    root, table, entries = corpus
+    out, _, _ = curated_run
+    shuffled = table.take(np.random.default_rng(0).permutation(len(table)))
+    (tmp_path / "shuffled").mkdir()
+    for i, start in enumerate(range(0, len(shuffled), 3000)):
+        pq.write_table(shuffled.slice(start, 3000), tmp_path / "shuffled" / f"part-{i}.parquet")
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "1")
+    try:
+        run(
+            spark,
+            CurateConfig(
+                metadata=str(root / "metadata"),
+                input=str(tmp_path / "shuffled"),
+                output=str(tmp_path / "out"),
+                t_en=T_EN,
+                seed=7,
+                salt_buckets=3,
+            ),
+        )
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+
+    def content(path):
+        df = read(path / "curated")
+        df["entry_ids"] = df["entry_ids"].map(tuple)
+        df["lang"] = df["lang"].astype(str)
+        return sorted(
+            map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values)
+        )
+
+    assert content(tmp_path / "out") == content(out)
+
+
+def test_clear_errors(spark, corpus, tmp_path):
+    root, table, entries = corpus
+    base = dict(
+        metadata=str(root / "metadata"),
+        input=str(root / "alt_text.parquet"),
+        output=str(tmp_path / "o"),
+    )
+    with pytest.raises(CurationError, match="has no language xx"):
+        run(spark, CurateConfig(**base, languages=("en", "xx")))
+    pq.write_table(pa.table({"link": ["x"], "text": ["y"]}), tmp_path / "bad.parquet")
+    with pytest.raises(CurationError, match=r"lacks column\(s\) url"):
+        run(spark, CurateConfig(**{**base, "input": str(tmp_path / "bad.parquet")}))
+    empty = pa.table(
+        {
+            "url": pa.array([], pa.string()),
+            "text": pa.array([], pa.string()),
+            "lang": pa.array([], pa.string()),
+        }
+    )
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    with pytest.raises(CurationError, match="has no records"):
+        run(spark, CurateConfig(**{**base, "input": str(tmp_path / "empty.parquet")}))
+    with pytest.raises(CurationError, match="--tail-fraction"):
+        CurateConfig(**base, tail_fraction=1.5)
