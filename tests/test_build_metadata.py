@@ -1,0 +1,164 @@
+"""jobs/build_metadata.py on Spark: hand-counted fixtures, stats, reruns, determinism."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as ds
+import pytest
+from conftest import PROJECT_ROOT, shared_path
+from metadata_fixtures import EN_LEMMAS, af_dump_bytes, write_wordnet
+
+from jobs import build_metadata
+
+# af fixture with these flags: unigrams top 50% of 7 -> 4 (cat, dog, then Beta, alpha by code
+# point), bigrams count >= 2 and PMI > 3 -> "cat dog" (PMI 3*11/(3*3) = 3.67), titles top 50% of
+# 3 by in-links -> Beta (2), Alpha (1).
+FIXTURE_FLAGS = [
+    "--unigram-fraction", "0.5",
+    "--bigram-min-count", "2",
+    "--bigram-min-pmi", "3",
+    "--title-fraction", "0.5",
+    "--shuffle-partitions", "3",
+]  # fmt: skip
+
+
+def read_table(path):
+    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table()
+    return sorted(table.to_pylist(), key=lambda r: (r["lang"], r.get("entry_id", 0), r["source"]))
+
+
+@pytest.fixture(scope="module")
+def fixture_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("metadata_inputs")
+    (root / "dumps").mkdir()
+    (root / "dumps" / "afwiki-20240101-pages-articles.xml.xz").write_bytes(
+        lzma.compress(af_dump_bytes())
+    )
+    write_wordnet(root / "wordnet", EN_LEMMAS)
+    (root / "pageviews-20240101-000000").write_text(
+        "af Delta 40 0\naf.m Delta 10 0\naf Alpha 10 0\naf.b Beta 1000 0\nen Dog 5 0\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixture_build(spark, fixture_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("metadata_out")
+    argv = [
+        "--languages", "en,af",
+        "--wordnet", str(fixture_inputs / "wordnet"),
+        "--wikipedia-dumps", f"file://{fixture_inputs}/dumps/*wiki-*.xml.xz",
+        "--no-wordfreq",
+        "--output", f"file://{out}",
+        *FIXTURE_FLAGS,
+    ]  # fmt: skip
+    assert build_metadata.main(argv) == 0
+    return out
+
+
+def test_entries_per_source_hand_counted(fixture_build):
+    rows = read_table(fixture_build / "metadata")
+    af = [(r["entry_id"], r["entry"], r["source"]) for r in rows if r["lang"] == "af"]
+    assert af == [
+        (0, "Alpha", "title:inlinks"),
+        (1, "Beta", "title:inlinks"),
+        (2, "alpha", "unigram"),
+        (3, "cat", "unigram"),
+        (4, "cat dog", "bigram"),
+        (5, "dog", "unigram"),
+    ]
+    en = [(r["entry_id"], r["entry"], r["source"]) for r in rows if r["lang"] == "en"]
+    # code-point order: U+FF5A (ｚ) before U+20000 (𠀀); UTF-16 order would swap them
+    assert en == [
+        (0, "dog", "wordnet"),
+        (1, "hot dog", "wordnet"),
+        (2, "ｚebra", "wordnet"),
+        (3, "𠀀beast", "wordnet"),
+    ]
+    schema = ds.dataset(str(fixture_build / "metadata"), partitioning="hive").schema
+    assert {f.name: str(f.type) for f in schema} == {
+        "entry_id": "int32", "entry": "string", "source": "string", "lang": "string"
+    }  # fmt: skip
+
+
+def test_stats_count_candidates_kept_and_drop_reasons(fixture_build):
+    stats = {(r["lang"], r["source"]): r for r in read_table(fixture_build / "metadata_stats")}
+    assert set(stats) == {("af", "title:inlinks"), ("af", "unigram"), ("af", "bigram"),
+                          ("en", "wordnet")}  # fmt: skip
+    unigram = stats["af", "unigram"]
+    assert (unigram["candidates"], unigram["kept"], unigram["dropped_duplicate"]) == (4, 3, 1)
+    en = stats["en", "wordnet"]
+    assert (en["candidates"], en["kept"]) == (6, 4)
+    dropped = (en["dropped_pure_punctuation"], en["dropped_too_long"], en["dropped_empty"])
+    assert dropped == (1, 1, 0)
+
+
+def test_rerun_overwrites_only_rebuilt_languages(spark, fixture_build, fixture_inputs, tmp_path):
+    en_dir = fixture_build / "metadata" / "lang=en"
+    en_before = {p.name: p.read_bytes() for p in en_dir.iterdir()}
+    en_rows = [r for r in read_table(fixture_build / "metadata") if r["lang"] == "en"]
+    argv = [
+        "--languages", "af",
+        "--wikipedia-dumps", str(fixture_inputs / "dumps" / "afwiki-*.xml.xz"),
+        "--pageviews", str(fixture_inputs / "pageviews-*"),
+        "--no-wordfreq",
+        "--output", str(fixture_build),
+        *FIXTURE_FLAGS,
+    ]  # fmt: skip
+    assert build_metadata.main(argv) == 0
+    rows = read_table(fixture_build / "metadata")
+    titles = [(r["entry"], r["source"]) for r in rows if r["source"].startswith("title")]
+    # pageviews: Delta 50 (desktop + mobile), Alpha 10, Beta 0 (the wikibooks row is ignored)
+    assert titles == [("Alpha", "title"), ("Delta", "title")]
+    assert {p.name: p.read_bytes() for p in en_dir.iterdir()} == en_before
+    assert [r for r in rows if r["lang"] == "en"] == en_rows
+    af_stats = [r for r in read_table(fixture_build / "metadata_stats") if r["lang"] == "af"]
+    assert {r["source"] for r in af_stats} == {"title", "unigram", "bigram"}
+
+
+def test_cli_errors_are_one_line():
+    result = subprocess.run(
+        [sys.executable, "jobs/build_metadata.py", "--languages", "xx", "--output", "/tmp/none"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "build_metadata: error: unknown Wikipedia language codes: xx"
+
+
+def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path):
+    """Real sample: el dump + WordNet + wordfreq (de), in-session vs. a separate spark-submit
+    style process with another PYTHONHASHSEED and shuffle partition count."""
+    dump = shared_path("wikipedia", "elwiki-truncated-100k.xml.xz")
+    wordnet_dir = shared_path("wordnet")
+    common = [
+        "--languages", "en,el,de",
+        "--wordnet", str(wordnet_dir),
+        "--wikipedia-dumps", str(dump),
+        "--unigram-max", "3000",
+    ]  # fmt: skip
+    assert build_metadata.main([*common, "--output", str(tmp_path / "a"),
+                                "--shuffle-partitions", "5"]) == 0  # fmt: skip
+    env = dict(os.environ, PYTHONHASHSEED="12345", PYSPARK_PYTHON=sys.executable)
+    subprocess.run(
+        [sys.executable, "jobs/build_metadata.py", *common, "--output", str(tmp_path / "b"),
+         "--shuffle-partitions", "1", "--master", "local[1]"],
+        cwd=PROJECT_ROOT, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    a = read_table(tmp_path / "a" / "metadata")
+    b = read_table(tmp_path / "b" / "metadata")
+    assert a == b
+    by_lang = {}
+    for row in a:
+        by_lang.setdefault(row["lang"], []).append(row)
+    assert set(by_lang) == {"en", "el", "de"}
+    for lang, rows in by_lang.items():
+        assert [r["entry_id"] for r in rows] == list(range(len(rows))), lang
+        assert [r["entry"] for r in rows] == sorted(r["entry"] for r in rows), lang
+    sources = {r["source"] for r in a}
+    assert sources == {"wordnet", "title:inlinks", "unigram", "bigram", "unigram:wordfreq"}
