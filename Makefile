@@ -42,6 +42,15 @@ bench: .venv
 clean:
 	rm -rf out spark-warehouse .pytest_cache
 
+# Stage 2: language-identified alt-text in $(OUT)/alt_text (and drop counts in $(OUT)/drops) from
+# the embedded WARC capture, CC3M captions and WIT captions. Extra flags via ALT_TEXT_ARGS,
+# e.g. ALT_TEXT_ARGS='--no-page-prior'.
+ALT_TEXT_INPUTS ?= curation/sample_data/whirlwind.warc.gz curation/sample_data/cc3m_val_2k.tsv curation/sample_data/wit
+ALT_TEXT_ARGS ?=
+.PHONY: alt-text
+alt-text: .venv
+	$(PY) jobs/extract_alt_text.py --input $(ALT_TEXT_INPUTS) --output $(OUT) $(ALT_TEXT_ARGS)
+
 # Stage 4: WebDataset shards from a curated/ table (Parquet or Delta), written to $(OUT)/shards.
 # Extra flags via SHARDS_ARGS, e.g. SHARDS_ARGS='--image-size 224 --processes 16'.
 CURATED ?= $(OUT)/curated

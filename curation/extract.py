@@ -18,7 +18,6 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from curation.languages import language_from_tag, wikipedia_language
@@ -95,7 +94,7 @@ def normalize_url(url: str, page_url: str | None = None) -> str:
     Raises ValueError for URLs that cannot be made absolute http(s) URLs.
     """
     url = url.strip()
-    if any(c.isspace() for c in url):
+    if _WS_RE.search(url):
         url = _WS_RE.sub("%20", url)
     if page_url:
         url = urljoin(page_url, url)
@@ -166,7 +165,7 @@ def _is_url_filename(text: str, url: str) -> bool:
     An alt equal to the file name *stem* is kept: Wikipedia files are often named after their
     subject ("Trireme.jpg" with alt "Trireme"), and that alt is a real caption.
     """
-    name = unquote(PurePosixPath(urlsplit(url).path).name)
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     return bool(name) and "." in name and text == name
 
 
@@ -539,43 +538,48 @@ def extract_warc(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[
         if record.headers.get("warc-type") != "response":
             continue
         page_url = record.headers.get("warc-target-uri", "").strip("<> ")
-        if not page_url or "\ufffd" in page_url:
-            drops["broken_warc_header"] += 1
-            continue
-        response = parse_http_response(record.block)
-        if response is None:
-            drops["not_html"] += 1
-            continue
-        if response.status != 200:
-            drops["http_status"] += 1
-            continue
-        content_type = response.headers.get("content-type", "").lower()
-        if content_type and not content_type.startswith(_HTML_TYPES):
-            drops["not_html"] += 1
-            continue
-        body = _decoded_body(response)
-        if body is None:
-            drops["bad_content_encoding"] += 1
-            continue
-        if len(body) > limits.max_html_bytes:
-            drops["html_too_large"] += 1
-            continue
-        if not _looks_like_html(body):
-            drops["not_html"] += 1
-            continue
-        try:
-            lang, base, images = html_images(body, _charset(content_type))
-        except Exception:  # noqa: BLE001 - the parser's failure modes are not enumerable
-            drops["html_parse_error"] += 1
-            continue
-        prior = page_language(page_url, lang, response.headers.get("content-language"))
-        base_url = urljoin(page_url, base) if base else page_url
-        for alt, src in images:
-            record_ = _alt_record(
-                alt, src, base_url, prior, record.offset, drops, limits, unescape=False
-            )
-            if record_ is not None:
-                yield record_ if base_url == page_url else _with_page(record_, page_url)
+        yield from response_alt_texts(page_url, record.block, record.offset, drops, limits)
+
+
+def response_alt_texts(
+    page_url: str, block: bytes, offset: int, drops: Counter, limits: Limits = Limits()
+) -> Iterator[AltText]:
+    """Alt-texts of one WARC response record's block (HTTP headers + body)."""
+    if not page_url or "\ufffd" in page_url:
+        drops["broken_warc_header"] += 1
+        return
+    response = parse_http_response(block)
+    if response is None:
+        drops["not_html"] += 1
+        return
+    if response.status != 200:
+        drops["http_status"] += 1
+        return
+    content_type = response.headers.get("content-type", "").lower()
+    if content_type and not content_type.startswith(_HTML_TYPES):
+        drops["not_html"] += 1
+        return
+    body = _decoded_body(response)
+    if body is None:
+        drops["bad_content_encoding"] += 1
+        return
+    if len(body) > limits.max_html_bytes:
+        drops["html_too_large"] += 1
+        return
+    if not _looks_like_html(body):
+        drops["not_html"] += 1
+        return
+    try:
+        lang, base, images = html_images(body, _charset(content_type))
+    except Exception:  # noqa: BLE001 - the parser's failure modes are not enumerable
+        drops["html_parse_error"] += 1
+        return
+    prior = page_language(page_url, lang, response.headers.get("content-language"))
+    base_url = urljoin(page_url, base) if base else page_url
+    for alt, src in images:
+        record = _alt_record(alt, src, base_url, prior, offset, drops, limits, unescape=False)
+        if record is not None:
+            yield record if base_url == page_url else _with_page(record, page_url)
 
 
 def _with_page(record: AltText, page_url: str) -> AltText:

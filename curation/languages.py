@@ -168,4 +168,9 @@ def wikipedia_language(page_url: str | None) -> str | None:
     if len(parts) < 3 or parts[-2:] != ["wikipedia", "org"]:
         return None
     code = parts[0].replace("-", "_")
-    return code if code in {lang.code for lang in _default_languages()} else None
+    return code if code in _codes() else None
+
+
+@lru_cache(maxsize=1)
+def _codes() -> frozenset[str]:
+    return frozenset(lang.code for lang in _default_languages())
