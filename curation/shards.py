@@ -107,12 +107,27 @@ def read_curated(uri: str, require_success: bool = True) -> tuple[pa.Table, dict
     if missing:
         raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
     table = dataset.to_table(columns=list(CURATED_COLUMNS))
-    run = None
-    run_path = posixpath.join(path, "run.json")
-    if fs.exists(run_path):
-        with fs.open(run_path, "r") as f:
-            run = json.load(f)
-    return _normalize_types(table), run
+    return _normalize_types(table), _read_run(fs, path, require_success)
+
+
+def _read_run(fs, path: str, require_success: bool) -> dict | None:
+    """jobs/curate.py writes run.json and _SUCCESS next to curated/ when the whole run is done."""
+    run_dir = posixpath.dirname(path.rstrip("/"))
+    if (
+        require_success
+        and fs.exists(posixpath.join(run_dir, "_stages"))
+        and not fs.exists(posixpath.join(run_dir, "_SUCCESS"))
+    ):
+        raise ExportError(
+            f"the curation run in {run_dir} has not finished (no _SUCCESS): "
+            "rerun it, or pass --allow-incomplete"
+        )
+    for folder in (path, run_dir):
+        run_path = posixpath.join(folder, "run.json")
+        if fs.exists(run_path):
+            with fs.open(run_path, "r") as f:
+                return json.load(f)
+    return None
 
 
 def _normalize_types(table: pa.Table) -> pa.Table:

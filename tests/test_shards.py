@@ -336,6 +336,20 @@ def test_incomplete_or_malformed_curated_is_a_clear_error(tmp_path):
         shards.read_curated(str(tmp_path / "nowhere"))
 
 
+def test_run_json_next_to_curated_and_an_unfinished_run(tmp_path):
+    """jobs/curate.py layout: RUN/curated/, RUN/_stages/, then RUN/run.json and RUN/_SUCCESS."""
+    run_dir = tmp_path / "run"
+    curated = write_curated(curated_rows("https://x.org"), run_dir / "curated")
+    (run_dir / "curated" / "run.json").unlink()
+    (run_dir / "_stages").mkdir()
+    with pytest.raises(shards.ExportError, match="has not finished"):
+        shards.read_curated(curated)
+    (run_dir / "run.json").write_text(json.dumps({"seed": 7}))
+    (run_dir / "_SUCCESS").write_text("")
+    table, run = shards.read_curated(curated)
+    assert run == {"seed": 7} and table.num_rows == len(curated_rows("https://x.org"))
+
+
 def test_job_cli_help_and_one_line_error(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("export_shards", JOB)
     export_shards = importlib.util.module_from_spec(spec)
@@ -348,3 +362,19 @@ def test_job_cli_help_and_one_line_error(tmp_path, capsys):
     assert export_shards.main(["--curated", str(tmp_path / "none"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("export_shards: error:") and "\n" not in err
+
+
+def test_pyspark_distributor_on_the_shared_session(spark, site, tmp_path):
+    """The cluster path: img2dataset hands shards to the active Spark session's executors."""
+    with shards.serve_directory(site, lifetime_s=120) as base:
+        rows = [r for r in curated_rows(base) if r["url"].endswith(("chelsea.png", "rocket.jpg"))]
+        rows += [{**rows[0], "uid": "ffff0001", "url": f"{base}/missing.jpg"}]
+        curated = write_curated(rows, tmp_path / "curated")
+        out = tmp_path / "shards"
+        manifest, built = shards.export_shards(
+            config_for(curated, out, distributor="pyspark", samples_per_shard=3)
+        )
+    assert built == ["00000"]
+    assert manifest["total_samples"] == 2
+    assert manifest["download"]["failure_categories"] == {"http_404": 1}
+    assert sorted(read_tars(out)) == sorted(r["uid"] for r in rows[:2])
