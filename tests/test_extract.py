@@ -128,7 +128,7 @@ def test_real_whirlwind_warc_yields_aragonese_alt_texts():
         "https://an.wikipedia.org/static/images/mobile/copyright/wikipedia-wordmark-an.svg"
     )
     assert {r.page_url for r in records} == {PAGE}
-    assert {r.page_lang for r in records} == {"an"}
+    assert {(r.page_lang, r.prior_source) for r in records} == {("an", "wikipedia")}
     assert {r.source_offset for r in records} == {1023}  # gzip member of the response record
     assert drops == Counter(empty_alt=6)
 
@@ -187,7 +187,7 @@ def test_wat_records_in_common_crawl_format():
         ("https://cdn.example.dk/kat.png", "Kat & mus"),
         ("https://cdn.example.dk/fugl.webp", "Fugl"),
     ]
-    assert {r.page_lang for r in records} == {"da"}
+    assert {(r.page_lang, r.prior_source) for r in records} == {("da", "declared")}
     assert {r.page_url for r in records} == {page}
     assert records[0].source_offset == len(real)
     assert drops == Counter(empty_alt=1, non_http_url=1, bad_json=1)
