@@ -42,6 +42,19 @@ bench: .venv
 clean:
 	rm -rf out spark-warehouse .pytest_cache
 
+# Stage 1: metadata tables in $(OUT)/metadata from the embedded WordNet, wordfreq word lists and,
+# when present, the truncated Wikipedia dumps in $(WIKI_DUMPS). Extra flags via METADATA_ARGS,
+# e.g. METADATA_ARGS='--languages en,el,ja' or '--max-languages 10'.
+WIKI_DUMPS ?= ../shared/data/wikipedia
+METADATA_ARGS ?=
+.PHONY: metadata
+metadata: .venv
+	@dumps=(); if compgen -G '$(WIKI_DUMPS)/*wiki-*.xml*' >/dev/null; then \
+	  dumps=(--wikipedia-dumps '$(abspath $(WIKI_DUMPS))/*wiki-*.xml*'); \
+	else echo "metadata: no Wikipedia dumps in $(WIKI_DUMPS), building from WordNet + wordfreq"; fi; \
+	$(PY) jobs/build_metadata.py --wordnet curation/sample_data/wordnet "$${dumps[@]}" \
+	  --output $(OUT) $(METADATA_ARGS)
+
 # Stage 2: language-identified alt-text in $(OUT)/alt_text (and drop counts in $(OUT)/drops) from
 # the embedded WARC capture, CC3M captions and WIT captions. Extra flags via ALT_TEXT_ARGS,
 # e.g. ALT_TEXT_ARGS='--no-page-prior'.
