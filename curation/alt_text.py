@@ -70,6 +70,8 @@ def list_inputs(inputs: list[str], input_format: str, base_uri: str = CC_BASE_UR
                     inner = input_format if input_format != "auto" else infer_format(path)
                     if inner and inner != "paths":
                         files.append((os.path.abspath(path), inner))
+        elif "://" not in given and not os.path.exists(given):
+            raise ValueError(f"input not found: {given}")
         elif fmt is None:
             raise ValueError(f"cannot tell the format of {given!r}: pass --input-format")
         else:

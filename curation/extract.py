@@ -28,6 +28,7 @@ DROP_REASONS = {
     "corrupt_gzip": "a gzip member failed to decompress (bytes skipped up to the next member)",
     "truncated_gzip": "the file ends inside a gzip member",
     "oversized_member": "a gzip member inflates beyond --max-member-bytes",
+    "oversized_record": "a WARC record's Content-Length exceeds --max-member-bytes (skipped)",
     "broken_warc_header": "a WARC record header is malformed (skipped to the next record)",
     "truncated_record": "a WARC record is shorter than its Content-Length",
     "bad_json": "a WAT record or JSONL line is not valid JSON",
@@ -208,7 +209,7 @@ def iter_warc_records(stream, drops: Counter, limits: Limits = Limits()) -> Iter
     head = stream.read(3)
     gzipped = head == GZIP_MAGIC
     chunks = _GzipMembers(stream, head, drops, limits) if gzipped else _plain_chunks(stream, head)
-    parser = _RecordParser(drops, gzipped)
+    parser = _RecordParser(drops, gzipped, limits.max_member_bytes)
     for offset, data in chunks:
         if data is None:
             parser.reset()
@@ -317,8 +318,9 @@ class _RecordParser:
 
     MAX_HEADER_BYTES = 64 << 10
 
-    def __init__(self, drops: Counter, gzipped: bool):
-        self.drops, self.gzipped = drops, gzipped
+    def __init__(self, drops: Counter, gzipped: bool, max_record_bytes: int):
+        self.drops, self.gzipped, self.max_record_bytes = drops, gzipped, max_record_bytes
+        self.skip = 0  # bytes of an oversized record still to discard
         self.buf = b""
         self.buf_offset = 0  # offset attributed to buf[0]
         self.carry = 0  # bytes at the start of buf that came from earlier chunks
@@ -326,7 +328,7 @@ class _RecordParser:
     def reset(self) -> None:
         if self.buf.strip():
             self.drops["truncated_record"] += 1
-        self.buf, self.carry = b"", 0
+        self.buf, self.carry, self.skip = b"", 0, 0
 
     def feed(self, offset: int, data: bytes) -> Iterator[WarcRecord]:
         if not self.buf:
@@ -334,6 +336,12 @@ class _RecordParser:
         self.chunk_offset = offset
         self.buf += data
         while True:
+            if self.skip:
+                skipped = min(self.skip, len(self.buf))
+                self.skip -= skipped
+                self._consume(skipped)
+                if self.skip:
+                    break
             stripped = self.buf.lstrip(b"\r\n")
             self._consume(len(self.buf) - len(stripped))
             buf = self.buf
@@ -356,6 +364,10 @@ class _RecordParser:
                 self._resync()
                 continue
             total = end + 4 + length
+            if length > self.max_record_bytes:
+                self.drops["oversized_record"] += 1
+                self.skip = total
+                continue
             if len(buf) < total:
                 break
             yield WarcRecord(self.buf_offset, headers, buf[end + 4 : total])

@@ -93,13 +93,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the same for a language declared by <html lang> or Content-Language, which is "
         "often a template default (default 3)",
     )
-    parser.add_argument("--max-alt-chars", type=int, default=Limits.max_alt_chars)
-    parser.add_argument("--max-html-bytes", type=int, default=Limits.max_html_bytes)
+    parser.add_argument(
+        "--max-alt-chars",
+        type=int,
+        default=Limits.max_alt_chars,
+        help="longer alt texts are dropped as alt_too_long (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-html-bytes",
+        type=int,
+        default=Limits.max_html_bytes,
+        help="larger HTML bodies are dropped as html_too_large (default %(default)s)",
+    )
     parser.add_argument(
         "--max-member-bytes",
         type=int,
         default=Limits.max_member_bytes,
-        help="largest inflated gzip member (a whole-file-gzipped WARC is one member)",
+        help="largest inflated gzip member or WARC record; a whole-file-gzipped WARC is one "
+        "member (default %(default)s)",
     )
     parser.add_argument(
         "--output-partitions",

@@ -336,6 +336,10 @@ def test_limits_bound_html_and_members():
     assert records == [] and drops == Counter(html_too_large=1)
     records, drops = run_warc(data, Limits(max_member_bytes=100))
     assert records == [] and drops == Counter(oversized_member=1)
+    big = response("https://example.dk/big", html_page(("/b.jpg", "x" * 5000)))
+    plain = big + response("https://example.dk/p", page)
+    records, drops = run_warc(plain, Limits(max_member_bytes=4000))
+    assert [r.text for r in records] == ["En hund"] and drops == Counter(oversized_record=1)
 
 
 def test_lazy_images_srcset_base_href_and_charset():

@@ -106,8 +106,12 @@ def test_rerun_is_deterministic_whatever_the_order_and_partitioning(
 
 def test_job_rejects_bad_arguments_with_one_line_errors(tmp_path, capsys):
     job = load_job()
+    (tmp_path / "README.md").write_text("hello")
     assert job.main(["--input", str(tmp_path / "README.md"), "--output", str(tmp_path)]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
+    assert job.main(["--input", str(tmp_path / "typo.warc.gz"), "--output", str(tmp_path)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    (tmp_path / "README.md").unlink()
     assert job.main(["--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "no input files" in capsys.readouterr().err
     with pytest.raises(SystemExit):
