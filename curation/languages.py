@@ -142,7 +142,9 @@ def _tag_table() -> dict[str, str]:
     table.update({"nb": "no", "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"})
     for lang in languages:  # wiki codes win over ISO codes that look the same
         table[lang.code.replace("_", "-")] = lang.code
-    table["als"] = "als"  # as a page tag, `als` is Alemannic Wikipedia's own code
+    # In BCP 47 (what <html lang> and Content-Language carry) `als` is Tosk Albanian; Alemannic
+    # pages, als.wikipedia.org included, declare `gsw`. The subdomain is handled separately.
+    table["als"] = "sq"
     return table
 
 

@@ -81,6 +81,28 @@ def test_unknown_labels_route_to_other():
         lid_label_to_lang("en", model="cld3")
 
 
+def test_declared_language_tags_and_wikipedia_subdomains():
+    from curation.languages import language_from_tag, wikipedia_language
+
+    assert language_from_tag("an") == "an"
+    assert language_from_tag("en-US") == "en"
+    assert language_from_tag("gsw") == "als"  # Alemannic, as MediaWiki declares it
+    assert language_from_tag("als") == "sq"  # BCP 47: Tosk Albanian
+    assert language_from_tag("nb-NO") == "no"
+    assert language_from_tag("zh-Hant-TW") == "zh"
+    assert language_from_tag("yue-HK") == "zh_yue"
+    assert language_from_tag("be-tarask") == "be_tarask"
+    assert language_from_tag("cmn") == "zh"
+    assert language_from_tag("x-klingon") is None
+    assert language_from_tag("") is None
+    assert wikipedia_language("https://als.wikipedia.org/wiki/X") == "als"
+    assert wikipedia_language("https://zh-yue.m.wikipedia.org/wiki/X") == "zh_yue"
+    assert wikipedia_language("https://bat-smg.wikipedia.org/") == "bat_smg"
+    assert wikipedia_language("https://commons.wikimedia.org/wiki/X") is None
+    assert wikipedia_language("https://www.wikipedia.org/") is None
+    assert wikipedia_language("https://evil.example/an.wikipedia.org") is None
+
+
 def test_no_space_languages():
     ns = no_space_languages()
     assert {"ja", "zh", "zh_classical", "zh_yue", "wuu", "th", "lo", "my", "km", "bo", "dz"} <= ns
