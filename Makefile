@@ -64,6 +64,12 @@ ALT_TEXT_ARGS ?=
 alt-text: .venv
 	$(PY) jobs/extract_alt_text.py --input $(ALT_TEXT_INPUTS) --output $(OUT) $(ALT_TEXT_ARGS)
 
+# Stage 5 on the shards `make shards` wrote: a few steps of a tiny CLIP model (CPU is fine).
+TRAIN_ARGS ?= --model tiny-clip --batch-size 16 --steps 20 --warmup 5 --lr 1e-3 --precision fp32 --workers 1 --log-every 5
+.PHONY: train
+train: .venv
+	$(PY) trainer/train.py --train-data $(OUT)/shards --output-dir $(OUT)/train $(TRAIN_ARGS)
+
 # Stage 4: WebDataset shards from a curated/ table (Parquet or Delta), written to $(OUT)/shards.
 # Extra flags via SHARDS_ARGS, e.g. SHARDS_ARGS='--image-size 224 --processes 16'.
 CURATED ?= $(OUT)/curated

@@ -73,7 +73,7 @@ def test_resume_continues_with_identical_batches(shards, model_parts):
         reference[3:], resumed, strict=True
     ):
         assert keys == ref_keys
-        assert torch.equal(images, ref_images)  # augmentation seeded per sample position
+        assert torch.equal(images, ref_images)  # augmentation seeded per batch position
         assert torch.equal(tokens, ref_tokens)
     assert reference[0][0].shape == (4, 3, 32, 32)
 

@@ -10,8 +10,8 @@ A seeded shuffle buffer follows, then decode + open_clip preprocessing + tokenis
 A batch carries its slot's state after it: the number of raw samples the slot has consumed and
 its drop counters. The loader keeps the state of every slot; on resume each worker replays its
 stream up to that position *without decoding*, and worker ids are rotated so the DataLoader's
-round-robin continues with the worker that was next. Augmentation randomness is seeded per
-sample position, so a resumed run sees bit-identical batches.
+round-robin continues with the worker that was next. Augmentation randomness is seeded from
+each batch's stream position, so a resumed run sees bit-identical batches.
 """
 
 from __future__ import annotations
@@ -38,10 +38,17 @@ DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard")
 
 
 def expand_urls(spec: str) -> list[str]:
-    """'dir/{00000..00009}.tar' or several such specs joined by '::'."""
-    urls = [u for part in spec.split("::") for u in braceexpand(part.strip()) if u]
+    """'dir/{00000..00009}.tar', several such specs joined by '::', or a local shard folder."""
+    if Path(spec).is_dir():
+        urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
+    else:
+        urls = [u for part in spec.split("::") for u in braceexpand(part.strip()) if u]
     if not urls:
         raise ValueError(f"no shards in {spec!r}")
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing:
+        raise ValueError(f"shard {missing[0]} not found ({len(missing)} of {len(urls)} missing)")
     return urls
 
 
@@ -204,18 +211,20 @@ class ShardBatches(IterableDataset):
             if isinstance(decoded, str):
                 drops[decoded] += 1
                 continue
-            image, text = decoded
+            images.append(decoded[0])
+            texts.append(decoded[1])
+            keys.append(sample["__key__"])
+            if len(images) < self.batch_size:
+                continue
+            # augmentations draw from torch's global RNG: seed it from the batch's position
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hash((self.seed, slot, position)) & 0x7FFF_FFFF_FFFF_FFFF)
-                images.append(self.preprocess(image))
-            texts.append(text)
-            keys.append(sample["__key__"])
-            if len(images) == self.batch_size:
-                slot_state = {"slot": slot, "position": position, "dropped": dict(drops)}
-                if self.record_keys:
-                    slot_state["keys"] = keys
-                yield torch.stack(images), self.tokenizer(texts), slot_state
-                images, texts, keys = [], [], []
+                pixels = torch.stack([self.preprocess(image) for image in images])
+            slot_state = {"slot": slot, "position": position, "dropped": dict(drops)}
+            if self.record_keys:
+                slot_state["keys"] = keys
+            yield pixels, self.tokenizer(texts), slot_state
+            images, texts, keys = [], [], []
 
 
 class ResumableLoader:

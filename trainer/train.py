@@ -119,6 +119,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    urls = data.expand_urls(args.train_data)
+    samples_per_epoch = args.train_num_samples or data.count_samples(urls)
     dist_info = distributed.init_distributed(args.device)
     device, is_main = dist_info.device, dist_info.is_main
     out_dir = Path(args.output_dir)
@@ -128,6 +130,8 @@ def main(argv=None) -> dict:
 
     # model, tokenizer, preprocessing
     torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
+    torch.backends.cudnn.allow_tf32 = True
     open_clip.add_model_config(MODEL_CONFIGS)
     extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
     raw_model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
@@ -149,8 +153,6 @@ def main(argv=None) -> dict:
         tokenizer = open_clip.get_tokenizer(args.model)
 
     # optimisation
-    urls = data.expand_urls(args.train_data)
-    samples_per_epoch = args.train_num_samples or data.count_samples(urls)
     global_batch = args.batch_size * dist_info.world_size * args.accum_steps
     total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / global_batch))
     optimizer = torch.optim.AdamW(
@@ -188,6 +190,8 @@ def main(argv=None) -> dict:
         step, data_state = ckpt["step"], ckpt["data"][dist_info.rank]
         if is_main:
             print(f"resumed from {resume_path} at step {step}", flush=True)
+    elif args.resume and is_main:
+        print(f"no checkpoint in {ckpt_dir} yet: starting from scratch", flush=True)
 
     model = raw_model
     if dist_info.enabled:

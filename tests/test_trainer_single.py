@@ -1,0 +1,65 @@
+"""`python trainer/train.py` as one process: SigLIP, bf16 autocast, accumulation, checkpointing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_shards import make_shards
+
+pytest.importorskip("open_clip")
+pytest.importorskip("skimage")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "trainer" / "train.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_siglip_bf16_accumulation_run(tmp_path):
+    make_shards(tmp_path / "shards", num_shards=1, per_shard=60)
+    out = tmp_path / "run"
+    result = train(
+        "--train-data", str(tmp_path / "shards"),
+        "--model", "tiny-clip",
+        "--loss", "siglip",
+        "--precision", "bf16",
+        "--accum-steps", "2",
+        "--grad-checkpointing",
+        "--batch-size", "6",
+        "--steps", "4",
+        "--warmup", "1",
+        "--lr", "1e-3",
+        "--workers", "0",
+        "--log-every", "1",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "for 4 steps: 60 samples/epoch, global batch 12" in result.stdout
+
+    ckpt = torch.load(out / "checkpoints" / "step_00000004.pt", weights_only=True)
+    model = ckpt["model"]
+    # learnable temperature and bias moved away from their SigLIP init (log 10, -10)
+    assert model["logit_bias"].item() != -10.0
+    assert model["logit_scale"].item() != pytest.approx(math.log(10), abs=0)
+    decay, no_decay = ckpt["optimizer"]["param_groups"]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert ckpt["data"][0]["batches"] == 8  # 4 steps x 2 micro-batches
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+
+
+def test_missing_shards_fail_with_one_line(tmp_path):
+    result = train("--train-data", str(tmp_path / "{00000..00003}.tar"), "--model", "tiny-clip")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: shard ")
+    assert "not found" in result.stderr
