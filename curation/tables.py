@@ -76,11 +76,11 @@ def write_table(df, uri: str, fmt: str, partition_by: list[str] | None) -> None:
         HadoopFS(df.sparkSession).delete(uri)  # an old _delta_log must not survive the rewrite
     writer.save(uri)
     if fmt == "delta" and not native_delta:
-        from deltalake import convert_to_deltalake
+        from deltalake import Field, Schema, convert_to_deltalake
 
         partitions = None
         if partition_by:
-            partitions = pa.schema([(c, pa.string()) for c in partition_by])
+            partitions = Schema([Field(c, "string") for c in partition_by])
         convert_to_deltalake(
             uri, partition_by=partitions, partition_strategy="hive" if partitions else None
         )

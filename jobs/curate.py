@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )

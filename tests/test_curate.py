@@ -289,3 +289,140 @@ def test_clear_errors(spark, corpus, tmp_path):
         run(spark, CurateConfig(**{**base, "input": str(tmp_path / "empty.parquet")}))
     with pytest.raises(CurationError, match="--tail-fraction"):
         CurateConfig(**base, tail_fraction=1.5)
+
+
+def test_hot_language_is_split_over_several_tasks(curated_run):
+    out, _, _ = curated_run
+    files = list((out / "matches" / "lang=en").glob("*.parquet"))
+    assert len(files) >= 2, "English records should be salted over several partitions"
+
+
+def test_resume_skips_unchanged_stages_and_reruns_from_the_changed_flag(spark, corpus, tmp_path):
+    root, _, _ = corpus
+    base = dict(
+        metadata=str(root / "metadata"),
+        input=str(root / "alt_text.parquet"),
+        output=str(tmp_path / "out"),
+        t_en=T_EN,
+        languages=("da", "en"),
+    )
+    first = run(spark, CurateConfig(**base, seed=1))
+    assert all(isinstance(first.stages[s], float) for s in ("matches", "curated"))
+    before = read(tmp_path / "out" / "curated")
+    again = run(spark, CurateConfig(**base, seed=1, resume=True))
+    assert [again.stages[s] for s in ("matches", "entry_counts", "thresholds", "curated")] == [
+        "skipped"
+    ] * 4
+    assert read(tmp_path / "out" / "curated").equals(before)
+    reseeded = run(spark, CurateConfig(**base, seed=2, resume=True))
+    assert reseeded.stages["thresholds"] == "skipped"
+    assert isinstance(reseeded.stages["curated"], float)
+    assert set(read(tmp_path / "out" / "curated")["lang"].astype(str)) == {"da", "en"}
+
+
+def test_failed_run_leaves_no_success_marker(spark, corpus, tmp_path):
+    import shutil
+
+    root, _, _ = corpus
+    metadata = tmp_path / "metadata"
+    shutil.copytree(root / "metadata", metadata)
+    base = dict(
+        metadata=str(metadata),
+        input=str(root / "alt_text.parquet"),
+        output=str(tmp_path / "out"),
+        t_en=T_EN,
+        languages=("da", "en"),
+    )
+    run(spark, CurateConfig(**base))
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    for part in (metadata / "lang=da").glob("*.parquet"):
+        part.write_bytes(b"not parquet at all")
+    with pytest.raises(Exception, match="(?i)parquet"):
+        run(spark, CurateConfig(**base, seed=3))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_delta_output_is_a_real_delta_table(spark, corpus, tmp_path):
+    from deltalake import DeltaTable
+
+    root, _, _ = corpus
+    out = tmp_path / "out"
+    run(
+        spark,
+        CurateConfig(
+            metadata=str(root / "metadata"),
+            input=str(root / "alt_text.parquet"),
+            output=str(out),
+            t_en=T_EN,
+            languages=("en", "ko"),
+            format="delta",
+        ),
+    )
+    curated = DeltaTable(str(out / "curated"))
+    assert curated.metadata().partition_columns == ["lang"]
+    frame = curated.to_pyarrow_table().to_pandas()
+    assert set(frame["lang"]) == {"en", "ko"} and frame["uid"].is_unique
+    counts = DeltaTable(str(out / "entry_counts")).to_pyarrow_table()
+    assert counts.num_rows > 100_000
+    rerun = run(
+        spark,
+        CurateConfig(
+            metadata=str(root / "metadata"),
+            input=str(out / "curated"),
+            output=str(tmp_path / "again"),
+            t_en=T_EN,
+            languages=("en", "ko"),
+            format="delta",
+        ),
+    )
+    assert rerun.counts["input_records"] == len(frame), "a Delta table is also valid input"
+
+
+def test_command_line_run_with_another_hash_seed(corpus, curated_run, tmp_path):
+    """jobs/curate.py as a user runs it, in a fresh Spark with a different PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, _ = corpus
+    out, _, _ = curated_run
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    cmd = [
+        sys.executable,
+        "jobs/curate.py",
+        "--metadata",
+        str(root / "metadata"),
+        "--input",
+        str(root / "alt_text.parquet"),
+        "--output",
+        str(tmp_path / "cli"),
+        "--t-en",
+        str(T_EN),
+        "--seed",
+        "7",
+        "--master",
+        "local[2]",
+        "--partitions",
+        "3",
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage matches: done" in result.stderr and "curated" in result.stdout
+
+    def content(path):
+        df = read(path / "curated")
+        df["entry_ids"] = df["entry_ids"].map(tuple)
+        df["lang"] = df["lang"].astype(str)
+        return sorted(
+            map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values)
+        )
+
+    assert content(tmp_path / "cli") == content(out)
+
+    bad = subprocess.run(
+        [*cmd[:-4], "--languages", "en,xx"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("curate: error:")]
+    assert errors == [f"curate: error: metadata {root / 'metadata'} has no language xx"]
