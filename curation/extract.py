@@ -62,6 +62,11 @@ _URL_RE = re.compile(r"^(?:(?:https?|ftp):)?//\S+$|^www\.\S+$", re.IGNORECASE)
 _CAMERA_NAME_RE = re.compile(r"^(?:img|dsc|dscn|dscf|dcim|pict|p|sam|gopr)[-_ ]?\d{3,}$", re.I)
 _WS_RE = re.compile(r"\s+")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_PLACEHOLDER_RE = re.compile(
+    r"(?:^|/)(?:blank|spacer|pixel|transparent|placeholder|lazy|loading|grey|gray|1x1)"
+    r"[\w-]*\.(?:gif|png|svg)(?:$|\?)",
+    re.IGNORECASE,
+)
 _LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-url")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -520,9 +525,10 @@ def html_images(body: bytes, charset: str | None):
 
 
 def _img_src(node) -> str | None:
-    """`src`, unless it is missing or a data: placeholder; then lazy-load attributes, srcset."""
+    """`src`, unless it is missing or a placeholder (data: URI, blank/spacer/lazy GIF) and a
+    lazy-load attribute or srcset names the real image."""
     src = (node.getattr("src") or "").strip()
-    if src and not src.lower().startswith("data:"):
+    if src and not _is_placeholder(src):
         return src
     for attr in _LAZY_SRC_ATTRS:
         value = (node.getattr(attr) or "").strip()
@@ -532,6 +538,10 @@ def _img_src(node) -> str | None:
     if srcset:
         return srcset.split(",")[0].strip().split(" ")[0]
     return src or None
+
+
+def _is_placeholder(src: str) -> bool:
+    return src[:5].lower() == "data:" or bool(_PLACEHOLDER_RE.search(src))
 
 
 def page_prior(

@@ -348,6 +348,8 @@ def test_lazy_images_srcset_base_href_and_charset():
         "</head><body>"
         '<img src="data:image/gif;base64,R0lG" data-src="lazy.jpg" alt="Faul">'
         '<img srcset="/s-1x.jpg 1x, /s-2x.jpg 2x" alt="Satz">'
+        '<img src="/img/blank.gif" data-lazy-src="/echt.jpg" alt="Verzögert">'
+        '<img src="/img/spacer.gif" alt="Nur ein Abstandhalter">'
         '<img src="data:image/gif;base64,R0lG" alt="Nur Platzhalter">'
         '<img src="javascript:void(0)" alt="Skript">'
         '<img src="rel.jpg" alt="M\xfcnchen">'
@@ -357,7 +359,31 @@ def test_lazy_images_srcset_base_href_and_charset():
     assert [(r.url, r.text) for r in records] == [
         ("https://static.example.de/i/lazy.jpg", "Faul"),
         ("https://static.example.de/s-1x.jpg", "Satz"),
+        ("https://static.example.de/echt.jpg", "Verzögert"),
+        ("https://static.example.de/img/spacer.gif", "Nur ein Abstandhalter"),
         ("https://static.example.de/i/rel.jpg", "München"),
     ]
     assert {r.page_url for r in records} == {"https://example.de/seite"}
     assert drops == Counter(non_http_url=2)
+
+
+def test_inputs_by_file_and_http_uri(tmp_path):
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    shutil.copy(shared_path("whirlwind.warc.gz"), tmp_path / "w.warc.gz")
+    local = list(extract_file(str(tmp_path / "w.warc.gz"), "warc", Counter()))
+    assert list(extract_file(f"file://{tmp_path}/w.warc.gz", "warc", Counter())) == local
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert list(extract_file(f"{base}/w.warc.gz", "warc", Counter())) == local
+        drops = Counter()
+        assert list(extract_file(f"{base}/missing.warc.gz", "warc", drops)) == []
+        assert drops == Counter(unreadable_file=1)
+    finally:
+        server.shutdown()
