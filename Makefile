@@ -64,6 +64,14 @@ ALT_TEXT_ARGS ?=
 alt-text: .venv
 	$(PY) jobs/extract_alt_text.py --input $(ALT_TEXT_INPUTS) --output $(OUT) $(ALT_TEXT_ARGS)
 
+# Stage 3: match $(OUT)/alt_text against $(OUT)/metadata, count, threshold and balance; writes
+# $(OUT)/{matches,entry_counts,thresholds,curated}, run.json and _SUCCESS. The demo sample is tiny,
+# so its English threshold is tiny too. Extra flags via CURATE_ARGS, e.g. CURATE_ARGS='--t-en 20 --format delta'.
+CURATE_ARGS ?= --t-en 20
+.PHONY: curate
+curate: .venv
+	$(PY) jobs/curate.py --metadata $(OUT)/metadata --input $(OUT)/alt_text --output $(OUT) $(CURATE_ARGS)
+
 # Stage 5 on the shards `make shards` wrote: a few steps of a tiny CLIP model (CPU is fine).
 TRAIN_ARGS ?= --model tiny-clip --batch-size 16 --steps 20 --warmup 5 --lr 1e-3 --precision fp32 --workers 1 --log-every 5
 .PHONY: train
