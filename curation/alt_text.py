@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from curation.extract import Columns, Limits, extract_file, infer_format
+from curation.languages import Language, load_languages, use_languages
 
 CC_BASE_URI = "https://data.commoncrawl.org/"
 ALT_TEXT_COLUMNS = (
@@ -47,6 +48,7 @@ class ExtractOptions:
     page_prior: bool = True
     prior_weight: float = 10.0
     declared_prior_weight: float = 3.0
+    languages: tuple[Language, ...] | None = None  # None: schemas/languages.csv on the driver
 
 
 def list_inputs(inputs: list[str], input_format: str, base_uri: str = CC_BASE_URI):
@@ -84,6 +86,7 @@ def _extract_batches(batches, options: ExtractOptions):
     import pyarrow as pa
 
     names = _EXTRACT_SCHEMA.replace(",", "").split()[0::2]
+    use_languages(options.languages)
     for batch in batches:
         for uri, fmt in zip(batch.column("uri").to_pylist(), batch.column("format").to_pylist()):
             drops: Counter = Counter()
@@ -130,6 +133,7 @@ def _lid_batches(batches, options: ExtractOptions):
     """mapInArrow: deduplicated records -> records with lid_label, lid_score, lang."""
     import pyarrow as pa
 
+    use_languages(options.languages)
     lid = _identifier(options)
     for batch in batches:
         texts = batch.column("text").to_pylist()
@@ -177,6 +181,8 @@ def run_extract(
 
     if not files:
         raise ValueError("no input files")
+    if options.languages is None:
+        options = replace(options, languages=tuple(load_languages()))
     # Fail on the driver, before any task, if the model cannot be loaded.
     _identifier(options)
     log(f"extracting alt-text from {len(files)} file(s)")

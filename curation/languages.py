@@ -81,9 +81,31 @@ def load_unmapped(path: str | os.PathLike | None = None) -> dict[str, frozenset[
     return {model: frozenset(labels) for model, labels in unmapped.items()}
 
 
-@lru_cache(maxsize=1)
+_INSTALLED: tuple[Language, ...] | None = None
+
+
 def _default_languages() -> tuple[Language, ...]:
-    return tuple(load_languages())
+    global _INSTALLED
+    if _INSTALLED is None:
+        _INSTALLED = tuple(load_languages())
+    return _INSTALLED
+
+
+def use_languages(languages) -> None:
+    """Make `languages` the default table in this process.
+
+    Spark jobs load the table on the driver and call this on the executors, which then need
+    no access to `schemas/` (a zipped `--py-files` package has none).
+    """
+    global _INSTALLED
+    if languages is None:
+        return
+    languages = tuple(languages)
+    if languages == _INSTALLED:
+        return
+    _INSTALLED = languages
+    for cached in (_cached_table, _glotlid_by_iso, _tag_table, _codes):
+        cached.cache_clear()
 
 
 def no_space_languages() -> frozenset[str]:

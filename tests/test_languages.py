@@ -109,6 +109,21 @@ def test_no_space_languages():
     assert not ns & {"ko", "vi", "en", "zh_min_nan", "hak", "cdo"}  # written with spaces
 
 
+def test_use_languages_replaces_the_default_table_in_process():
+    from curation.languages import language_from_tag, use_languages
+
+    default = load_languages()
+    try:
+        use_languages([Language("xx", "Test", "Latn", True, ("en",), ("eng_Latn",))])
+        assert lid_label_to_lang("en") == "xx"
+        assert lid_label_to_lang("fr") == OTHER
+        assert language_from_tag("eng") == "xx"
+        assert no_space_languages() == {"xx"}
+    finally:
+        use_languages(default)
+    assert lid_label_to_lang("en") == "en"
+
+
 def test_load_from_explicit_path(tmp_path):
     path = tmp_path / "langs.csv"
     path.write_text(
