@@ -84,9 +84,18 @@ def mecab_segments(text: str) -> Iterator[list[str]]:
         yield from _word_segments(word.surface for word in tagger(line))
 
 
-def jieba_segments(text: str) -> Iterator[list[str]]:
+@cache
+def _jieba():
+    import logging
+
     import jieba
 
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def jieba_segments(text: str) -> Iterator[list[str]]:
+    jieba = _jieba()
     for line in text.splitlines():
         yield from _word_segments(jieba.cut(line))
 
@@ -95,6 +104,8 @@ def _available(module: str) -> bool:
     try:
         if module == "fugashi":
             _mecab()
+        elif module == "jieba":
+            _jieba()
         else:
             __import__(module)
     except Exception:  # not installed, or installed without a dictionary

@@ -46,15 +46,28 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def iter_pages(stream, warn: Callable[[str], None] = print, name: str = "dump") -> Iterator[Page]:
-    """Every complete `<page>` of a dump stream, in order."""
+def iter_pages(
+    stream,
+    warn: Callable[[str], None] = print,
+    name: str = "dump",
+    namespaces: set[str] | None = None,
+) -> Iterator[Page]:
+    """Every complete `<page>` of a dump stream, in order.
+
+    `namespaces`, when given, receives the dump's namespace names (siteinfo) before any page.
+    """
     pages = 0
     root = None
     try:
         for event, element in ET.iterparse(stream, events=("start", "end")):
             if root is None:
                 root = element
-            if event != "end" or _local(element.tag) != "page":
+            if event != "end":
+                continue
+            tag = _local(element.tag)
+            if tag == "namespace" and namespaces is not None and element.text:
+                namespaces.add(element.text.strip().lower())
+            if tag != "page":
                 continue
             fields = {_local(child.tag): child for child in element}
             revision = fields.get("revision")
@@ -85,11 +98,35 @@ def normalize_title(title: str) -> str:
     return title[:1].upper() + title[1:]
 
 
-def parse_page(text: str) -> PageText:
-    """Plain text (markup stripped by mwparserfromhell) and the targets of the page's links."""
+# Canonical namespaces every wiki accepts besides its localized names, and interwiki prefixes.
+CANONICAL_NAMESPACES = frozenset({"file", "image", "media", "category", "template", "wikipedia"})
+_INTERWIKI = re.compile(r"^[a-z]{2,3}(?:[-_][a-z]+)*$")
+
+
+def _is_namespaced(title: str, namespaces: frozenset[str] | set[str]) -> bool:
+    """Links to files, categories, other namespaces or other wikis: not article text."""
+    prefix, colon, _ = title.lstrip(":").partition(":")
+    if not colon:
+        return False
+    prefix = prefix.strip().lower()
+    return prefix in namespaces or prefix in CANONICAL_NAMESPACES or bool(_INTERWIKI.match(prefix))
+
+
+def parse_page(text: str, namespaces: frozenset[str] | set[str] = frozenset()) -> PageText:
+    """Plain text (markup stripped by mwparserfromhell) and the targets of the page's links.
+
+    File/category/interwiki links are removed before stripping: their captions and options
+    ("thumb", "200px") and category names are not running text.
+    """
     code = mwparserfromhell.parse(text)
-    links = [normalize_title(str(link.title)) for link in code.filter_wikilinks()]
-    links = [link for link in links if link]
+    links = []
+    for link in code.filter_wikilinks():  # also inside templates and captions
+        title = str(link.title)
+        if not _is_namespaced(title, namespaces) and (target := normalize_title(title)):
+            links.append(target)
+    for link in code.filter_wikilinks(recursive=False):
+        if _is_namespaced(str(link.title), namespaces):
+            code.remove(link)
     return PageText(plain=code.strip_code(normalize=True, collapse=True), links=links)
 
 
@@ -120,13 +157,14 @@ def count_dump(
         bigrams.clear()
         links.clear()
 
+    namespaces: set[str] = set()
     with open_decompressed(uri) as stream:
-        for page in iter_pages(stream, warnings.append, uri):
+        for page in iter_pages(stream, warnings.append, uri, namespaces):
             if page.ns != ARTICLE_NAMESPACE:
                 continue
             pages += 1
             try:
-                parsed = parse_page(page.text)
+                parsed = parse_page(page.text, namespaces)
             except Exception as error:  # one unparsable page must not lose the file
                 warnings.append(f"{uri}: page {page.title!r} skipped: {error}")
                 continue

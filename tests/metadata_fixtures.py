@@ -20,7 +20,8 @@ def page(title: str, text: str, ns: int = 0, redirect: str | None = None) -> str
     )
 
 
-# Articles Alpha, Beta, Delta; Gamma redirects to Beta; Talk:Foo is not an article.
+# Articles Alpha, Beta, Delta (its file link and category are not text); Gamma redirects to
+# Beta; Talk:Foo is not an article.
 # Tokens (segments split at punctuation): [Beta cat dog] [cat dog fish] [cat dog the alpha] [bird]
 # -> unigrams cat 3, dog 3, Beta/fish/the/alpha/bird 1 (N = 11); bigram "cat dog" 3 (PMI 11/3).
 # In-links: Beta 2 (Alpha, Gamma), Alpha 1 (Beta), Delta 0.
@@ -29,7 +30,7 @@ AF_PAGES = [
     page("Beta", "cat dog [[Alpha|the alpha]]"),
     page("Gamma", "#REDIRECT [[Beta]]", redirect="Beta"),
     page("Talk:Foo", "cat cat cat cat cat", ns=1),
-    page("Delta", "{{Infobox|x=zzz}} bird"),
+    page("Delta", "{{Infobox|x=zzz}} bird [[File:x.jpg|thumb|big cat]][[Category:Birds]]"),
 ]
 # A page cut mid-text, mid-UTF-8 character: its words must not be counted.
 AF_CUT = page("Epsilon", "dog dog dog dog ά").encode("utf-8")

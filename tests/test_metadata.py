@@ -115,6 +115,16 @@ def test_count_dump_hand_counted(tmp_path):
     assert len(by_kind["w"]) == 1
 
 
+def test_parse_page_drops_file_category_and_interwiki_links():
+    text = (
+        "Η [[Κύπρος|Κύπρος]] {{Infobox|a=[[Αθήνα]]}} [[Αρχείο:x.jpg|μικρογραφία|Ένα [[νησί]]]]"
+        " νησί.[[Κατηγορία:Νησιά]] [[en:Cyprus]] [[Foo (bar)#x|y]] [[image:y.png]]"
+    )
+    parsed = wikipedia.parse_page(text, {"αρχείο", "κατηγορία"})
+    assert parsed.plain.split() == ["Η", "Κύπρος", "νησί.", "y"]
+    assert parsed.links == ["Κύπρος", "Αθήνα", "Νησί", "Foo (bar)"]
+
+
 def test_dump_language_from_file_name():
     assert wikipedia.dump_language("s3://b/elwiki-20240101-pages-articles1.xml.bz2") == "el"
     assert wikipedia.dump_language("zh_yuewiki-latest-pages-articles.xml") == "zh_yue"
