@@ -229,8 +229,10 @@ def download_list(table: pa.Table) -> pa.Table:
 
 
 def list_digest(table: pa.Table) -> str:
+    """Identity of a download list: its uids and captions in order (not the URLs, which
+    --serve-local rewrites to a new port on every run)."""
     digest = hashlib.sha256()
-    for batch in table.select(["uid", "url", "caption"]).to_batches(max_chunksize=65536):
+    for batch in table.select(["uid", "caption"]).to_batches(max_chunksize=65536):
         for column in batch.columns:
             for value in column.to_pylist():
                 digest.update((value or "").encode())
@@ -239,7 +241,8 @@ def list_digest(table: pa.Table) -> str:
 
 
 def write_download_list(table: pa.Table, output: str, overwrite: bool = False) -> dict:
-    """Write `output/_url_list/` once; a rerun must see the same list (or --overwrite)."""
+    """Write `output/_url_list/`; a rerun must bring the same list (or --overwrite), so shard
+    N of the rerun holds the same rows as shard N of the first run."""
     fs, out = _fs_and_path(output)
     list_dir = posixpath.join(out, LIST_DIR)
     info_path = posixpath.join(list_dir, "_list.json")
@@ -249,17 +252,17 @@ def write_download_list(table: pa.Table, output: str, overwrite: bool = False) -
     if fs.exists(info_path):
         with fs.open(info_path, "r") as f:
             previous = json.load(f)
-        if previous["digest"] == info["digest"]:
-            return previous
-        raise ExportError(
-            f"{output} holds shards of a different curated input "
-            f"({previous['rows']} rows vs {info['rows']}): use a new OUT or --overwrite"
-        )
+        if previous["digest"] != info["digest"]:
+            raise ExportError(
+                f"{output} holds shards of a different curated input "
+                f"({previous['rows']} rows vs {info['rows']}): use a new OUT or --overwrite"
+            )
     fs.makedirs(list_dir, exist_ok=True)
-    with fs.open(posixpath.join(list_dir, "part-00000.parquet"), "wb") as f:
+    list_path = posixpath.join(list_dir, "part-00000.parquet")
+    with fs.open(list_path + ".tmp", "wb") as f:
         pq.write_table(table, f)
-    with fs.open(info_path, "w") as f:
-        json.dump(info, f)
+    fs.mv(list_path + ".tmp", list_path)
+    _write_json(fs, info_path, info)
     return info
 
 
@@ -484,6 +487,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 class _QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # the default 5 drops connects when img2dataset opens 100+ at once
 
     def handle_error(self, request, client_address):
         pass  # clients that time out or refuse a body hang up mid-response: expected here

@@ -378,3 +378,28 @@ def test_pyspark_distributor_on_the_shared_session(spark, site, tmp_path):
     assert manifest["total_samples"] == 2
     assert manifest["download"]["failure_categories"] == {"http_404": 1}
     assert sorted(read_tars(out)) == sorted(r["uid"] for r in rows[:2])
+
+
+def test_job_serve_local_demo_mode_and_idempotent_rerun(site, tmp_path, capsys):
+    """`--serve-local DIR` maps the curated (public) URLs onto DIR's photos on a fresh port each
+    run; the rerun finds every shard done and leaves the output as it was."""
+    spec = importlib.util.spec_from_file_location("export_shards", JOB)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea.png", "rocket.jpg"):
+        shutil.copy(site / name, photos / name)
+    rows = curated_rows("https://upload.wikimedia.org/wikipedia/commons")[:3]
+    curated = write_curated(rows, tmp_path / "curated")
+    out = tmp_path / "shards"
+    argv = ["--curated", curated, "--output", str(out), "--serve-local", str(photos)]
+    argv += ["--processes", "1", "--threads", "4", "--timeout", "5"]
+    assert job.main(argv) == 0
+    first = (out / "manifest.json").read_text()
+    tars = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    assert job.main(argv) == 0
+    assert "(0 built this run)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == tars
+    assert (out / "manifest.json").read_text() == first
+    assert json.loads(first)["total_samples"] == 3
