@@ -225,11 +225,12 @@ def run_extract(
     )
     drops.coalesce(1).write.mode("overwrite").parquet(_join(output, "drops"))
 
-    written = spark.read.parquet(_join(output, "alt_text"))
+    written = spark.read.schema(_LID_SCHEMA).parquet(_join(output, "alt_text"))
     per_lang = {row["lang"]: row["count"] for row in written.groupBy("lang").count().collect()}
     per_reason = {
         row["reason"]: row["count"]
-        for row in spark.read.parquet(_join(output, "drops"))
+        for row in spark.read.schema("source_file string, reason string, count long")
+        .parquet(_join(output, "drops"))
         .groupBy("reason")
         .agg(F.sum("count").alias("count"))
         .collect()

@@ -148,14 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark("extract_alt_text", master=args.master)
     if args.shuffle_partitions or spark.sparkContext.master.startswith("local"):
         spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions or 8))
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
     try:
         summary = run_extract(spark, files, args.output, options, args.output_partitions)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"extract_alt_text: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError, PySparkException, Py4JError) as error:
+        print(f"extract_alt_text: error: {_one_line(error)}", file=sys.stderr)
         return 1
     print(f"wrote {summary['records']} alt-texts to {args.output.rstrip('/')}/alt_text")
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    """The most specific line of an error, also when it comes back from a Spark task."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):  # a Python worker's traceback ends with "SomeError: message"
+        if line.split(":", 1)[0].endswith(("Error", "Exception")) and ": " in line:
+            return line
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

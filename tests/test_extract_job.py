@@ -4,6 +4,7 @@ import gzip
 import importlib.util
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -117,6 +118,15 @@ def test_job_rejects_bad_arguments_with_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         job.main(["--help"])
     assert "--input-format" in capsys.readouterr().out
+
+
+def test_task_failure_is_a_one_line_error(spark, tmp_path, capsys):
+    table = tmp_path / "captions.parquet"
+    pq.write_table(pa.table({"caption": ["a dog"], "url": ["http://x.org/d.jpg"]}), table)
+    argv = ["--input", str(table), "--output", str(tmp_path / "o"), "--text-column", "nope"]
+    assert load_job().main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "column 'nope' not found" in err, err
 
 
 def test_paths_file_expands_against_the_base_uri(tmp_path):
