@@ -121,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shuffle-partitions",
         type=int,
-        help="spark.sql.shuffle.partitions (default: the cluster's; 8 when running locally)",
+        help="spark.sql.shuffle.partitions (default: the cluster's; 8 when this job starts a "
+        "local session)",
     )
     return parser.parse_args(argv)
 
@@ -143,11 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         prior_weight=args.prior_weight,
         declared_prior_weight=args.declared_prior_weight,
     )
+    from pyspark.sql import SparkSession
+
     from curation.spark import get_spark
 
+    ours = SparkSession.getActiveSession() is None  # else: a caller's session, keep its settings
     spark = get_spark("extract_alt_text", master=args.master)
-    if args.shuffle_partitions or spark.sparkContext.master.startswith("local"):
-        spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions or 8))
+    if args.shuffle_partitions:
+        spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
+    elif ours and spark.sparkContext.master.startswith("local"):
+        spark.conf.set("spark.sql.shuffle.partitions", "8")  # not 200 tiny tasks on a laptop
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
