@@ -2,10 +2,13 @@
 
 Both trainers run the same model, per-rank batch, precision, data loader workers, optimizer
 settings and shards (real photographs from scikit-image with CC3M captions, written as
-WebDataset shards), one process each, alternating, `--rounds` times. Reported per trainer:
-median samples/s over the steps after `--warmup-steps` (best round), peak memory (CUDA
-max_memory_allocated on GPU, the training process's max RSS on CPU) and MFU from the model's
-FLOPs per sample (forward + backward, counted with torch.utils.flop_counter).
+WebDataset shards), one process each, alternating, `--rounds` times. Each round runs every
+trainer twice, for `--steps` and for `--warmup-steps` steps; the difference is the cost of the
+extra steps with start-up and warm-up cancelled out. Reported per trainer: samples/s from that
+wall-time difference (best round), CPU ms per sample from the CPU-time difference of the whole
+process tree (median round; robust to other tenants' load on a shared machine), peak memory
+(CUDA max_memory_allocated on GPU, the training process's max RSS on CPU) and MFU from the
+model's FLOPs per sample (forward + backward, counted with torch.utils.flop_counter).
 
     python benchmarks/bench_trainer.py                 # CPU: tiny model, fp32
     python benchmarks/bench_trainer.py --models ViT-B-32,ViT-B-16 --batch-size 256  # GPU, bf16
@@ -22,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -102,55 +106,56 @@ def make_data(workdir: Path, samples: int, image_size: int, shards: int) -> tupl
     return str(out / f"{{00000..{shards - 1:05d}}}.tar"), per_shard * shards
 
 
-def run(cmd: list[str], log: Path, threads: int | None) -> str:
+def run(cmd: list[str], log: Path, threads: int | None) -> tuple[str, float, float]:
+    """Output, wall seconds and CPU seconds (user + sys, with the workers it waited for)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    log.write_text(proc.stdout + proc.stderr)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
     if proc.returncode != 0:
-        raise SystemExit(
-            f"error: {cmd[:4]} failed, see {log}:\n{(proc.stdout + proc.stderr)[-2000:]}"
-        )
-    return proc.stdout + proc.stderr
+        raise SystemExit(f"error: {cmd[:4]} failed, see {log}:\n{text[-2000:]}")
+    return text, wall, usage.ru_utime + usage.ru_stime
 
 
-def ours(args, model, data, n_samples, workdir, tag) -> tuple[float, float]:
+def ours(args, model, data, n_samples, workdir, tag, steps) -> tuple[float, float, float]:
     out_dir = workdir / f"ours_{model}_{tag}"
     cmd = [
         sys.executable, str(ROOT / "trainer" / "train.py"),
         "--train-data", data, "--train-num-samples", str(n_samples),
-        "--model", model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--model", model, "--batch-size", str(args.batch_size), "--steps", str(steps),
         "--precision", args.precision, "--workers", str(args.workers),
         "--lr", "5e-4", "--warmup", "5", "--wd", "0.1", "--grad-clip", "1.0",
-        "--log-every", "1", "--save-every", str(10**9), "--keep-checkpoints", "1",
+        "--log-every", "10", "--save-every", str(10**9), "--keep-checkpoints", "1",
         "--output-dir", str(out_dir),
     ]  # fmt: skip
-    text = run(cmd, workdir / f"ours_{model}_{tag}.log", args.threads)
-    rates = [float(r) for r in re.findall(r"^step \d+/\d+ .* samples/s ([\d.]+)", text, re.M)]
+    _, wall, cpu = run(cmd, workdir / f"ours_{model}_{tag}_{steps}.log", args.threads)
     summary = json.loads((out_dir / "summary.json").read_text())
-    return statistics.median(rates[args.warmup_steps :]), summary["peak_memory_gib"]
+    return wall, cpu, summary["peak_memory_gib"]
 
 
-def theirs(args, model, data, n_samples, workdir, tag) -> tuple[float, float]:
+def theirs(args, model, data, n_samples, workdir, tag, steps) -> tuple[float, float, float]:
     precision = {"fp32": "fp32", "bf16": "amp_bf16"}[args.precision]
     cmd = [
         sys.executable, "-c", OPEN_CLIP_TRAIN, str(ROOT / "trainer" / "model_configs"),
         "--train-data", data, "--dataset-type", "webdataset",
-        "--train-num-samples", str(args.steps * args.batch_size),
+        "--train-num-samples", str(steps * args.batch_size),
         "--model", model, "--batch-size", str(args.batch_size), "--epochs", "1",
         "--precision", precision, "--workers", str(args.workers),
         "--lr", "5e-4", "--warmup", "5", "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.95",
         "--eps", "1e-6", "--grad-clip-norm", "1.0", "--local-loss", "--gather-with-grad",
-        "--log-every-n-steps", "1", "--save-frequency", "0", "--report-to", "",
-        "--logs", str(workdir / "open_clip_logs"), "--name", f"{model}_{tag}_{os.getpid()}",
+        "--log-every-n-steps", "10", "--save-frequency", "0", "--report-to", "",
+        "--logs", str(workdir / "open_clip_logs"), "--name", f"{model}_{tag}_{steps}_{os.getpid()}",
     ]  # fmt: skip
-    text = run(cmd, workdir / f"open_clip_{model}_{tag}.log", args.threads)
-    rates = [float(r) for r in re.findall(r"Batch \(t\): [\d.]+, ([\d.]+)/s,", text)]
-    if len(rates) <= args.warmup_steps:
-        raise SystemExit(f"error: open_clip_train logged {len(rates)} steps, see its log")
-    peak = float(re.search(r"BENCH_PEAK_GIB ([\d.]+)", text).group(1))
-    return statistics.median(rates[args.warmup_steps :]), peak
+    text, wall, cpu = run(cmd, workdir / f"open_clip_{model}_{tag}_{steps}.log", args.threads)
+    if f"[{steps * args.batch_size}/" not in text:
+        raise SystemExit(f"error: open_clip_train did not reach step {steps}, see its log")
+    return wall, cpu, float(re.search(r"BENCH_PEAK_GIB ([\d.]+)", text).group(1))
 
 
 def peak_tflops(args) -> float | None:
@@ -174,27 +179,44 @@ def main():
             image_size, flops = model_info(model, args.batch_size, device)
             n = args.steps * args.batch_size
             data, n_samples = make_data(workdir, n, image_size, max(4, args.workers))
-            results = {"ours": [], "open_clip_train": []}
+            trainers = {"ours": ours, "open_clip_train": theirs}
+            results = {name: [] for name in trainers}
+            extra_samples = (args.steps - args.warmup_steps) * args.batch_size
             for r in range(args.rounds):
-                results["ours"].append(ours(args, model, data, n_samples, workdir, r))
-                results["open_clip_train"].append(theirs(args, model, data, n_samples, workdir, r))
+                for name, trainer in trainers.items():
+                    wall, cpu, mem = trainer(args, model, data, n_samples, workdir, r, args.steps)
+                    wall_short, cpu_short, _ = trainer(
+                        args, model, data, n_samples, workdir, r, args.warmup_steps
+                    )
+                    # the extra steps of the long run: start-up and warm-up cancel out
+                    rate = extra_samples / (wall - wall_short)
+                    results[name].append((rate, 1e3 * (cpu - cpu_short) / extra_samples, mem))
             print(
                 f"== {model} on {where}: batch {args.batch_size}, {args.precision}, "
-                f"{args.workers} workers, {args.threads or 'default'} threads, "
-                f"{args.steps} steps (median after {args.warmup_steps}), "
-                f"best of {args.rounds} rounds; {flops / 1e9:.2f} GFLOP/sample (fwd+bwd)"
+                f"{args.workers} workers, {args.threads or 'default'} threads; steps "
+                f"{args.warmup_steps + 1}-{args.steps} (a {args.steps}-step run minus a "
+                f"{args.warmup_steps}-step run), {args.rounds} rounds; "
+                f"{flops / 1e9:.3f} GFLOP/sample (fwd+bwd)"
             )
             best = {}
             for name, runs in results.items():
-                rate, mem = max(runs)
-                best[name] = rate
-                mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a (no peak)"
+                rate = max(r for r, _, _ in runs)
+                cpu_ms = statistics.median(c for _, c, _ in runs)
+                mem = max(m for _, _, m in runs)
+                best[name] = (rate, cpu_ms)
+                mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a"
                 print(
-                    f"  {name:16s} {rate:9.1f} samples/s  peak mem {mem:6.2f} GiB  "
-                    f"{rate * flops / 1e9:9.1f} GFLOP/s  MFU {mfu}  "
-                    f"(rounds: {', '.join(f'{r:.1f}' for r, _ in runs)})"
+                    f"  {name:16s} {rate:8.1f} samples/s (best; rounds "
+                    f"{', '.join(f'{r:.0f}' for r, _, _ in runs)})  "
+                    f"CPU {cpu_ms:.2f} ms/sample (median; rounds "
+                    f"{', '.join(f'{c:.2f}' for _, c, _ in runs)})  "
+                    f"peak mem {mem:.2f} GiB  {rate * flops / 1e9:.1f} GFLOP/s  MFU {mfu}"
                 )
-            print(f"  ratio ours / open_clip_train: {best['ours'] / best['open_clip_train']:.2f}x")
+            (ours_rate, ours_cpu), (oc_rate, oc_cpu) = best["ours"], best["open_clip_train"]
+            print(
+                f"  ours / open_clip_train: {ours_rate / oc_rate:.2f}x samples/s, "
+                f"{ours_cpu / oc_cpu:.2f}x CPU time per sample"
+            )
 
 
 if __name__ == "__main__":

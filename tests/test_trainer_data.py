@@ -31,7 +31,9 @@ def model_parts():
     return preprocess, open_clip.get_tokenizer("tiny-clip")
 
 
-def loader(shards, model_parts, *, workers, state=None, rank=0, world_size=1, buffer=16):
+def loader(
+    shards, model_parts, *, workers, state=None, rank=0, world_size=1, buffer=16, resampled=False
+):
     preprocess, tokenizer = model_parts
     urls = data.expand_urls(str(shards / "{00000..00002}.tar"))
 
@@ -46,6 +48,7 @@ def loader(shards, model_parts, *, workers, state=None, rank=0, world_size=1, bu
             num_workers=workers,
             seed=3,
             shuffle_buffer=buffer,
+            resampled=resampled,
             record_keys=True,
             **resume,
         )
@@ -61,13 +64,14 @@ def take(it, n):
     return out
 
 
-def test_resume_continues_with_identical_batches(shards, model_parts):
-    reference = take(loader(shards, model_parts, workers=2), 7)
+@pytest.mark.parametrize("resampled", [False, True])
+def test_resume_continues_with_identical_batches(shards, model_parts, resampled):
+    reference = take(loader(shards, model_parts, workers=2, resampled=resampled), 7)
 
-    first = loader(shards, model_parts, workers=2)
+    first = loader(shards, model_parts, workers=2, resampled=resampled)
     take(first, 3)  # an odd count: the resumed loader must start with the other worker
     state = json.loads(json.dumps(first.state_dict()))  # as stored in a checkpoint
-    resumed = take(loader(shards, model_parts, workers=2, state=state), 4)
+    resumed = take(loader(shards, model_parts, workers=2, state=state, resampled=resampled), 4)
 
     for (ref_images, ref_tokens, ref_keys), (images, tokens, keys) in zip(
         reference[3:], resumed, strict=True
