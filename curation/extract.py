@@ -67,6 +67,7 @@ _PLACEHOLDER_RE = re.compile(
     r"[\w-]*\.(?:gif|png|svg)(?:$|\?)",
     re.IGNORECASE,
 )
+_IMG_TAG_RE = re.compile(rb"<img[\s/>]", re.IGNORECASE)
 _LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-url")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -601,6 +602,8 @@ def response_alt_texts(
     if not _looks_like_html(body):
         drops["not_html"] += 1
         return
+    if not _IMG_TAG_RE.search(body):
+        return  # no <img> at all: skip the parse
     try:
         lang, base, images = html_images(body, _charset(content_type))
     except Exception:  # noqa: BLE001 - the parser's failure modes are not enumerable

@@ -387,3 +387,11 @@ def test_inputs_by_file_and_http_uri(tmp_path):
         assert drops == Counter(unreadable_file=1)
     finally:
         server.shutdown()
+
+
+def test_pages_without_img_and_uppercase_tags():
+    no_images = response("https://example.dk/text", b"<html><p>kun tekst, <imgx>?</p></html>")
+    upper = response("https://example.dk/u", b'<HTML><BODY><IMG\nSRC="/a.jpg" ALT="Stor"></BODY>')
+    records, drops = run_warc(no_images + upper)
+    assert [(r.url, r.text) for r in records] == [("https://example.dk/a.jpg", "Stor")]
+    assert drops == Counter()
