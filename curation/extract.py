@@ -520,7 +520,7 @@ def html_images(body: bytes, charset: str | None):
     lang = root.getattr("lang") if root is not None else None
     base = document.query_selector("base[href]")
     images = []
-    for node in document.query_selector_all("img"):
+    for node in document.query_selector_all("img").values():  # iterating the list is O(n^2)
         images.append((node.getattr("alt"), _img_src(node)))
     return lang, base.getattr("href") if base is not None else None, images
 
