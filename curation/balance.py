@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,11 +45,15 @@ def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
 
 
 def keep_probability(probs: np.ndarray, entry_ids: Sequence[int]) -> float:
-    """1 - prod(1 - prob[e]) over the matched entries; 0 when nothing matched."""
+    """1 - prod(1 - prob[e]) over the matched entries; 0 when nothing matched.
+
+    The product runs left to right in entry-id order (math.prod), so the float result never
+    depends on how a vectorized reduction happens to group the factors.
+    """
     if len(entry_ids) == 0:
         return 0.0
     selected = np.asarray(probs, dtype=np.float64)[np.asarray(entry_ids, dtype=np.int64)]
-    return float(1.0 - np.prod(1.0 - selected))
+    return 1.0 - math.prod((1.0 - selected).tolist())
 
 
 def _hash64(seed: int, *parts: str) -> int:

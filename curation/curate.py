@@ -122,20 +122,25 @@ def match_batches(metadata_uri: str):
             cuts = np.flatnonzero(langs[1:] != langs[:-1]) + 1
             for start, stop in zip([0, *cuts], [*cuts, len(langs)]):
                 part = batch.slice(start, stop - start)
+                if langs[start] == OTHER:  # no metadata language: kept, so it is counted
+                    matched = pa.array([[]] * len(part), pa.list_(pa.int32()))
+                    yield _with_entry_ids(part, matched)
+                    continue
                 matcher, entry_ids = language_matcher(metadata_uri, langs[start])
                 matched = matcher.match_arrow(part.column("text"))
                 if entry_ids is not None:
                     values = entry_ids[matched.values.to_numpy()]
                     matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        *(part.column(c) for c in ("uid", "url", "page_url", "text", "lang")),
-                        matched,
-                    ],
-                    names=["uid", "url", "page_url", "text", "lang", "entry_ids"],
-                )
+                yield _with_entry_ids(part, matched)
 
     return run
+
+
+def _with_entry_ids(part: pa.RecordBatch, entry_ids: pa.Array) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [*(part.column(c) for c in ("uid", "url", "page_url", "text", "lang")), entry_ids],
+        names=["uid", "url", "page_url", "text", "lang", "entry_ids"],
+    )
 
 
 def language_probabilities(counts_uri: str, lang: str, t: float) -> np.ndarray:
@@ -333,18 +338,16 @@ class CurationJob:
         df = df.withColumn("lang", routed)
         self.report.counts["input_records"] = counts["records"]
         self.report.drops["null_text_or_url"] = counts["null"] or 0
-        self.records = df
         return df
 
     def write_matches(self, records) -> None:
         from pyspark.sql import functions as F
 
-        known = records.where(F.col("lang") != OTHER)
         partitions = self.config.partitions or int(
             self.spark.conf.get("spark.sql.shuffle.partitions")
         )
         salt = F.abs(F.xxhash64("uid")) % self.config.salt_buckets
-        spread = known.repartition(partitions, "lang", salt).sortWithinPartitions("lang")
+        spread = records.repartition(partitions, "lang", salt).sortWithinPartitions("lang")
         matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
             match_batches(self.config.metadata), MATCHES_SCHEMA
         )
@@ -354,7 +357,7 @@ class CurationJob:
         from pyspark.sql import functions as F
 
         matches = tables.read_table(self.spark, self.table_uri("matches"))
-        run_langs = [r["lang"] for r in matches.select("lang").distinct().collect()]
+        run_langs = self.fs.partition_values(self.table_uri("matches"), "lang")
         per_entry = (
             matches.select("lang", F.explode("entry_ids").alias("entry_id"))
             .groupBy("lang", "entry_id")
@@ -466,32 +469,34 @@ class CurationJob:
 
         matches = tables.read_table(self.spark, self.table_uri("matches"))
         curated = tables.read_table(self.spark, self.table_uri("curated"))
-        records = self.records
         per_lang = {
-            r["lang"]: r["n"]
-            for r in records.groupBy("lang").count().withColumnRenamed("count", "n").collect()
+            r["lang"]: (int(r["records"]), int(r["matched"]))
+            for r in matches.groupBy("lang")
+            .agg(
+                F.count(F.lit(1)).alias("records"),
+                F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
+            )
+            .collect()
         }
-        self.report.drops["no_metadata_language"] = int(per_lang.pop(OTHER, 0))
-        self.report.counts["distinct_records"] = int(
-            sum(per_lang.values()) + self.report.drops["no_metadata_language"]
+        counts, drops = self.report.counts, self.report.drops
+        drops["no_metadata_language"] = per_lang.pop(OTHER, (0, 0))[0]
+        counts["distinct_records"] = (
+            sum(r for r, _ in per_lang.values()) + drops["no_metadata_language"]
         )
-        self.report.counts["records_per_lang"] = {k: int(v) for k, v in sorted(per_lang.items())}
-        self.report.counts["matched_records"] = int(matches.where(F.size("entry_ids") > 0).count())
-        self.report.counts["curated_per_lang"] = {
+        counts["records_per_lang"] = {k: v[0] for k, v in sorted(per_lang.items())}
+        counts["matched_records"] = sum(m for _, m in per_lang.values())
+        counts["curated_per_lang"] = {
             r["lang"]: int(r["count"])
             for r in curated.groupBy("lang").count().orderBy("lang").collect()
         }
-        self.report.counts["curated_records"] = int(
-            sum(self.report.counts["curated_per_lang"].values())
-        )
-        c = self.report.counts
+        counts["curated_records"] = sum(counts["curated_per_lang"].values())
         log.info(
             "records in %s, distinct %s, no metadata language %s, matched %s, curated %s",
-            c["input_records"],
-            c["distinct_records"],
-            self.report.drops["no_metadata_language"],
-            c["matched_records"],
-            c["curated_records"],
+            counts["input_records"],
+            counts["distinct_records"],
+            drops["no_metadata_language"],
+            counts["matched_records"],
+            counts["curated_records"],
         )
 
 
