@@ -129,8 +129,12 @@ class FastTextLID:
 
 
 def _one_line(text: str) -> str:
+    """The text as fastText reads it: one line; ALL-CAPS lower-cased (lid.176 calls
+    "PARIS SKYLINE AT NIGHT" Japanese, "paris skyline at night" English)."""
     if "\n" in text or "\r" in text:
         text = text.replace("\n", " ").replace("\r", " ")
+    if text.isupper():
+        text = text.lower()
     return text + "\n"
 
 

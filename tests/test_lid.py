@@ -38,7 +38,8 @@ def test_batch_path_matches_fasttext_predict_single_calls(lid, wit_captions):
     labels, scores, langs = lid.predict(texts)
     model = fasttext.load_model(str(default_model_path()))
     for text, label, score in zip(texts, labels, scores):
-        (expected,), (expected_score,) = model.predict(text.replace("\n", " "), k=1)
+        line = text.replace("\n", " ")
+        (expected,), (expected_score,) = model.predict(line.lower() if line.isupper() else line)
         assert label == expected.removeprefix("__label__")
         assert score == pytest.approx(expected_score, abs=1e-6)
     assert labels[-3] == labels[-2] and labels[-1] == labels[0]
@@ -49,6 +50,13 @@ def test_batch_path_matches_fasttext_predict_single_calls(lid, wit_captions):
         model.predict(texts[:3], k=1)
     first, second = model.predict(["hello world", "bonjour le monde"], k=1)
     assert first == ["__label__en"] and second == ["__label__fr"]
+
+
+def test_all_caps_texts_are_identified_as_lower_case(lid):
+    caps = ["PARIS SKYLINE AT NIGHT", "EIN HUND IM SCHNEE", "UN CHIEN DANS LA NEIGE"]
+    assert lid.predict(caps)[2] == ["en", "de", "fr"]
+    assert lid.predict(caps) == lid.predict([text.lower() for text in caps])
+    assert lid.predict(["東京タワー"])[2] == ["ja"]  # uncased scripts are untouched
 
 
 def test_page_prior_decides_ambiguous_captions_but_not_confident_ones(lid):
