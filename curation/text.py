@@ -9,6 +9,7 @@ MAX_ENTRY_CHARS = 256
 
 # Punctuation that gets one space on each side, so "St. Louis," and "St. Louis" share tokens.
 SPACED_PUNCTUATION = ",.;:?!`"
+_SPACED_PUNCTUATION_SET = frozenset(SPACED_PUNCTUATION)
 
 _NO_SPACE_RANGES = (
     (0x4E00, 0x9FFF),  # CJK unified ideographs
@@ -33,6 +34,8 @@ _NO_SPACE_PUNCTUATION = frozenset(string.punctuation + FULL_WIDTH_PUNCTUATION)
 
 def space_punctuation(text: str) -> str:
     """Rule 2. (Rules 1 and 3 come from str.split(), which splits on every str.isspace() run.)"""
+    if _SPACED_PUNCTUATION_SET.isdisjoint(text):
+        return text
     for punct in SPACED_PUNCTUATION:
         text = text.replace(punct, f" {punct} ")
     return text
@@ -48,11 +51,24 @@ def normalize(text: str) -> str:
     return f" {normalize_core(text)} "
 
 
+def _bmp_no_space_table() -> bytes:
+    table = bytearray(0x10000)
+    for lo, hi in _NO_SPACE_RANGES:
+        if lo < 0x10000:
+            table[lo : hi + 1] = b"\x01" * (hi + 1 - lo)
+    for ch in _NO_SPACE_PUNCTUATION:
+        table[ord(ch)] = 1
+    return bytes(table)
+
+
+_BMP_NO_SPACE = _bmp_no_space_table()
+
+
 def is_no_space_char(ch: str) -> bool:
     """True for characters that are written without spaces around them (or punctuation)."""
-    if ch in _NO_SPACE_PUNCTUATION:
-        return True
     cp = ord(ch)
+    if cp < 0x10000:
+        return _BMP_NO_SPACE[cp] == 1
     return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
 
 
