@@ -219,6 +219,7 @@ class CurationJob:
 
     def run(self) -> RunReport:
         started = time.perf_counter()
+        self.check_output_writable()
         self.fs.delete(f"{self.out}/_SUCCESS")
         self.fs.delete(f"{self.out}/run.json")
         metadata_langs = self.metadata_languages()
@@ -236,6 +237,19 @@ class CurationJob:
         self.fs.write_text(f"{self.out}/_SUCCESS", "")
         log.info("done in %.1fs: %s", time.perf_counter() - started, self.out)
         return self.report
+
+    def check_output_writable(self) -> None:
+        probe = f"{self.out}/_stages/.write_probe"
+        try:
+            self.fs.write_text(probe, "")
+            self.fs.delete(probe)
+        except Exception as error:  # noqa: BLE001 - py4j wraps the Java IOException
+            reason = str(error).strip().splitlines()
+            reason = next(
+                (line for line in reason if "Exception" in line), reason[0] if reason else ""
+            )
+            reason = reason.strip().lstrip(": ")
+            raise CurationError(f"cannot write to output {self.out}: {reason}") from None
 
     def stage(self, name: str, previous: str, build) -> str:
         flags = {
@@ -267,6 +281,8 @@ class CurationJob:
         return fingerprint
 
     def metadata_languages(self) -> list[str]:
+        if not self.fs.exists(self.config.metadata):
+            raise CurationError(f"metadata {self.config.metadata} does not exist")
         langs = self.fs.partition_values(self.config.metadata, "lang")
         if not langs:
             raise CurationError(f"metadata {self.config.metadata}: no lang=... partitions found")
@@ -290,6 +306,8 @@ class CurationJob:
     def load_records(self, metadata_langs: list[str]):
         from pyspark.sql import functions as F
 
+        if not self.fs.exists(self.config.input):
+            raise CurationError(f"input {self.config.input} does not exist")
         df = tables.read_table(self.spark, self.config.input)
         missing = [c for c in ("url", "text") if c not in df.columns]
         if missing:

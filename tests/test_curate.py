@@ -287,6 +287,13 @@ def test_clear_errors(spark, corpus, tmp_path):
     pq.write_table(empty, tmp_path / "empty.parquet")
     with pytest.raises(CurationError, match="has no records"):
         run(spark, CurateConfig(**{**base, "input": str(tmp_path / "empty.parquet")}))
+    with pytest.raises(CurationError, match="input .*nowhere does not exist"):
+        run(spark, CurateConfig(**{**base, "input": str(tmp_path / "nowhere")}))
+    with pytest.raises(CurationError, match="metadata .*nowhere does not exist"):
+        run(spark, CurateConfig(**{**base, "metadata": str(tmp_path / "nowhere")}))
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(CurationError, match="cannot write to output .*Parent path is not a dir"):
+        run(spark, CurateConfig(**{**base, "output": str(tmp_path / "a_file" / "out")}))
     with pytest.raises(CurationError, match="--tail-fraction"):
         CurateConfig(**base, tail_fraction=1.5)
 
