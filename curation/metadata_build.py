@@ -8,9 +8,10 @@ ranks with code-point tie-breaks, and ids are assigned per language with Python'
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from curation import metadata, wikipedia, wordnet
 from curation.tokenize import segmenter_name
@@ -206,6 +207,41 @@ def _dump_candidates(counts, pageviews, langs, selection, no_space):
     return unigrams.unionByName(bigrams).unionByName(titles)
 
 
+def _wordnet_candidates(lang: str, uri: str):
+    return ("wordnet", wordnet.princeton_lemmas(uri))
+
+
+def _omw_candidates(lang: str, uri: str):
+    from curation.uris import open_decompressed
+
+    with open_decompressed(uri) as raw:
+        lines = (line.decode("utf-8", "replace") for line in raw)
+        return ("wordnet:omw", wordnet.omw_lemmas(lines))
+
+
+def _wordfreq_candidates(lang: str, selection_json: str):
+    selection = metadata.Selection(**json.loads(selection_json))
+    return ("unigram:wordfreq", metadata.wordfreq_unigrams(lang, selection))
+
+
+def _candidates(spark, jobs: list[tuple[str, str]], read):
+    """One task per (lang, argument) job; `read(lang, argument)` -> (source, raw entries).
+
+    Rows travel to the JVM as Arrow batches (mapInPandas), not pickled tuples.
+    """
+
+    def run(frames):
+        import pandas as pd
+
+        for frame in frames:
+            for lang, argument in frame.itertuples(index=False):
+                source, raws = read(lang, argument)
+                yield pd.DataFrame({"lang": lang, "source": source, "raw": list(raws)})
+
+    table = spark.sparkContext.parallelize(jobs, max(1, len(jobs))).toDF("lang string, arg string")
+    return table.mapInPandas(run, CANDIDATE_SCHEMA)
+
+
 def read_pageviews(spark, patterns: list[str]):
     """Wikimedia hourly/daily pageview files (`domain title views bytes`), Wikipedia rows only."""
     from pyspark.sql import functions as F
@@ -261,7 +297,6 @@ def build(spark, config: BuildConfig, log: Callable[[str], None] = print) -> Bui
     def log(message: str) -> None:
         say(f"[{time.perf_counter() - started:6.1f}s] {message}")
 
-    sc = spark.sparkContext
     langs, wordnet_langs, omw_files, dumps, wordfreq_langs, warnings, skipped = _plan(
         spark, config, log
     )
@@ -274,32 +309,13 @@ def build(spark, config: BuildConfig, log: Callable[[str], None] = print) -> Bui
     )
     frames = []
     if "en" in wordnet_langs and config.wordnet:
-        uri = config.wordnet
-        rdd = sc.parallelize([uri], 1).flatMap(
-            lambda u: (("en", "wordnet", lemma) for lemma in wordnet.princeton_lemmas(u))
-        )
-        frames.append(spark.createDataFrame(rdd, CANDIDATE_SCHEMA))
+        frames.append(_candidates(spark, [("en", config.wordnet)], _wordnet_candidates))
     if omw_files:
-
-        def read_omw(job):
-            from curation.uris import open_decompressed
-
-            uri, lang = job
-            with open_decompressed(uri) as raw:
-                lines = (line.decode("utf-8", "replace") for line in raw)
-                return [(lang, "wordnet:omw", lemma) for lemma in wordnet.omw_lemmas(lines)]
-
-        rdd = sc.parallelize(omw_files, len(omw_files)).flatMap(read_omw)
-        frames.append(spark.createDataFrame(rdd, CANDIDATE_SCHEMA))
+        jobs = [(lang, uri) for uri, lang in omw_files]
+        frames.append(_candidates(spark, jobs, _omw_candidates))
     if wordfreq_langs:
-        selections = {lang: config.selection_for(lang) for lang in wordfreq_langs}
-        rdd = sc.parallelize(wordfreq_langs, len(wordfreq_langs)).flatMap(
-            lambda lang: (
-                (lang, "unigram:wordfreq", word)
-                for word in metadata.wordfreq_unigrams(lang, selections[lang])
-            )
-        )
-        frames.append(spark.createDataFrame(rdd, CANDIDATE_SCHEMA))
+        jobs = [(lang, json.dumps(asdict(config.selection_for(lang)))) for lang in wordfreq_langs]
+        frames.append(_candidates(spark, jobs, _wordfreq_candidates))
     counts = None
     if dumps:
         log(f"reading {len(dumps)} Wikipedia dump files, one task per file")

@@ -37,9 +37,9 @@ AF_CUT = page("Epsilon", "dog dog dog dog ά").encode("utf-8")
 AF_CUT = AF_CUT[: AF_CUT.index("ά".encode()) + 1]
 
 
-def af_dump_bytes() -> bytes:
-    text = HEADER.format(lang="af") + "".join(AF_PAGES)
-    return text.encode("utf-8") + AF_CUT
+def af_dump_bytes(pages: list[str] = AF_PAGES, cut: bytes = AF_CUT) -> bytes:
+    text = HEADER.format(lang="af") + "".join(pages)
+    return text.encode("utf-8") + cut
 
 
 def write_wordnet(directory: Path, lemmas: list[str], gz: bool = True) -> Path:

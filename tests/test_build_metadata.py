@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import lzma
 import os
 import subprocess
@@ -10,8 +11,9 @@ import sys
 import pyarrow.dataset as ds
 import pytest
 from conftest import PROJECT_ROOT, shared_path
-from metadata_fixtures import EN_LEMMAS, af_dump_bytes, write_wordnet
+from metadata_fixtures import AF_PAGES, EN_LEMMAS, af_dump_bytes, write_wordnet
 
+from curation import metadata
 from jobs import build_metadata
 
 # af fixture with these flags: unigrams top 50% of 7 -> 4 (cat, dog, then Beta, alpha by code
@@ -131,23 +133,31 @@ def test_cli_errors_are_one_line():
     assert result.stderr.strip() == "build_metadata: error: unknown Wikipedia language codes: xx"
 
 
-def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path):
-    """Real sample: el dump + WordNet + wordfreq (de), in-session vs. a separate spark-submit
-    style process with another PYTHONHASHSEED and shuffle partition count."""
-    dump = shared_path("wikipedia", "elwiki-truncated-100k.xml.xz")
-    wordnet_dir = shared_path("wordnet")
+def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path, wordnet_lemmas):
+    """Run A in this session: one dump file, 5 shuffle partitions. Run B in a separate process
+    (as spark-submit would): the same pages split over two dump files, 1 shuffle partition,
+    another PYTHONHASHSEED. Real WordNet sample (147k lemmas) and wordfreq (de) in both."""
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "afwiki-20240101-pages-articles.xml.xz").write_bytes(lzma.compress(af_dump_bytes()))
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "afwiki-20240101-pages-articles1.xml.bz2").write_bytes(
+        bz2.compress(af_dump_bytes(AF_PAGES[:2], b"</mediawiki>"))
+    )
+    (two / "afwiki-20240101-pages-articles2.xml").write_bytes(af_dump_bytes(AF_PAGES[2:]))
     common = [
-        "--languages", "en,el,de",
-        "--wordnet", str(wordnet_dir),
-        "--wikipedia-dumps", str(dump),
-        "--unigram-max", "3000",
+        "--languages", "en,af,de",
+        "--wordnet", str(shared_path("wordnet")),
+        "--unigram-max", "2000",
+        *FIXTURE_FLAGS[:-2],
     ]  # fmt: skip
-    assert build_metadata.main([*common, "--output", str(tmp_path / "a"),
-                                "--shuffle-partitions", "5"]) == 0  # fmt: skip
+    argv_a = [*common, "--wikipedia-dumps", f"{one}/*.xml*", "--output", str(tmp_path / "a")]
+    assert build_metadata.main([*argv_a, "--shuffle-partitions", "5"]) == 0
     env = dict(os.environ, PYTHONHASHSEED="12345", PYSPARK_PYTHON=sys.executable)
     subprocess.run(
-        [sys.executable, "jobs/build_metadata.py", *common, "--output", str(tmp_path / "b"),
-         "--shuffle-partitions", "1", "--master", "local[1]"],
+        [sys.executable, "jobs/build_metadata.py", *common, "--wikipedia-dumps", f"{two}/*.xml*",
+         "--output", str(tmp_path / "b"), "--shuffle-partitions", "1", "--master", "local[2]"],
         cwd=PROJECT_ROOT, env=env, check=True, capture_output=True,
     )  # fmt: skip
     a = read_table(tmp_path / "a" / "metadata")
@@ -156,9 +166,12 @@ def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path):
     by_lang = {}
     for row in a:
         by_lang.setdefault(row["lang"], []).append(row)
-    assert set(by_lang) == {"en", "el", "de"}
-    for lang, rows in by_lang.items():
-        assert [r["entry_id"] for r in rows] == list(range(len(rows))), lang
-        assert [r["entry"] for r in rows] == sorted(r["entry"] for r in rows), lang
-    sources = {r["source"] for r in a}
-    assert sources == {"wordnet", "title:inlinks", "unigram", "bigram", "unigram:wordfreq"}
+    assert len(by_lang["af"]) == 6
+    # Spark == the single-process reference build (WordNet, then wordfreq unigrams)
+    selection = metadata.Selection(unigram_max=2000)
+    for lang in ("en", "de"):
+        candidates = [("wordnet", lemma) for lemma in wordnet_lemmas if lang == "en"]
+        candidates += [("unigram:wordfreq", w) for w in metadata.wordfreq_unigrams(lang, selection)]
+        expected, _ = metadata.select_entries(candidates)
+        got = [(r["entry_id"], r["entry"], r["source"]) for r in by_lang[lang]]
+        assert got == expected, lang
