@@ -16,6 +16,7 @@ help:
 	@echo "make test   - install into .venv, then run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run every benchmark in benchmarks/ (prints figures and baseline ratios)"
+	@echo "make train  - a few steps of a tiny CLIP model on \$$(OUT)/shards (stage 5 smoke run)"
 
 # Reruns are no-ops until pyproject.toml changes.
 .venv: $(STAMP)
