@@ -41,6 +41,12 @@ def fixture_inputs(tmp_path_factory):
         lzma.compress(af_dump_bytes())
     )
     write_wordnet(root / "wordnet", EN_LEMMAS)
+    (root / "omw").mkdir()
+    (root / "omw" / "wn-data-als.tab").write_text(
+        "# als\thttp://example\tCC BY\n02084071-n\tlemma\tqen\n02084071-n\tals:lemma\tqen_i_madh\n"
+        "02084071-n\tals:def\tnjë kafshë\n"
+    )
+    (root / "omw" / "wn-data-qqq.tab").write_text("01-n\tlemma\tunknown\n")
     (root / "pageviews-20240101-000000").write_text(
         "af Delta 40 0\naf.m Delta 10 0\naf Alpha 10 0\naf.b Beta 1000 0\nen Dog 5 0\n"
     )
@@ -51,8 +57,9 @@ def fixture_inputs(tmp_path_factory):
 def fixture_build(spark, fixture_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("metadata_out")
     argv = [
-        "--languages", "en,af",
+        "--languages", "en,af,sq",
         "--wordnet", str(fixture_inputs / "wordnet"),
+        "--omw", str(fixture_inputs / "omw" / "wn-data-*.tab"),
         "--wikipedia-dumps", f"file://{fixture_inputs}/dumps/*wiki-*.xml.xz",
         "--no-wordfreq",
         "--output", f"file://{out}",
@@ -81,6 +88,10 @@ def test_entries_per_source_hand_counted(fixture_build):
         (2, "ｚebra", "wordnet"),
         (3, "𠀀beast", "wordnet"),
     ]
+    # OMW "als" is Tosk Albanian -> sq; the unknown wn-data-qqq.tab is skipped with a warning
+    sq = [(r["entry_id"], r["entry"], r["source"]) for r in rows if r["lang"] == "sq"]
+    assert sq == [(0, "qen", "wordnet:omw"), (1, "qen i madh", "wordnet:omw")]
+    assert {r["lang"] for r in rows} == {"af", "en", "sq"}
     schema = ds.dataset(str(fixture_build / "metadata"), partitioning="hive").schema
     assert {f.name: str(f.type) for f in schema} == {
         "entry_id": "int32", "entry": "string", "source": "string", "lang": "string"
@@ -90,7 +101,7 @@ def test_entries_per_source_hand_counted(fixture_build):
 def test_stats_count_candidates_kept_and_drop_reasons(fixture_build):
     stats = {(r["lang"], r["source"]): r for r in read_table(fixture_build / "metadata_stats")}
     assert set(stats) == {("af", "title:inlinks"), ("af", "unigram"), ("af", "bigram"),
-                          ("en", "wordnet")}  # fmt: skip
+                          ("en", "wordnet"), ("sq", "wordnet:omw")}  # fmt: skip
     unigram = stats["af", "unigram"]
     assert (unigram["candidates"], unigram["kept"], unigram["dropped_duplicate"]) == (4, 3, 1)
     en = stats["en", "wordnet"]
