@@ -95,7 +95,12 @@ def test_ddp_run_learns_on_disjoint_samples(uninterrupted):
     assert summary["steps"] == STEPS
     assert summary["retrieval"]["pairs"] == 64
     assert 0.0 <= summary["retrieval"]["image_to_text_R@1"] <= 1.0
-    assert (uninterrupted / "tensorboard").is_dir()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(uninterrupted / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, STEPS + 1))
+    assert len(events.Scalars("val/image_to_text_R@1")) == 1
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(shards, uninterrupted, tmp_path):
