@@ -447,13 +447,13 @@ def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[di
     done_before = {
         posixpath.basename(p).split("_")[0] for p in fs.glob(posixpath.join(out, "*_stats.json"))
     }
-    run_img2dataset(list_uri, config)
+    expected = set(expected_shards(info["rows"], config.samples_per_shard))
+    if expected - done_before:
+        run_img2dataset(list_uri, config)
+    else:
+        log("[shards] every shard is already done")
     manifest = summarize(config, info, drops, table.num_rows, run)
-    built = sorted(
-        set(expected_shards(info["rows"], config.samples_per_shard))
-        - done_before
-        - set(manifest["incomplete_shards"])
-    )
+    built = sorted(expected - done_before - set(manifest["incomplete_shards"]))
     log(
         f"[shards] {manifest['total_samples']} samples in {manifest['shards']} shards "
         f"({len(built)} built this run) in {time.perf_counter() - started:.1f}s; "
@@ -469,8 +469,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     extra_headers: dict[str, dict[str, str]] = {}
     delays: dict[str, float] = {}
     stopping: threading.Event
+    seen: list | None = None
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.seen is not None:
+            self.seen.append((self.path, self.headers.get("User-Agent", "")))
         delay = self.delays.get(self.path, 0.0)
         if delay:
             self.stopping.wait(delay)
@@ -499,17 +502,24 @@ def serve_directory(
     headers: dict[str, dict[str, str]] | None = None,
     delays: dict[str, float] | None = None,
     lifetime_s: float = 600.0,
+    seen: list | None = None,
 ) -> Iterator[str]:
     """Serve `root` on 127.0.0.1 (a free port) and yield its base URL.
 
-    `headers` / `delays` are keyed by request path ("/name.jpg"). The server stops when the block
-    exits or after `lifetime_s`, whichever is first, so a hung client cannot keep it alive.
+    `headers` / `delays` are keyed by request path ("/name.jpg"); `seen`, if given, collects
+    (path, User-Agent) per request. The server stops when the block exits or after
+    `lifetime_s`, whichever is first, so a hung client cannot keep it alive.
     """
     stopping = threading.Event()
     handler = type(
         "Handler",
         (_Handler,),
-        {"extra_headers": headers or {}, "delays": delays or {}, "stopping": stopping},
+        {
+            "extra_headers": headers or {},
+            "delays": delays or {},
+            "stopping": stopping,
+            "seen": seen,
+        },
     )
 
     def make_handler(*args, **kwargs):

@@ -1,8 +1,8 @@
 """Export the curated table to WebDataset shards with img2dataset.
 
     python jobs/export_shards.py --curated out/run1/curated --output out/shards
-    spark-submit jobs/export_shards.py --curated s3://b/run1/curated --output s3://b/shards \
-        --distributor pyspark
+    spark-submit jobs/export_shards.py --distributor pyspark \\
+        --curated s3://b/run1/curated --output s3://b/shards
 
 Writes OUT/_url_list/ (the flat Parquet img2dataset reads), OUT/NNNNN.{tar,parquet,_stats.json},
 OUT/sizes.json and OUT/manifest.json. Rerunning the same command finishes only missing shards.
@@ -17,11 +17,13 @@ import sys
 from curation import shards
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = shards.ExportConfig(curated="", output="")
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--curated", required=True, help="URI of the curated/ table (Parquet or Delta)")
     p.add_argument("--output", required=True, help="URI of the shard folder to write")
     p.add_argument(
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--distributor",
         choices=["auto", "multiprocessing", "pyspark"],
         default="auto",
-        help="pyspark under spark-submit, multiprocessing otherwise (auto)",
+        help="auto: pyspark under spark-submit, multiprocessing otherwise",
     )
     p.add_argument(
         "--processes", type=int, default=defaults.processes, help="worker processes (local)"

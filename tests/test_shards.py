@@ -54,10 +54,19 @@ def site(tmp_path_factory):
     (root / "not_an_image.jpg").write_bytes(b"<html><body>Sorry, moved</body></html>\n" * 20)
     (root / "bomb.png").write_bytes(bomb_png())
     shutil.copy(photos / "coffee.png", root / "noai.png")
+    shutil.copy(photos / "brick.png", root / "noimageai_for_us.png")
+    shutil.copy(photos / "astronaut.png", root / "noai_for_other_bot.png")
     shutil.copy(photos / "chelsea.png", root / "slow.png")
     return root
 
 
+UA_TOKEN = "metaclip-test"
+ROBOTS_HEADERS = {
+    "/noai.png": {"X-Robots-Tag": "noai"},
+    "/noimageai_for_us.png": {"X-Robots-Tag": f"{UA_TOKEN}: noimageai, nofollow"},
+    "/noai_for_other_bot.png": {"X-Robots-Tag": "otherbot: noai"},  # not addressed to us
+}
+GOOD = (*shards.BUNDLED_PHOTOS, "noai_for_other_bot.png")
 # name -> expected failure category (img2dataset's reason, mapped by reason_category)
 FAILURES = {
     "missing.jpg": "http_404",
@@ -66,6 +75,7 @@ FAILURES = {
     "not_an_image.jpg": "decode_error",
     "bomb.png": "image_too_large",
     "noai.png": "x_robots_tag",
+    "noimageai_for_us.png": "x_robots_tag",
 }
 UNFETCHABLE = {
     "file:///etc/passwd": "unsupported_scheme",
@@ -83,7 +93,7 @@ def captions() -> dict[str, list[str]]:
 def curated_rows(base_url: str) -> list[dict]:
     """One row per photograph and per failure case, real WIT captions in four languages."""
     texts = captions()
-    names = list(shards.BUNDLED_PHOTOS) + list(FAILURES)
+    names = list(GOOD) + list(FAILURES)
     rows = []
     for i, name in enumerate(names):
         lang = LANGS[i % len(LANGS)]
@@ -158,6 +168,7 @@ def config_for(curated: str, out: Path, **overrides) -> shards.ExportConfig:
         threads=8,
         timeout=1,
         allow_local=True,
+        user_agent_token=UA_TOKEN,
     )
     settings.update(overrides)
     return shards.ExportConfig(**settings)
@@ -167,21 +178,23 @@ def config_for(curated: str, out: Path, **overrides) -> shards.ExportConfig:
 def exported(site, tmp_path_factory):
     """One real export, shared by the assertions below; the server lives for the module."""
     delays = {"/slow.png": 4.0}
-    headers = {"/noai.png": {"X-Robots-Tag": "noai"}}
-    with shards.serve_directory(site, headers=headers, delays=delays, lifetime_s=120) as base:
+    seen = []
+    with shards.serve_directory(
+        site, headers=ROBOTS_HEADERS, delays=delays, lifetime_s=120, seen=seen
+    ) as base:
         work = tmp_path_factory.mktemp("export")
         rows = curated_rows(base)
         curated = write_curated(rows, work / "curated")
         out = work / "shards"
         manifest, built = shards.export_shards(config_for(curated, out))
-        first = {"manifest": manifest, "built": built, "samples": read_tars(out)}
+        first = {"manifest": manifest, "built": built, "samples": read_tars(out), "seen": seen}
         yield {"rows": rows, "out": out, "curated": curated, "first": first, "base": base}
 
 
 def test_every_good_photo_is_in_a_shard_with_caption_and_json(exported, site):
     samples_by_uid = exported["first"]["samples"]
-    good = [r for r in exported["rows"] if r["url"].rsplit("/", 1)[-1] in shards.BUNDLED_PHOTOS]
-    assert len(good) == len(shards.BUNDLED_PHOTOS)
+    good = [r for r in exported["rows"] if r["url"].rsplit("/", 1)[-1] in GOOD]
+    assert len(good) == len(GOOD)
     assert sorted(samples_by_uid) == sorted(r["uid"] for r in good)
     for row in good:
         sample = samples_by_uid[row["uid"]]
@@ -207,16 +220,22 @@ def test_every_failure_is_counted_with_its_reason(exported):
     download = manifest["download"]
     assert download["failure_categories"] == dict(Counter(FAILURES.values()))
     assert download["failed_to_download"] + download["failed_to_resize"] == len(FAILURES)
-    assert download["attempted"] == len(shards.BUNDLED_PHOTOS) + len(FAILURES)
+    assert download["attempted"] == len(GOOD) + len(FAILURES)
     assert manifest["url_filter_drops"] == dict(Counter(UNFETCHABLE.values()))
     assert manifest["input_rows"] == len(exported["rows"])
     # the per-shard stats img2dataset wrote say the same
     per_shard = Counter()
     for stats in exported["out"].glob("*_stats.json"):
         per_shard.update(json.loads(stats.read_text())["status_dict"])
-    assert per_shard.pop("success") == len(shards.BUNDLED_PHOTOS)
+    assert per_shard.pop("success") == len(GOOD)
     assert sum(per_shard.values()) == len(FAILURES)
     assert any("404" in reason for reason in per_shard)
+
+
+def test_every_request_carries_the_configured_user_agent(exported):
+    seen = exported["first"]["seen"]
+    assert {path for path, _ in seen} >= {f"/{name}" for name in GOOD}
+    assert all(f"compatible; {UA_TOKEN};" in agent for _, agent in seen)
 
 
 def test_sizes_and_manifest_add_up(exported):
