@@ -1,4 +1,4 @@
-"""Train an open_clip model on WebDataset shards.
+r"""Train an open_clip model on WebDataset shards.
 
     torchrun --nproc_per_node=8 trainer/train.py --train-data '/data/shards/{00000..00099}.tar' \
         --model ViT-B-32 --batch-size 256 --output-dir runs/b32
@@ -62,24 +62,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="local Hugging Face tokenizer directory (e.g. XLM-V for multilingual runs; needs "
         "`transformers`); default: the model's open_clip tokenizer",
     )
-    g.add_argument("--loss", choices=["clip", "siglip"], default="clip")
-    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument(
+        "--loss",
+        choices=["clip", "siglip"],
+        default="clip",
+        help="clip: InfoNCE (softmax); siglip: pairwise sigmoid with learnable bias",
+    )
+    g.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute activations in backward"
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=256, help="per rank and micro-step")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-steps per optimizer step")
     g.add_argument("--epochs", type=float, default=1.0, help="epochs (ignored with --steps)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
-    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
     g.add_argument("--warmup", type=int, default=2000, help="linear warmup steps")
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.95)
-    g.add_argument("--eps", type=float, default=1e-6)
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2 (MetaCLIP 2: 0.95)")
+    g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
     g.add_argument("--wd", type=float, default=0.1, help="weight decay (not on norms/biases/scale)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm, 0 = off")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="bf16",
+        help="bf16/fp16: autocast (fp16 with a grad scaler); fp32 weights either way",
+    )
+    g.add_argument("--seed", type=int, default=0, help="model init, shard order, shuffling")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--output-dir", default="runs/clip", help="checkpoints, metrics, tensorboard")
