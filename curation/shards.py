@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,6 +63,7 @@ class ExportConfig:
     user_agent_token: str | None = None
     disallowed_header_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
     allow_local: bool = False
+    resolve_hosts: bool = False
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     encode_quality: int = 95
     extract_exif: bool = False
@@ -190,9 +192,33 @@ def _is_public(address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def filter_urls(table: pa.Table, allow_local: bool = False) -> tuple[pa.Table, Counter]:
+def host_drop_reasons(hosts: set[str], threads: int = 64) -> dict[str, str]:
+    """Resolve each host once: hosts that do not resolve, or resolve to any non-public address
+    (internal DNS names, metadata endpoints behind a name), mapped to their drop reason."""
+
+    def check(host: str) -> str | None:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return "unresolvable_host"
+        addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+        return None if all(_is_public(a) for a in addresses) else "private_address"
+
+    with ThreadPoolExecutor(threads) as pool:
+        reasons = dict(zip(hosts, pool.map(check, sorted(hosts))))
+    return {host: reason for host, reason in reasons.items() if reason is not None}
+
+
+def filter_urls(
+    table: pa.Table, allow_local: bool = False, resolve_hosts: bool = False
+) -> tuple[pa.Table, Counter]:
     """Keep the fetchable rows, sorted by uid (deterministic shards); count the drop reasons."""
-    reasons = [url_drop_reason(url, allow_local) for url in table["url"].to_pylist()]
+    urls = table["url"].to_pylist()
+    reasons = [url_drop_reason(url, allow_local) for url in urls]
+    if resolve_hosts and not allow_local:
+        hosts = [urlsplit(u.strip()).hostname if r is None else None for u, r in zip(urls, reasons)]
+        bad_hosts = host_drop_reasons({h for h in hosts if h})
+        reasons = [r or bad_hosts.get(h) for r, h in zip(reasons, hosts)]
     drops = Counter(r for r in reasons if r is not None)
     kept = table.filter(pa.array([r is None for r in reasons], pa.bool_()))
     uids = kept["uid"]
@@ -408,6 +434,7 @@ def summarize(
             "user_agent_token": config.user_agent_token,
             "disallowed_header_directives": list(config.disallowed_header_directives),
             "allow_local": config.allow_local,
+            "resolve_hosts": config.resolve_hosts,
             "max_image_pixels": config.max_image_pixels,
         },
     }
@@ -433,7 +460,7 @@ def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[di
     log(f"[shards] read {table.num_rows} curated rows from {config.curated}")
     if url_rewrite is not None:
         table = url_rewrite(table)
-    kept, drops = filter_urls(table, config.allow_local)
+    kept, drops = filter_urls(table, config.allow_local, config.resolve_hosts)
     log(f"[shards] {kept.num_rows} fetchable, dropped {dict(drops) or 'none'}")
     if kept.num_rows == 0:
         raise ExportError(f"nothing to fetch in {config.curated} (drops: {dict(drops)})")

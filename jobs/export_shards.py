@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also fetch loopback/private addresses (tests and the demo only)",
     )
     p.add_argument(
+        "--resolve-hosts",
+        action="store_true",
+        help="also resolve every host once and drop those that resolve to a non-public address "
+        "or not at all (names pointing inside the network; recommended inside a cloud VPC)",
+    )
+    p.add_argument(
         "--serve-local",
         metavar="DIR",
         default=None,
@@ -115,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
             d.strip() for d in args.disallowed_header_directives.split(",") if d.strip()
         ),
         allow_local=args.allow_local or args.serve_local is not None,
+        resolve_hosts=args.resolve_hosts,
         max_image_pixels=args.max_image_pixels,
         extract_exif=args.extract_exif,
         overwrite=args.overwrite,

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import shutil
+import socket
 import struct
 import tarfile
 import zlib
@@ -318,6 +319,30 @@ def test_a_different_curated_input_is_refused_on_the_same_output(exported, tmp_p
 )
 def test_url_drop_reason(url, reason):
     assert shards.url_drop_reason(url) == reason
+
+
+def test_resolve_hosts_drops_names_that_point_inside():
+    """Names are only judged once resolved: this machine's own hostname resolves to a loopback or
+    private address; a name that does not resolve is dropped too."""
+    import ipaddress
+
+    inside = socket.gethostname()
+    addresses = {
+        ipaddress.ip_address(i[4][0].split("%")[0]) for i in socket.getaddrinfo(inside, None)
+    }
+    if all(a.is_global for a in addresses):
+        pytest.skip(f"{inside} resolves to a public address here")
+    rows = [
+        {"uid": "a", "url": f"http://{inside}/a.jpg", "text": "x", "lang": "en", "entry_ids": []},
+        {"uid": "b", "url": "http://no-such-host.invalid/b.jpg", "text": "y", "lang": "en"},
+    ]
+    rows[1]["entry_ids"] = []
+    table = pa.Table.from_pylist(rows)
+    kept, drops = shards.filter_urls(table)
+    assert kept.num_rows == 2 and not drops  # literal checks alone cannot see either
+    kept, drops = shards.filter_urls(table, resolve_hosts=True)
+    assert kept.num_rows == 0
+    assert drops == Counter({"private_address": 1, "unresolvable_host": 1})
 
 
 def test_allow_local_still_refuses_other_schemes():
