@@ -86,3 +86,10 @@ SHARDS_ARGS ?=
 .PHONY: shards
 shards: .venv
 	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(OUT)/shards $(SHARDS_ARGS)
+
+# Analyst report on the curation run in $(OUT) (run `make curate` first): writes the standalone
+# $(OUT)/report.html (plots embedded) and prints its path. Notebooks: notebooks/*.ipynb.
+REPORT_ARGS ?=
+.PHONY: report
+report: .venv
+	$(PY) -m curation.report $(OUT) --html $(OUT)/report.html $(REPORT_ARGS)

@@ -16,6 +16,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 
@@ -30,10 +31,11 @@ class ReportError(Exception):
 
 
 def _open_source(uri: str):
-    """(kind, source) of one table: ("parquet", glob) for local Parquet, else a pyarrow dataset.
+    """(kind, source) of one table: ("parquet", glob) for local Parquet, ("delta", files) for a
+    local Delta table's current files, else ("arrow", a pyarrow dataset or a DeltaTable).
 
-    Delta tables are read through their log (delta-rs), never by listing files: an overwritten
-    Delta table keeps its old files until it is vacuumed.
+    Delta tables are read through their log, never by listing the folder: an overwritten Delta
+    table keeps its old files until it is vacuumed.
     """
     path = local_path(uri)
     if path is not None and not Path(path).exists():
@@ -42,7 +44,9 @@ def _open_source(uri: str):
     if is_delta:
         from deltalake import DeltaTable
 
-        return "arrow", DeltaTable(uri if path is None else str(Path(path).resolve()))
+        table = DeltaTable(uri if path is None else str(Path(path).resolve()))
+        files = _plain_delta_files(table) if path is not None else None
+        return ("delta", files) if files else ("arrow", table)
     if path is not None:
         root = Path(path).resolve()
         if root.is_file():
@@ -61,6 +65,31 @@ def _open_source(uri: str):
         partitioning="hive",
         ignore_prefixes=[".", "_"],
     )
+
+
+def _plain_delta_files(table) -> list[str] | None:
+    """The current data files of a local Delta table when DuckDB can scan them as hive-partitioned
+    Parquet (much faster than through an Arrow dataset): reader protocol 1 (no deletion vectors,
+    no column mapping) and every file's `col=value` path segments equal to its logged partition
+    values. None otherwise; the caller then reads through delta-rs."""
+    import pyarrow as pa
+
+    if table.protocol().min_reader_version > 1:
+        return None
+    columns = table.metadata().partition_columns
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    if not actions:
+        return None
+    root = Path(table.table_uri.removeprefix("file://"))
+    files = []
+    for action in actions:
+        segments = dict(
+            unquote(part).split("=", 1) for part in action["path"].split("/")[:-1] if "=" in part
+        )
+        if any(segments.get(c) != action[f"partition.{c}"] for c in columns):
+            return None
+        files.append(str(root / unquote(action["path"])))
+    return files
 
 
 def _remote_delta(uri: str) -> bool:
@@ -92,13 +121,14 @@ class CurationOutput:
             if source is None:
                 continue
             kind, src = source
-            if kind == "parquet":
-                glob = src.replace("'", "''")
+            if kind in ("parquet", "delta"):
+                paths = [src] if kind == "parquet" else src
+                quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
                 self.con.execute(
-                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', "
+                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{quoted}], "
                     "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
                 )
-                self.tables[name] = "parquet"
+                self.tables[name] = kind
             else:
                 dataset = src.to_pyarrow_dataset() if hasattr(src, "to_pyarrow_dataset") else src
                 self._arrow[name] = dataset

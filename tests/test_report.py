@@ -202,6 +202,27 @@ def test_delta_output_reads_the_same(curation_output, delta_output):
     pd.testing.assert_frame_equal(parquet.top_entries("da"), memory.top_entries("da"))
 
 
+def test_delta_is_read_through_its_log(delta_output, tmp_path, monkeypatch):
+    import shutil
+
+    import curation.report
+
+    out = tmp_path / "out"
+    shutil.copytree(delta_output, out)
+    plain = CurationOutput(out)
+    before, prefix_a = plain.languages(), plain.lookup("a", prefix=True, limit=50)
+    # a file the log does not list (an overwritten version not vacuumed yet) must not be read
+    stale = next((out / "entry_counts" / "lang=en").glob("*.parquet"))
+    shutil.copy(stale, stale.with_name("stale-old-version.parquet"))
+    pd.testing.assert_frame_equal(CurationOutput(out).languages(), before)
+    # tables DuckDB cannot scan as plain files (deletion vectors, renamed paths) go via delta-rs
+    monkeypatch.setattr(curation.report, "_plain_delta_files", lambda table: None)
+    via_arrow = CurationOutput(out)
+    assert via_arrow.tables["entry_counts"] == "delta"
+    pd.testing.assert_frame_equal(via_arrow.languages(), before)
+    pd.testing.assert_frame_equal(via_arrow.lookup("a", prefix=True, limit=50), prefix_a)
+
+
 def test_missing_tables_give_a_clear_error(tmp_path):
     with pytest.raises(ReportError, match="no entry_counts or thresholds table"):
         CurationOutput(tmp_path)
