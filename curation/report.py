@@ -261,12 +261,15 @@ class CurationOutput:
             kept = dict(
                 self.con.execute("SELECT lang, count(*) FROM curated GROUP BY lang").fetchall()
             )
+        nothing_kept_yet = kept is None  # no curated table: kept is unknown, not zero
         records, kept = records or {}, kept or {}
         langs = sorted(set(frame["lang"]) | set(records))
         frame = frame.set_index("lang").reindex(langs)
         frame["records"] = pd.Series(records, dtype="float64").reindex(langs)
         frame["matched_records"] = frame["matched_records"].fillna(0)
-        frame["kept_records"] = pd.Series(kept, dtype="float64").reindex(langs).fillna(0)
+        frame["kept_records"] = pd.Series(kept, dtype="float64").reindex(langs)
+        if not nothing_kept_yet:
+            frame["kept_records"] = frame["kept_records"].fillna(0)
         frame["matched_share"] = frame["matched_records"] / frame["records"]
         frame["entries_matched_share"] = frame["entries_matched"] / frame["entries"]
         frame["kept_share"] = frame["kept_records"] / frame["matched_records"].where(

@@ -223,6 +223,23 @@ def test_delta_is_read_through_its_log(delta_output, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(via_arrow.lookup("a", prefix=True, limit=50), prefix_a)
 
 
+def test_a_run_stopped_before_curation_reports_what_exists(curation_output, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(curation_output, out)
+    for name in ("curated", "run.json", "_SUCCESS"):
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    partial = CurationOutput(out)
+    table = partial.languages().set_index("lang")
+    full = CurationOutput(curation_output).languages().set_index("lang")
+    assert table["records"].tolist() == full["records"].tolist()  # counted from matches/
+    assert table["kept_records"].isna().all()  # unknown, not zero
+    page = html_report(partial, langs=["en"])
+    assert "incomplete" in page and "Before and after balancing" not in page
+
+
 def test_missing_tables_give_a_clear_error(tmp_path):
     with pytest.raises(ReportError, match="no entry_counts or thresholds table"):
         CurationOutput(tmp_path)
