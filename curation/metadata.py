@@ -18,6 +18,9 @@ from curation.text import entry_drop_reason, normalize_core
 
 SOURCES = ("wordnet", "title", "unigram", "bigram")
 DROP_REASONS = ("empty", "pure_punctuation", "too_long", "duplicate")
+# wordfreq gives frequencies, not counts: a minimum count applies as count per 1e9 tokens (about
+# the size of a large Wikipedia), so MetaCLIP 1's "seen >= 100 times" keeps frequencies >= 1e-7.
+WORDFREQ_TOKENS = 1e9
 # wordfreq codes that differ from the Wikipedia code of the same language
 WORDFREQ_CODES = {"tl": "fil", "no": "nb"}
 
@@ -82,6 +85,8 @@ def wordfreq_unigrams(lang: str, selection: Selection) -> list[str]:
     if code not in wordfreq.available_languages(wordlist="best"):
         return []
     frequencies = wordfreq.get_frequency_dict(code, wordlist="best")
+    floor = selection.unigram_min_count / WORDFREQ_TOKENS
+    frequencies = {word: f for word, f in frequencies.items() if f >= floor}
     return top_ranked(frequencies, selection.unigram_fraction, selection.unigram_max)
 
 

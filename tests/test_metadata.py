@@ -194,6 +194,14 @@ def test_wordfreq_stand_in():
     assert metadata.wordfreq_unigrams("tl", metadata.Selection(unigram_max=5))  # wordfreq "fil"
     assert metadata.wordfreq_unigrams("ab", metadata.METACLIP2) == []
     assert len(metadata.wordfreq_languages()) >= 40
+    # MetaCLIP 1 (count >= 100) on wordfreq: frequency >= 100 per 1e9 tokens
+    import wordfreq
+
+    freq = wordfreq.get_frequency_dict("en", wordlist="best")
+    metaclip1 = metadata.wordfreq_unigrams("en", metadata.METACLIP1)
+    assert len(metaclip1) == sum(1 for f in freq.values() if f >= 1e-7)
+    every = metadata.wordfreq_unigrams("en", metadata.Selection(1.0, None))
+    assert len(every) > len(metaclip1)
 
 
 def test_recipes():
