@@ -79,7 +79,7 @@ def tokenize(
 ):
     """Token ids per text (-1: not in the vocabulary); normalized texts too if asked."""
     n_texts = text_offsets.size - 1
-    token_ids = np.empty(max(16, chars.size // 2), dtype=np.int64)
+    token_ids = np.empty(chars.size + 1, dtype=np.int64)  # a token has at least one char
     token_offsets = np.zeros(n_texts + 1, dtype=np.int64)
     norm = np.empty(chars.size * 3 + 2 * n_texts + 16 if normalized else 0, dtype=np.uint32)
     norm_offsets = np.zeros(n_texts + 1, dtype=np.int64)
@@ -105,7 +105,6 @@ def tokenize(
                     boundary = True
                     punct = True
             if boundary and start >= 0:
-                token_ids = _grow(token_ids, n_tokens + 1)
                 token_ids[n_tokens] = _lookup(chars, start, i, table, vocab_chars, vocab_offsets)
                 n_tokens += 1
                 if normalized:
@@ -116,7 +115,6 @@ def tokenize(
                     n_norm += 1
                 start = -1
             if punct:
-                token_ids = _grow(token_ids, n_tokens + 1)
                 token_ids[n_tokens] = _lookup(chars, i, i + 1, table, vocab_chars, vocab_offsets)
                 n_tokens += 1
                 if normalized:
@@ -135,17 +133,53 @@ def tokenize(
 
 
 @njit(cache=True, nogil=True)
-def _child(node, token, edge_offsets, edge_tokens, edge_children):
-    lo, hi = edge_offsets[node], edge_offsets[node + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edge_tokens[mid] < token:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < edge_offsets[node + 1] and edge_tokens[lo] == token:
-        return edge_children[lo]
-    return -1
+def _sort_in_place(values, start, stop):
+    """Insertion sort for the few ids of one text; numpy's sort beyond that."""
+    if stop - start > 32:
+        values[start:stop].sort()
+        return
+    for i in range(start + 1, stop):
+        value = values[i]
+        j = i - 1
+        while j >= start and values[j] > value:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = value
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True)
+def build_edge_table(codes, children):
+    """Open-addressing table of trie edges: code = node * stride + token -> child node."""
+    size = 1
+    while size < 2 * codes.size + 2:
+        size *= 2
+    keys = np.full(size, -1, dtype=np.int64)
+    values = np.empty(size, dtype=np.int64)
+    mask = np.uint64(size - 1)
+    for i in range(codes.size):
+        slot = (np.uint64(codes[i]) * _GOLDEN >> np.uint64(32)) & mask
+        while keys[slot] >= 0:
+            slot = (slot + np.uint64(1)) & mask
+        keys[slot] = codes[i]
+        values[slot] = children[i]
+    return keys, values
+
+
+@njit(cache=True, nogil=True)
+def _child(node, token, stride, edge_keys, edge_values):
+    code = node * stride + token
+    mask = np.uint64(edge_keys.size - 1)
+    slot = (np.uint64(code) * _GOLDEN >> np.uint64(32)) & mask
+    while True:
+        key = edge_keys[slot]
+        if key == code:
+            return edge_values[slot]
+        if key < 0:
+            return -1
+        slot = (slot + np.uint64(1)) & mask
 
 
 @njit(cache=True, nogil=True)
@@ -153,10 +187,11 @@ def collect_matches(
     token_ids,
     token_offsets,
     root_child,
-    edge_offsets,
-    edge_tokens,
-    edge_children,
-    terminal_key,
+    node_info,
+    stride,
+    edge_keys,
+    edge_values,
+    max_depth,
     auto_texts,
     auto_keys,
     key_offsets,
@@ -169,40 +204,46 @@ def collect_matches(
     n_out = 0
     auto = 0
     for text in range(n_texts):
+        begin, end = token_offsets[text], token_offsets[text + 1]
+        auto_end = auto
+        while auto_end < auto_texts.size and auto_texts[auto_end] == text:
+            auto_end += 1
+        # buffers grow here, never inside the walk: at most max_depth keys start at a token
+        bound = (end - begin) * max_depth + (auto_end - auto)
+        if bound > keys.size:
+            keys = np.empty(2 * bound, dtype=np.int64)
         n_keys = 0
-        end = token_offsets[text + 1]
-        for start in range(token_offsets[text], end):
+        for start in range(begin, end):
             token = token_ids[start]
             if token < 0:
                 continue
             node = root_child[token]
             position = start
             while node >= 0:
-                key = terminal_key[node]
-                if key >= 0:
-                    keys = _grow(keys, n_keys + 1)
-                    keys[n_keys] = key
+                info = node_info[node]  # (terminal key + 1) << 1 | has children
+                if info > 1:
+                    keys[n_keys] = (info >> 1) - 1
                     n_keys += 1
                 position += 1
-                if position >= end or token_ids[position] < 0:
+                if position >= end or token_ids[position] < 0 or not info & 1:
                     break
-                node = _child(node, token_ids[position], edge_offsets, edge_tokens, edge_children)
-        while auto < auto_texts.size and auto_texts[auto] == text:
-            keys = _grow(keys, n_keys + 1)
-            keys[n_keys] = auto_keys[auto]
+                node = _child(node, token_ids[position], stride, edge_keys, edge_values)
+        for k in range(auto, auto_end):
+            keys[n_keys] = auto_keys[k]
             n_keys += 1
-            auto += 1
+        auto = auto_end
         n_ids = 0
         for k in range(n_keys):
             n_ids += key_offsets[keys[k] + 1] - key_offsets[keys[k]]
-        out = _grow(out, n_out + n_ids)
+        if n_out + n_ids > out.size:
+            out = _grow(out, n_out + n_ids)
         write = n_out
         for k in range(n_keys):
             for j in range(key_offsets[keys[k]], key_offsets[keys[k] + 1]):
                 out[write] = key_entries[j]
                 write += 1
         if n_ids > 1:
-            out[n_out:write] = np.sort(out[n_out:write])
+            _sort_in_place(out, n_out, write)
             unique = n_out + 1
             for j in range(n_out + 1, write):
                 if out[j] != out[unique - 1]:

@@ -125,10 +125,11 @@ class EntryMatcher:
             token_ids,
             token_offsets,
             trie.root_child,
-            trie.edge_offsets,
-            trie.edge_tokens,
-            trie.edge_children,
-            trie.terminal_key,
+            trie.node_info,
+            trie.stride,
+            trie.edge_keys,
+            trie.edge_values,
+            trie.max_depth,
             auto_texts,
             auto_keys,
             self._key_offsets,
@@ -184,8 +185,10 @@ class _TokenTrie:
         self._children: dict[tuple[int, int], int] = {}
         self._terminal: dict[int, int] = {}
         self._nodes = 1  # node 0 is the root
+        self.max_depth = 1
 
     def add(self, tokens: list[str], key_id: int) -> None:
+        self.max_depth = max(self.max_depth, len(tokens))
         node = 0
         for token in tokens:
             token_id = self.vocab.setdefault(token, len(self.vocab))
@@ -199,19 +202,23 @@ class _TokenTrie:
     def freeze(self) -> None:
         self.vocab_chars, self.vocab_offsets = _code_points(list(self.vocab))
         self.table = kernel.build_table(self.vocab_chars, self.vocab_offsets)
-        self.root_child = np.full(len(self.vocab), -1, dtype=np.int64)
-        edges = sorted((node, tok, child) for (node, tok), child in self._children.items())
-        table = np.array(edges, dtype=np.int64).reshape(-1, 3)
-        self.edge_tokens = np.ascontiguousarray(table[:, 1])
-        self.edge_children = np.ascontiguousarray(table[:, 2])
-        self.edge_offsets = np.searchsorted(table[:, 0], np.arange(self._nodes + 1)).astype(
-            np.int64
+        self.stride = max(len(self.vocab), 1)
+        n = len(self._children)
+        parents = np.fromiter((node for node, _ in self._children), dtype=np.int64, count=n)
+        tokens = np.fromiter((tok for _, tok in self._children), dtype=np.int64, count=n)
+        children = np.fromiter(self._children.values(), dtype=np.int64, count=n)
+        self.edge_keys, self.edge_values = kernel.build_edge_table(
+            parents * self.stride + tokens, children
         )
-        roots = table[:, 0] == 0
-        self.root_child[table[roots, 1]] = table[roots, 2]
-        self.terminal_key = np.full(self._nodes, -1, dtype=np.int64)
-        for node, key_id in self._terminal.items():
-            self.terminal_key[node] = key_id
+        self.root_child = np.full(self.stride, -1, dtype=np.int64)
+        roots = parents == 0
+        self.root_child[tokens[roots]] = children[roots]
+        # one array per node, so a trie step touches one cache line: (key + 1) << 1 | branches
+        self.node_info = np.zeros(self._nodes, dtype=np.int64)
+        self.node_info[np.fromiter(self._terminal, dtype=np.int64)] = (
+            np.fromiter(self._terminal.values(), dtype=np.int64) + 1
+        ) << 1
+        self.node_info[parents] |= 1
 
     def find(self, tokens: list[str]) -> set[int]:
         """Keys occurring as consecutive tokens of one text."""
