@@ -30,14 +30,21 @@ def parse_args(argv):
     )
     p.add_argument("--output", required=True, help="base URI; metadata/ and metadata_stats/")
     p.add_argument("--languages", help="comma-separated Wikipedia codes (default: all 330)")
-    p.add_argument("--languages-file", help="file with one Wikipedia code per line")
+    p.add_argument("--languages-file", help="URI of a file with one Wikipedia code per line")
     p.add_argument(
         "--max-languages",
         type=int,
         help="build at most N languages (those with WordNet or a dump first, then by code)",
     )
-    p.add_argument("--wordnet", help="Princeton WordNet directory URI (Debian or NLTK layout)")
-    p.add_argument("--omw", action="append", default=[], help="OMW wn-data-<iso>.tab glob URI")
+    p.add_argument(
+        "--wordnet", help="Princeton WordNet directory URI, for en (Debian or NLTK layout)"
+    )
+    p.add_argument(
+        "--omw",
+        action="append",
+        default=[],
+        help="glob URI of OMW wn-data-<iso>.tab files (repeatable)",
+    )
     p.add_argument(
         "--wikipedia-dumps",
         action="append",
@@ -48,7 +55,7 @@ def parse_args(argv):
         "--pageviews",
         action="append",
         default=[],
-        help="glob URI of Wikimedia pageview files; without them titles rank by in-links",
+        help="glob URI of Wikimedia pageview files (repeatable); else titles rank by in-links",
     )
     p.add_argument(
         "--no-wordfreq",
@@ -63,7 +70,9 @@ def parse_args(argv):
     )
     p.add_argument("--unigram-fraction", type=float, default=d.unigram_fraction,
                    help="keep this top fraction of distinct unigrams by count")  # fmt: skip
-    p.add_argument("--unigram-max", type=int, default=d.unigram_max, help="at most this many")
+    p.add_argument(
+        "--unigram-max", type=int, default=d.unigram_max, help="at most this many unigrams"
+    )
     p.add_argument("--unigram-min-count", type=int, default=d.unigram_min_count,
                    help="drop unigrams seen fewer times")  # fmt: skip
     p.add_argument("--bigram-min-pmi", type=float, default=d.bigram_min_pmi,
