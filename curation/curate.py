@@ -43,6 +43,7 @@ CANDIDATES_SCHEMA = (
     "keep_prob double, choice long, draw double"
 )
 MATCHERS_PER_WORKER = 4
+RECORDS_PER_TASK = 100_000
 
 
 class CurationError(Exception):
@@ -60,7 +61,7 @@ class CurateConfig:
     format: str = "parquet"
     languages: tuple[str, ...] | None = None
     resume: bool = False
-    salt_buckets: int = 16
+    salt_buckets: int = 1024
     lid_model: str | None = None
     partitions: int | None = None
 
@@ -361,15 +362,27 @@ class CurationJob:
     def write_matches(self, records) -> None:
         from pyspark.sql import functions as F
 
-        partitions = self.config.partitions or int(
-            self.spark.conf.get("spark.sql.shuffle.partitions")
-        )
+        # Range partitioning on (lang, salt) keeps each small language in one task (few automata
+        # per worker) and cuts a hot language into as many tasks as its share of the records.
         salt = F.abs(F.xxhash64("uid")) % self.config.salt_buckets
-        spread = records.repartition(partitions, "lang", salt).sortWithinPartitions("lang")
+        spread = (
+            records.withColumn("_salt", salt)
+            .repartitionByRange(self.matching_partitions(), "lang", "_salt")
+            .sortWithinPartitions("lang")
+        )
         matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
             match_batches(self.config.metadata), MATCHES_SCHEMA
         )
         tables.write_table(matched, self.table_uri("matches"), self.config.format, ["lang"])
+
+    def matching_partitions(self) -> int:
+        """--partitions, else one task per ~RECORDS_PER_TASK records (at least one per core)."""
+        if self.config.partitions:
+            return self.config.partitions
+        cores = self.spark.sparkContext.defaultParallelism
+        wanted = -(-self.report.counts["input_records"] // RECORDS_PER_TASK)
+        limit = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
+        return max(cores, min(wanted, max(limit, cores)))
 
     def write_entry_counts(self) -> None:
         from pyspark.sql import functions as F

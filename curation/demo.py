@@ -24,7 +24,14 @@ STAGES = [
     ),
     ("alt-text", {}, ["alt_text", "drops"]),
     ("curate", {}, ["matches", "entry_counts", "thresholds", "curated", "run.json"]),
-    ("shards", {}, ["shards"]),
+    (
+        "shards",
+        {
+            "SHARDS_ARGS": "--serve-local skimage --processes 2 --threads 16 --timeout 5 "
+            "--samples-per-shard 500"
+        },
+        ["shards"],
+    ),
     ("train", {}, ["train"]),
     ("report", {}, ["report.html"]),
 ]

@@ -24,6 +24,7 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     settings = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",  # the jobs log their own stage progress
         **(conf or {}),
     }
     for key, value in settings.items():

@@ -23,15 +23,15 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def read_partition(table_uri: str, lang: str, columns: list[str]) -> pa.Table:
     """One `lang=` partition of a hive-partitioned Parquet (or converted Delta) table."""
-    filesystem, path = _filesystem(f"{table_uri.rstrip('/')}/lang={lang}")
-    dataset = ds.dataset(
-        path,
-        filesystem=filesystem,
-        format="parquet",
-        exclude_invalid_files=True,
-        ignore_prefixes=[".", "_"],
-    )
-    return dataset.to_table(columns=columns)
+    uri = f"{table_uri.rstrip('/')}/lang={lang}"
+    filesystem, path = _filesystem(uri)
+    try:
+        dataset = ds.dataset(
+            path, filesystem=filesystem, format="parquet", ignore_prefixes=[".", "_"]
+        )
+        return dataset.to_table(columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"cannot read table partition {uri}: {error}") from None
 
 
 def is_delta(spark, uri: str) -> bool:

@@ -72,14 +72,16 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
     parser.add_argument(
         "--salt-buckets",
         type=int,
-        default=16,
-        help="split each language over this many shuffle keys so a hot language "
-        "(English) is not one straggler task (default 16)",
+        default=1024,
+        help="hash buckets of uid within a language; the matching stage range-partitions on "
+        "(lang, bucket), so a hot language (English) is cut into many tasks while a small "
+        "language stays in one (default 1024)",
     )
     parser.add_argument(
         "--partitions",
         type=int,
-        help="partitions for the matching stage (default spark.sql.shuffle.partitions)",
+        help="tasks for the matching stage (default: one per 100k input records, at least one "
+        "per core, at most spark.sql.shuffle.partitions)",
     )
     parser.add_argument(
         "--lid-model",
@@ -110,6 +112,15 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
     return config, args.master
 
 
+def last_line(error: Exception) -> str:
+    """The line that says what went wrong, out of a Spark / Python-worker traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if ("Error" in line or "Exception" in line) and not line.startswith("at "):
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     logging.basicConfig(
@@ -127,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"curate: error: not found: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a failed Spark task: say why in one line
+        print(f"curate: error: {last_line(error)}", file=sys.stderr)
+        return 1
     counts = report.counts
     print(
         f"curated {counts['curated_records']:,} of {counts['matched_records']:,} matched records "
