@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import mwparserfromhell
+from mwparserfromhell.nodes import Wikilink
 
 from curation.tokenize import SEGMENTERS
 from curation.uris import open_decompressed
@@ -124,9 +125,11 @@ def parse_page(text: str, namespaces: frozenset[str] | set[str] = frozenset()) -
         title = str(link.title)
         if not _is_namespaced(title, namespaces) and (target := normalize_title(title)):
             links.append(target)
-    for link in code.filter_wikilinks(recursive=False):
-        if _is_namespaced(str(link.title), namespaces):
-            code.remove(link)
+    code.nodes[:] = [
+        node
+        for node in code.nodes
+        if not (isinstance(node, Wikilink) and _is_namespaced(str(node.title), namespaces))
+    ]
     return PageText(plain=code.strip_code(normalize=True, collapse=True), links=links)
 
 
