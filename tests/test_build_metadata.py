@@ -186,3 +186,21 @@ def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path, wordnet
         expected, _ = metadata.select_entries(candidates)
         got = [(r["entry_id"], r["entry"], r["source"]) for r in by_lang[lang]]
         assert got == expected, lang
+
+
+def test_plan_max_languages_prefers_wordnet_and_dumps(spark, fixture_inputs):
+    from curation.metadata_build import BuildConfig, _plan
+
+    config = BuildConfig(
+        output="unused",
+        languages=["fr", "el", "de", "af", "en"],
+        no_space=frozenset(),
+        wordnet=str(fixture_inputs / "wordnet"),
+        dumps=[str(fixture_inputs / "dumps" / "*.xml.xz")],
+        max_languages=3,
+    )
+    langs, wordnet_langs, _, dumps, wordfreq_langs, _, skipped = _plan(spark, config, print)
+    # en (WordNet) and af (dump) first, then the wordfreq languages by code: de
+    assert langs == ["af", "de", "en"] and wordnet_langs == ["en"]
+    assert [lang for _, lang in dumps] == ["af"] and wordfreq_langs == ["de", "en"]
+    assert skipped == ["el", "fr"]
