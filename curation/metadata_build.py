@@ -61,7 +61,7 @@ def _plan(spark, config: BuildConfig, log: Callable[[str], None]):
         if lang in wanted:
             dumps.append((uri, lang))
         else:
-            warnings.append(f"{uri}: not a dump of a requested language ({lang}), skipped")
+            log(f"{uri}: not a dump of a requested language ({lang}), skipped")
     omw_files = []
     for uri in expand(spark, config.omw) if config.omw else []:
         iso = wordnet.omw_file_language(uri)
@@ -243,14 +243,20 @@ def _candidates(spark, jobs: list[tuple[str, str]], read):
 
 
 def read_pageviews(spark, patterns: list[str]):
-    """Wikimedia hourly/daily pageview files (`domain title views bytes`), Wikipedia rows only."""
+    """Wikimedia pageview files, Wikipedia rows only, summed per (lang, title).
+
+    Hourly `pageviews-*` files: `en Title 12 0` / `en.m Title 3 0` (desktop / mobile).
+    Monthly per-article files: `en.wikipedia Title page_id access daily_total hourly`.
+    """
     from pyspark.sql import functions as F
 
     parts = F.split(F.col("value"), " ")
+    hourly = F.regexp_extract(parts[0], r"^([a-z][a-z0-9-]*)(\.m)?$", 1)
+    monthly = F.regexp_extract(parts[0], r"^([a-z][a-z0-9-]*)\.wikipedia$", 1)
     rows = spark.read.text(patterns).select(
-        F.regexp_extract(parts[0], r"^([a-z][a-z0-9-]*)(\.m)?$", 1).alias("domain"),
+        F.when(monthly != "", monthly).otherwise(hourly).alias("domain"),
         F.regexp_replace(parts[1], "_", " ").alias("title"),
-        parts[2].cast("long").alias("views"),
+        F.when(monthly != "", parts[4]).otherwise(parts[2]).cast("long").alias("views"),
     )
     return (
         rows.filter((F.col("domain") != "") & F.col("views").isNotNull())

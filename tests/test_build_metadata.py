@@ -48,7 +48,10 @@ def fixture_inputs(tmp_path_factory):
     )
     (root / "omw" / "wn-data-qqq.tab").write_text("01-n\tlemma\tunknown\n")
     (root / "pageviews-20240101-000000").write_text(
-        "af Delta 40 0\naf.m Delta 10 0\naf Alpha 10 0\naf.b Beta 1000 0\nen Dog 5 0\n"
+        "af Delta 40 0\naf.m Delta 5 0\naf Alpha 10 0\naf.b Beta 1000 0\nen Dog 5 0\n"
+    )
+    (root / "pageviews-202401-user").write_text(  # monthly per-article format
+        "af.wikipedia Beta 7 desktop 60 A60\naf.wiktionary Alpha 9 desktop 900 A900\n"
     )
     return root
 
@@ -125,8 +128,9 @@ def test_rerun_overwrites_only_rebuilt_languages(spark, fixture_build, fixture_i
     assert build_metadata.main(argv) == 0
     rows = read_table(fixture_build / "metadata")
     titles = [(r["entry"], r["source"]) for r in rows if r["source"].startswith("title")]
-    # pageviews: Delta 50 (desktop + mobile), Alpha 10, Beta 0 (the wikibooks row is ignored)
-    assert titles == [("Alpha", "title"), ("Delta", "title")]
+    # pageviews: Beta 60 (monthly file), Delta 45 (desktop + mobile), Alpha 10; the wikibooks
+    # and wiktionary rows are not Wikipedia's
+    assert titles == [("Beta", "title"), ("Delta", "title")]
     assert {p.name: p.read_bytes() for p in en_dir.iterdir()} == en_before
     assert [r for r in rows if r["lang"] == "en"] == en_rows
     af_stats = [r for r in read_table(fixture_build / "metadata_stats") if r["lang"] == "af"]
