@@ -11,9 +11,10 @@ import sys
 import pyarrow.dataset as ds
 import pytest
 from conftest import PROJECT_ROOT, shared_path
-from metadata_fixtures import AF_PAGES, EN_LEMMAS, af_dump_bytes, write_wordnet
+from metadata_fixtures import AF_PAGES, EN_LEMMAS, HEADER, af_dump_bytes, page, write_wordnet
 
 from curation import metadata
+from curation.tokenize import segmenter_name
 from jobs import build_metadata
 
 # af fixture with these flags: unigrams top 50% of 7 -> 4 (cat, dog, then Beta, alpha by code
@@ -40,6 +41,11 @@ def fixture_inputs(tmp_path_factory):
     (root / "dumps" / "afwiki-20240101-pages-articles.xml.xz").write_bytes(
         lzma.compress(af_dump_bytes())
     )
+    ja_page = page("東京", "東京タワー。東京タワー。猫。犬。鳥。魚")
+    ja = HEADER.format(lang="ja") + ja_page + "</mediawiki>"
+    (root / "dumps" / "jawiki-20240101-pages-articles.xml.xz").write_bytes(
+        lzma.compress(ja.encode("utf-8"))
+    )
     write_wordnet(root / "wordnet", EN_LEMMAS)
     (root / "omw").mkdir()
     (root / "omw" / "wn-data-als.tab").write_text(
@@ -60,7 +66,7 @@ def fixture_inputs(tmp_path_factory):
 def fixture_build(spark, fixture_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("metadata_out")
     argv = [
-        "--languages", "en,af,sq",
+        "--languages", "en,af,sq,ja",
         "--wordnet", str(fixture_inputs / "wordnet"),
         "--omw", str(fixture_inputs / "omw" / "wn-data-*.tab"),
         "--wikipedia-dumps", f"file://{fixture_inputs}/dumps/*wiki-*.xml.xz",
@@ -94,17 +100,33 @@ def test_entries_per_source_hand_counted(fixture_build):
     # OMW "als" is Tosk Albanian -> sq; the unknown wn-data-qqq.tab is skipped with a warning
     sq = [(r["entry_id"], r["entry"], r["source"]) for r in rows if r["lang"] == "sq"]
     assert sq == [(0, "qen", "wordnet:omw"), (1, "qen i madh", "wordnet:omw")]
-    assert {r["lang"] for r in rows} == {"af", "en", "sq"}
+    assert {r["lang"] for r in rows} == {"af", "en", "sq", "ja"}
     schema = ds.dataset(str(fixture_build / "metadata"), partitioning="hive").schema
     assert {f.name: str(f.type) for f in schema} == {
         "entry_id": "int32", "entry": "string", "source": "string", "lang": "string"
     }  # fmt: skip
 
 
+def test_no_space_language_segmented_and_bigrams_joined_without_space(fixture_build):
+    if segmenter_name("ja", no_space=True) != "mecab":
+        pytest.skip("fugashi/unidic-lite not installed: ja falls back to characters")
+    # MeCab: [東京 タワー] [東京 タワー] [猫] [犬] [鳥] [魚]: N = 8; unigrams top 50% of 6 -> 東京,
+    # タワー (2 each), then 犬 (lowest code point of the count-1 words); bigram 東京タワー, PMI 4.
+    ja = [(r["entry_id"], r["entry"], r["source"]) for r in read_table(fixture_build / "metadata")
+          if r["lang"] == "ja"]  # fmt: skip
+    assert ja == [
+        (0, "タワー", "unigram"),
+        (1, "東京", "title:inlinks"),
+        (2, "東京タワー", "bigram"),
+        (3, "犬", "unigram"),
+    ]
+
+
 def test_stats_count_candidates_kept_and_drop_reasons(fixture_build):
     stats = {(r["lang"], r["source"]): r for r in read_table(fixture_build / "metadata_stats")}
     assert set(stats) == {("af", "title:inlinks"), ("af", "unigram"), ("af", "bigram"),
-                          ("en", "wordnet"), ("sq", "wordnet:omw")}  # fmt: skip
+                          ("en", "wordnet"), ("sq", "wordnet:omw"), ("ja", "title:inlinks"),
+                          ("ja", "unigram"), ("ja", "bigram")}  # fmt: skip
     unigram = stats["af", "unigram"]
     assert (unigram["candidates"], unigram["kept"], unigram["dropped_duplicate"]) == (4, 3, 1)
     en = stats["en", "wordnet"]
@@ -127,7 +149,8 @@ def test_rerun_overwrites_only_rebuilt_languages(spark, fixture_build, fixture_i
     ]  # fmt: skip
     assert build_metadata.main(argv) == 0
     rows = read_table(fixture_build / "metadata")
-    titles = [(r["entry"], r["source"]) for r in rows if r["source"].startswith("title")]
+    af = [r for r in rows if r["lang"] == "af"]
+    titles = [(r["entry"], r["source"]) for r in af if r["source"].startswith("title")]
     # pageviews: Beta 60 (monthly file), Delta 45 (desktop + mobile), Alpha 10; the wikibooks
     # and wiktionary rows are not Wikipedia's
     assert titles == [("Beta", "title"), ("Delta", "title")]
