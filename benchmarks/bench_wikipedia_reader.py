@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from curation.languages import no_space_languages
-from curation.tokenize import segmenter_name
+from curation.segment import segmenter_name
 from curation.wikipedia import ARTICLE_NAMESPACE, count_dump, iter_pages, open_decompressed
 
 DUMPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia"

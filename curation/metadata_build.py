@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from curation import metadata, wikipedia, wordnet
-from curation.tokenize import segmenter_name
+from curation.segment import segmenter_name
 
 COUNT_SCHEMA = "lang string, kind string, k1 string, k2 string, count long"
 CANDIDATE_SCHEMA = "lang string, source string, raw string"

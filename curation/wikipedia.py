@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mwparserfromhell
 from mwparserfromhell.nodes import Wikilink
 
-from curation.tokenize import SEGMENTERS
+from curation.segment import SEGMENTERS
 from curation.uris import open_decompressed
 
 DUMP_NAME = re.compile(r"(?:^|/)([a-z][a-z0-9_]*?)wiki-[^/]*\.xml(?:\.\w+)?$")

@@ -14,7 +14,7 @@ from conftest import PROJECT_ROOT, shared_path
 from metadata_fixtures import AF_PAGES, EN_LEMMAS, HEADER, af_dump_bytes, page, write_wordnet
 
 from curation import metadata
-from curation.tokenize import segmenter_name
+from curation.segment import segmenter_name
 from jobs import build_metadata
 
 # af fixture with these flags: unigrams top 50% of 7 -> 4 (cat, dog, then Beta, alpha by code
