@@ -160,9 +160,9 @@ class HadoopFS:
         return [summary.getLength(), summary.getFileCount(), summary.getDirectoryCount(), newest]
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version plus the git commit when run from a checkout."""
+    """The package version plus the git commit when run from a checkout (read on every call:
+    a long-lived driver must not keep an old commit after the checkout moved)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
