@@ -240,17 +240,10 @@ class CurationJob:
         return self.report
 
     def check_output_writable(self) -> None:
-        probe = f"{self.out}/_stages/.write_probe"
         try:
-            self.fs.write_text(probe, "")
-            self.fs.delete(probe)
-        except Exception as error:  # noqa: BLE001 - py4j wraps the Java IOException
-            reason = str(error).strip().splitlines()
-            reason = next(
-                (line for line in reason if "Exception" in line), reason[0] if reason else ""
-            )
-            reason = reason.strip().lstrip(": ")
-            raise CurationError(f"cannot write to output {self.out}: {reason}") from None
+            self.fs.check_writable(self.out)
+        except OSError as error:
+            raise CurationError(str(error)) from None
 
     def stage(self, name: str, previous: str, build) -> str:
         flags = {

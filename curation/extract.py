@@ -816,6 +816,8 @@ def extract_file(
     columns: Columns = Columns(),
 ) -> Iterator[AltText]:
     """Records of one input file; an unreadable file is one `unreadable_file` drop."""
+    from pyarrow.lib import ArrowException
+
     from curation.io import open_uri
 
     reader = READERS[input_format]
@@ -830,7 +832,7 @@ def extract_file(
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
         try:
             yield from reader(stream, drops, limits, **kwargs)
-        except (OSError, EOFError, zlib.error):
+        except (OSError, EOFError, zlib.error, ArrowException):  # ArrowException: bad Parquet
             drops["unreadable_file"] += 1
 
 

@@ -101,6 +101,19 @@ class HadoopFS:
         path, fs = self._path(uri)
         return fs.exists(path)
 
+    def check_writable(self, uri: str) -> None:
+        """Raise OSError (one line) unless a file can be created under `uri`: fail before work."""
+        probe = f"{uri.rstrip('/')}/_write_probe"
+        try:
+            self.write_text(probe, "")
+            self.delete(probe)
+        except Exception as error:  # noqa: BLE001 - py4j wraps the Java IOException
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = next(
+                (line for line in lines if "Exception" in line), lines[0] if lines else ""
+            )
+            raise OSError(f"cannot write to output {uri}: {reason.lstrip(': ')}") from None
+
     def is_dir(self, uri: str) -> bool:
         path, fs = self._path(uri)
         return fs.exists(path) and fs.getFileStatus(path).isDirectory()

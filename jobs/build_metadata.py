@@ -20,6 +20,7 @@ from curation import metadata
 from curation.languages import load_languages
 from curation.metadata_build import BuildConfig, build
 from curation.spark import get_spark
+from curation.tables import HadoopFS
 from curation.wordnet import load_omw_table
 
 
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
             spark.conf.set(
                 "spark.sql.shuffle.partitions", str(4 * spark.sparkContext.defaultParallelism)
             )
+        HadoopFS(spark).check_writable(args.output)
         report = build(spark, config)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"build_metadata: error: {error}", file=sys.stderr)

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             manifest, _ = shards.export_shards(config)
-    except shards.ExportError as err:
+    except (shards.ExportError, OSError) as err:
         print(f"export_shards: error: {err}", file=sys.stderr)
         return 2
     if manifest["incomplete_shards"]:

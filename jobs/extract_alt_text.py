@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import SparkSession
 
     from curation.spark import get_spark
+    from curation.tables import HadoopFS
 
     ours = SparkSession.getActiveSession() is None  # else: a caller's session, keep its settings
     spark = get_spark("extract_alt_text", master=args.master)
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.errors import PySparkException
 
     try:
+        HadoopFS(spark).check_writable(args.output)
         summary = run_extract(spark, files, args.output, options, args.output_partitions)
     except (OSError, ValueError, RuntimeError, PySparkException, Py4JError) as error:
         print(f"extract_alt_text: error: {_one_line(error)}", file=sys.stderr)

@@ -368,6 +368,6 @@ def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dis
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
