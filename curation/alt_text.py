@@ -57,7 +57,7 @@ def list_inputs(inputs: list[str], input_format: str, base_uri: str = CC_BASE_UR
     for given in inputs:
         fmt = input_format if input_format != "auto" else infer_format(given)
         if fmt == "paths":
-            from curation.io import read_text_lines
+            from curation.uris import read_text_lines
 
             for line in read_text_lines(given):
                 uri = line if "://" in line else base_uri.rstrip("/") + "/" + line.lstrip("/")

@@ -818,11 +818,11 @@ def extract_file(
     """Records of one input file; an unreadable file is one `unreadable_file` drop."""
     from pyarrow.lib import ArrowException
 
-    from curation.io import open_uri
+    from curation.uris import open_binary
 
     reader = READERS[input_format]
     try:
-        stream = open_uri(uri)
+        stream = open_binary(uri)
     except OSError:
         drops["unreadable_file"] += 1
         return

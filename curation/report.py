@@ -155,10 +155,10 @@ class CurationOutput:
         if path is not None:
             p = Path(path)
             return p.read_text(encoding="utf-8") if p.is_file() else None
-        from curation.io import open_uri
+        from curation.uris import open_binary
 
         try:
-            with open_uri(f"{self.output}/{name}") as stream:
+            with open_binary(f"{self.output}/{name}") as stream:
                 return stream.read().decode("utf-8")
         except OSError:
             return None

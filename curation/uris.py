@@ -1,4 +1,5 @@
-"""Open inputs named by URI (local path, file:, s3:, gs:, hdfs:) on the driver or an executor."""
+"""Open inputs named by URI (local path, file:, http(s):, s3:, gs:, hdfs:) on the driver or an
+executor, so the same job reads a laptop sample or a whole crawl."""
 
 from __future__ import annotations
 
@@ -20,21 +21,41 @@ def local_path(uri: str) -> str | None:
 
 
 def open_binary(uri: str) -> BinaryIO:
-    """A raw byte stream; pyarrow's filesystems first, fsspec for the schemes pyarrow lacks."""
+    """A raw byte stream: local paths, http(s), pyarrow's filesystems (s3, gs, hdfs, ...), then
+    fsspec for the schemes pyarrow lacks. Every failure to open is an OSError."""
     path = local_path(uri)
     if path is not None:
         return open(path, "rb")  # noqa: SIM115 - the caller closes it
     scheme, rest = uri.split("://", 1)
+    if scheme.lower() in ("http", "https"):
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(uri, timeout=60)
+        except Exception as error:  # noqa: BLE001 - URLError, HTTPError, timeouts
+            raise OSError(f"cannot open {uri}: {error}") from error
     uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
     try:
         from pyarrow import fs
 
         filesystem, inner = fs.FileSystem.from_uri(uri)
         return filesystem.open_input_stream(inner)
-    except Exception:  # pyarrow has no driver for this scheme: try fsspec
-        import fsspec
+    except Exception:  # noqa: BLE001 - pyarrow has no driver for this scheme: try fsspec
+        try:
+            import fsspec
 
-        return fsspec.open(uri, "rb").open()
+            return fsspec.open(uri, "rb").open()
+        except Exception as error:  # noqa: BLE001
+            raise OSError(f"cannot open {uri}: {error}") from error
+
+
+def read_text_lines(uri: str) -> list[str]:
+    """Lines of a (possibly gzipped) small text file such as a Common Crawl paths file."""
+    with open_binary(uri) as stream:
+        data = stream.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def open_decompressed(uri: str) -> BinaryIO:
