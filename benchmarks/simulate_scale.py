@@ -7,7 +7,7 @@ prints both distributions for the pool and the generated set, runs `jobs/curate.
 generated table (local Spark, all cores) at N/10 and at N while sampling the memory of its
 process tree, and prints throughput, per-stage times, peak memory, the N vs N/10 per-record
 cost ratio (baseline: the same job on the smaller input), the marginal rate between the two
-sizes and a projection from it to --snapshot-records.
+sizes (wall and CPU time) and projections from them to --snapshot-records.
 
     .venv/bin/python benchmarks/simulate_scale.py [--records 10000000] [--metadata URI]
 """
@@ -91,6 +91,7 @@ def simulate(n: int, pool: pa.Table, metadata: str, scratch: Path, seed: int) ->
     with MemorySampler() as memory:
         result = run_job(cores, metadata, scratch / f"input_{n}", scratch / f"out_{n}")
     result["peak_mib"] = memory.peak_mib
+    result["cpu_s"] = memory.cpu_s
     return {"n": n, "generated": generated, "generate_s": generate_s, "cores": cores, **result}
 
 
@@ -104,6 +105,7 @@ class MemorySampler:
     def __init__(self, interval_s: float = 0.5):
         self.interval_s = interval_s
         self.peak_mib = {"total": 0.0, "jvm": 0.0, "python_worker": 0.0}
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds last seen (user + system)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -115,6 +117,12 @@ class MemorySampler:
         self._done.set()
         self._thread.join()
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of the sampled processes (to their last sample): unlike wall time, this
+        barely depends on what else the machine runs."""
+        return sum(self._cpu.values())
+
     def _run(self):
         me = psutil.Process()
         while not self._done.wait(self.interval_s):
@@ -123,8 +131,10 @@ class MemorySampler:
                 try:
                     rss = process.memory_info().rss
                     name = process.name()
+                    times = process.cpu_times()
                 except psutil.Error:
                     continue
+                self._cpu[process.pid] = times.user + times.system
                 total += rss
                 if name == "java":
                     jvm = max(jvm, rss)
@@ -165,6 +175,10 @@ def print_run(run: dict) -> float:
         + ", ".join(f"{k} {v}" for k, v in stages.items() if k != "total_s")
         + f"; peak RSS {run['peak_mib']['total']:,.0f} MiB (JVM {run['peak_mib']['jvm']:,.0f}, "
         f"largest Python worker {run['peak_mib']['python_worker']:,.0f})"
+    )
+    print(
+        f"  CPU time {run['cpu_s']:,.0f} s = {run['cpu_s'] / run['n'] * 1e6:,.0f} us per record "
+        f"(wall x cores = {run['seconds'] * run['cores']:,.0f} s)"
     )
     return rate
 
@@ -211,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"projection: {args.snapshot_records:,.0f} records at {per_core:,.0f} records/s/core "
             f"= {core_hours:,.0f} core-hours ({core_hours / 512:,.1f} h on 512 cores)"
+        )
+        cpu_per_record = (full["cpu_s"] - small["cpu_s"]) / (full["n"] - small["n"])
+        cpu_hours = args.snapshot_records * cpu_per_record / 3600
+        print(
+            f"marginal CPU time N/10 -> N: {cpu_per_record * 1e6:,.1f} us per record; "
+            f"projection: {cpu_hours:,.0f} CPU-hours for {args.snapshot_records:,.0f} records"
         )
         print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
