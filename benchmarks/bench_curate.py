@@ -66,7 +66,7 @@ def write_input(path: Path, n: int) -> None:
 
 def write_default_metadata(path: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from tests.test_curate import wit_entries, write_metadata
+    from tests.curation_fixtures import wit_entries, write_metadata
 
     entries = {"en": [e for e in samples.wordnet_lemmas() if len(e) > 1]}
     rows = base_records()

@@ -1,7 +1,6 @@
 """The curation job end to end on real captions, against a single-process recomputation."""
 
 import json
-import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -20,44 +19,9 @@ from curation.curate import CurateConfig, CurationError, run
 from curation.extract import image_uid
 from curation.matching import EntryMatcher
 from tests.conftest import WIT_LANGUAGES, shared_path
+from tests.curation_fixtures import wit_entries, write_metadata
 
 T_EN = 40
-
-
-def wit_entries(captions, lang):
-    """Entries taken from the captions: words seen 3+ times and bigrams seen 3+ times."""
-    grams = Counter()
-    for caption in captions:
-        if lang == "ja":
-            for run_ in re.findall(r"[\u4e00-\u9fff]+", caption):
-                grams.update(run_[i : i + 2] for i in range(len(run_) - 1))
-        else:
-            words = caption.split()
-            grams.update(words)
-            grams.update(f"{a} {b}" for a, b in zip(words, words[1:]))
-    return sorted(g for g, c in grams.items() if c >= 3 and g.strip(",.;:?!`"))
-
-
-def write_metadata(root, entries_by_lang):
-    rows = {"lang": [], "entry_id": [], "entry": [], "source": []}
-    for lang, entries in entries_by_lang.items():
-        for entry_id, entry in enumerate(sorted(set(entries))):
-            rows["lang"].append(lang)
-            rows["entry_id"].append(entry_id)
-            rows["entry"].append(entry)
-            rows["source"].append("test")
-    table = pa.table(rows).cast(
-        pa.schema(
-            [
-                ("lang", pa.string()),
-                ("entry_id", pa.int32()),
-                ("entry", pa.string()),
-                ("source", pa.string()),
-            ]
-        )
-    )
-    pq.write_to_dataset(table, str(root), partition_cols=["lang"])
-    return {lang: sorted(set(e)) for lang, e in entries_by_lang.items()}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +101,14 @@ def reference_run(table, entries, t_en, seed):
 
 def read(path):
     return pq.read_table(path).to_pandas()
+
+
+def curated_content(path):
+    """The rows of a run's curated/ table, sorted: equal content whatever the file layout."""
+    df = read(path / "curated")
+    df["entry_ids"] = df["entry_ids"].map(tuple)
+    df["lang"] = df["lang"].astype(str)
+    return sorted(map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values))
 
 
 @pytest.fixture(scope="module")
@@ -255,15 +227,7 @@ def test_rerun_with_other_partitioning_gives_identical_curated_content(
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
 
-    def content(path):
-        df = read(path / "curated")
-        df["entry_ids"] = df["entry_ids"].map(tuple)
-        df["lang"] = df["lang"].astype(str)
-        return sorted(
-            map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values)
-        )
-
-    assert content(tmp_path / "out") == content(out)
+    assert curated_content(tmp_path / "out") == curated_content(out)
 
 
 def test_clear_errors(spark, corpus, tmp_path):
@@ -418,15 +382,7 @@ def test_command_line_run_with_another_hash_seed(corpus, curated_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stage matches: done" in result.stderr and "curated" in result.stdout
 
-    def content(path):
-        df = read(path / "curated")
-        df["entry_ids"] = df["entry_ids"].map(tuple)
-        df["lang"] = df["lang"].astype(str)
-        return sorted(
-            map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values)
-        )
-
-    assert content(tmp_path / "cli") == content(out)
+    assert curated_content(tmp_path / "cli") == curated_content(out)
 
     bad = subprocess.run(
         [*cmd[:-4], "--languages", "en,xx"], env=env, capture_output=True, text=True, timeout=600
@@ -434,3 +390,22 @@ def test_command_line_run_with_another_hash_seed(corpus, curated_run, tmp_path):
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("curate: error:")]
     assert errors == [f"curate: error: metadata {root / 'metadata'} has no language xx"]
+
+
+def test_output_tables_follow_schemas_tables_json(curated_run):
+    import pyarrow.dataset as ds
+
+    from tests.conftest import PROJECT_ROOT
+
+    out, _, _ = curated_run
+    declared = json.loads((PROJECT_ROOT / "schemas" / "tables.json").read_text())["tables"]
+    for name in ("matches", "entry_counts", "thresholds", "curated"):
+        spec = declared[name]
+        dataset = ds.dataset(
+            out / name, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]
+        )
+        got = {f.name: str(f.type).replace("list<element: ", "list<") for f in dataset.schema}
+        got.update({c: "string" for c in spec["partition_by"]})
+        assert got == spec["columns"], name
+        for column in spec["partition_by"]:
+            assert any(p.name.startswith(f"{column}=") for p in (out / name).iterdir()), name

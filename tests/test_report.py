@@ -14,23 +14,10 @@ import pytest
 from curation.curate import CurateConfig, run
 from curation.report import CurationOutput, ReportError, html_report
 from tests.conftest import PROJECT_ROOT, shared_path
+from tests.curation_fixtures import wit_entries, write_metadata
 
 LANGS = ("da", "en", "ja")
 T_EN = 30
-
-
-def caption_entries(captions, lang):
-    """Words and bigrams seen 3+ times (for ja: CJK character bigrams)."""
-    grams = Counter()
-    for caption in captions:
-        if lang == "ja":
-            for run_ in re.findall(r"[\u4e00-\u9fff]+", caption):
-                grams.update(run_[i : i + 2] for i in range(len(run_) - 1))
-        else:
-            words = caption.split()
-            grams.update(words)
-            grams.update(f"{a} {b}" for a, b in zip(words, words[1:]))
-    return sorted(g for g, c in grams.items() if c >= 3 and g.strip(",.;:?!`"))
 
 
 @pytest.fixture(scope="session")
@@ -55,18 +42,8 @@ def curation_output(spark, tmp_path_factory, wordnet_lemmas, wit_captions):
         root / "alt_text.parquet",
     )
     entries = {"en": sorted({e for e in wordnet_lemmas if len(e) > 1})}
-    entries |= {lang: caption_entries(wit_captions[lang], lang) for lang in ("da", "ja")}
-    meta = pa.table(
-        {
-            "lang": [lang for lang, es in entries.items() for _ in es],
-            "entry_id": pa.array(
-                [i for es in entries.values() for i in range(len(es))], pa.int32()
-            ),
-            "entry": [e for es in entries.values() for e in es],
-            "source": ["test"] * sum(map(len, entries.values())),
-        }
-    )
-    pq.write_to_dataset(meta, str(root / "metadata"), partition_cols=["lang"])
+    entries |= {lang: wit_entries(wit_captions[lang], lang) for lang in ("da", "ja")}
+    write_metadata(root / "metadata", entries)
     out = root / "out"
     run(
         spark,
