@@ -19,6 +19,7 @@ Tests check both paths against the literal definition.
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterable, Sequence
 from itertools import islice
@@ -92,11 +93,19 @@ class EntryMatcher:
         """`match` for each text, computed a batch at a time."""
         results: list[list[int]] = []
         iterator = iter(texts)
-        while batch := list(islice(iterator, BATCH_TEXTS)):
-            offsets, ids = self._match_batch(batch)
-            values = ids.tolist()
-            bounds = offsets.tolist()
-            results.extend(values[a:b] for a, b in zip(bounds, bounds[1:]))
+        # Building millions of small lists would trigger the cyclic GC over and over (a third of
+        # the run time); these lists cannot form cycles, so it is paused, then restored.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            while batch := list(islice(iterator, BATCH_TEXTS)):
+                offsets, ids = self._match_batch(batch)
+                values = ids.tolist()
+                bounds = offsets.tolist()
+                results.extend(values[a:b] for a, b in zip(bounds, bounds[1:]))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         return results
 
     def match_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:

@@ -272,3 +272,18 @@ def test_entries_that_are_prefixes_of_each_other_in_the_token_trie():
     matcher = EntryMatcher(entries)
     texts = ["a a a a", "a b a", "b a", "a"]
     assert matcher.match_many(texts) == [brute_force(entries, t) for t in texts]
+
+
+def test_match_many_restores_the_garbage_collector_state():
+    import gc
+
+    matcher = EntryMatcher(["cat"])
+    assert gc.isenabled()
+    assert matcher.match_many(["a cat"]) == [[0]]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        matcher.match_many(["a cat"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
