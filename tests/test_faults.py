@@ -237,11 +237,6 @@ def test_wholly_corrupt_files_among_many_are_counted_and_the_rest_extracted(spar
     assert job_drops[("cut.tsv.gz", "unreadable_file")] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="curation.extract.extract_file lets pyarrow's ArrowInvalid escape for a corrupt "
-    "Parquet input: the whole job fails instead of counting an unreadable_file drop",
-)
 def test_corrupt_parquet_among_many_is_a_counted_drop(spark, tmp_path):
     good = [str(shared_path("wit", f"test_{lang}.jsonl")) for lang in ("da", "el")]
     pq.write_table(
@@ -344,11 +339,6 @@ def test_unwritable_output_curate(spark, small_corpus, blocked, capsys):
     check_one_clear_line(rc, capsys.readouterr().err, "curate: error:", blocked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_metadata catches ValueError/OSError only: Spark's ParentNotDirectoryException "
-    "(a Py4JJavaError) escapes as an 80-line traceback; it should probe the output first",
-)
 def test_unwritable_output_build_metadata(spark, blocked, capsys):
     previous = spark.conf.get("spark.sql.shuffle.partitions")
     wordnet = str(PROJECT_ROOT / "curation" / "sample_data" / "wordnet")
@@ -360,23 +350,12 @@ def test_unwritable_output_build_metadata(spark, blocked, capsys):
     check_one_clear_line(rc, capsys.readouterr().err, "build_metadata: error:", blocked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extract_alt_text extracts everything, then fails at the write with the line "
-    "'An error occurred while calling oNNN.parquet' (no path, no cause); it should probe the "
-    "output before reading",
-)
 def test_unwritable_output_extract_alt_text(spark, blocked, capsys):
     argv = ["--input", str(shared_path("wit", "test_el.jsonl")), "--output", str(blocked)]
     rc = load_job("extract_alt_text").main(argv)
     check_one_clear_line(rc, capsys.readouterr().err, "extract_alt_text: error:", blocked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export_shards lets NotADirectoryError from os.makedirs escape (traceback); "
-    "jobs/export_shards.py catches shards.ExportError only",
-)
 def test_unwritable_output_export_shards(tmp_path, blocked):
     from tests.test_shards import curated_rows, write_curated
 
@@ -388,11 +367,6 @@ def test_unwritable_output_export_shards(tmp_path, blocked):
     check_one_clear_line(result.returncode, result.stderr, "export_shards: error:", blocked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer/train.py catches ValueError/FileNotFoundError only: NotADirectoryError from "
-    "--output-dir's mkdir escapes as a traceback",
-)
 def test_unwritable_output_trainer(tmp_path, blocked):
     pytest.importorskip("open_clip")
     pytest.importorskip("skimage")
