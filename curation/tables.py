@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import subprocess
+import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -174,25 +174,22 @@ class HadoopFS:
 
 
 def code_version() -> str:
-    """The package version plus the git commit when run from a checkout (read on every call:
-    a long-lived driver must not keep an old commit after the checkout moved)."""
+    """The package version plus a digest of the library's source: what `--resume` compares.
+
+    A digest of `curation/*.py` rather than a git commit, so a docs-only commit does not
+    invalidate finished stages, an uncommitted code change does, and a cluster without git works.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         package = version("metaclip-pipeline")
     except PackageNotFoundError:
         package = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{package}+{commit}" if commit else package
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return f"{package}+{digest.hexdigest()[:12]}"
 
 
 def image_uid_column(url, page_url):

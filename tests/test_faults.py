@@ -162,7 +162,7 @@ def test_curation_killed_mid_stage_then_rerun_loses_and_duplicates_nothing(
     shutil.copytree(killed, tmp_path / "killed_copy")
 
     resumed = run(spark, curate_config(root, killed, resume=True))
-    if code_version() == version:  # a commit in between (shared tree) invalidates every stage
+    if code_version() == version:  # a code edit in between (shared tree) invalidates all stages
         assert resumed.stages["matches"] == "skipped"  # finished before the kill
     assert isinstance(resumed.stages["entry_counts"], float)  # interrupted: rebuilt
     rerun = run(spark, curate_config(root, tmp_path / "killed_copy"))
