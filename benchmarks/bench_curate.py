@@ -76,56 +76,82 @@ def write_default_metadata(path: Path) -> None:
     write_metadata(path, entries)
 
 
+class MemorySampler:
+    """Peak RSS of this process's descendants (the job, its JVM, its Python workers).
+
+    Each process is read on its own: Spark leaves a zombie child behind, and a zombie must not
+    void the whole sample.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.peak_mib = {"total": 0.0, "jvm": 0.0, "python_worker": 0.0}
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds last seen (user + system)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of the sampled processes (to their last sample): unlike wall time, this
+        barely depends on what else the machine runs."""
+        return sum(self._cpu.values())
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._done.wait(self.interval_s):
+            total, jvm, worker = 0, 0, 0
+            for process in me.children(recursive=True):
+                try:
+                    rss = process.memory_info().rss
+                    name = process.name()
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                self._cpu[process.pid] = times.user + times.system
+                total += rss
+                if name == "java":
+                    jvm = max(jvm, rss)
+                elif "python" in name:
+                    try:
+                        if "pyspark" in " ".join(process.cmdline()):
+                            worker = max(worker, rss)
+                    except psutil.Error:
+                        pass
+            for key, value in (("total", total), ("jvm", jvm), ("python_worker", worker)):
+                self.peak_mib[key] = max(self.peak_mib[key], value / 2**20)
+
+
 def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
+    """jobs/curate.py with local[cores], its whole process tree (JVM included) pinned to that
+    many CPUs: local[1] alone still lets the JVM's own threads use every core."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
     cmd = [
-        sys.executable,
-        str(ROOT / "jobs" / "curate.py"),
-        "--metadata",
-        metadata,
-        "--input",
-        str(input_dir),
-        "--output",
-        str(output),
-        "--t-en",
-        "2000",
-        "--master",
-        f"local[{cores}]",
-        "--partitions",
-        str(4 * cores),
-    ]
-    peak = {"total": 0, "python_worker": 0}
-    process = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    done = threading.Event()
-
-    def sample():
-        root = psutil.Process(process.pid)
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                rss = [p.memory_info().rss for p in tree]
-                workers = [p.memory_info().rss for p in tree if "pyspark" in " ".join(p.cmdline())]
-                peak["total"] = max(peak["total"], sum(rss))
-                peak["python_worker"] = max(peak["python_worker"], max(workers, default=0))
-            except psutil.Error:
-                pass
-            time.sleep(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+        "taskset", "-c", ",".join(map(str, cpus)),
+        sys.executable, str(ROOT / "jobs" / "curate.py"),
+        "--metadata", metadata, "--input", str(input_dir), "--output", str(output),
+        "--t-en", "2000", "--master", f"local[{cores}]", "--partitions", str(4 * cores),
+    ]  # fmt: skip
     started = time.perf_counter()
-    sampler.start()
-    stdout, stderr = process.communicate()
+    with MemorySampler() as memory:
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    done.set()
-    if process.returncode:
-        raise SystemExit(f"curate failed with local[{cores}]:\n{stderr[-3000:]}")
+    if result.returncode:
+        raise SystemExit(f"curate failed with local[{cores}]:\n{result.stderr[-3000:]}")
     report = json.loads((output / "run.json").read_text())
     return {
         "seconds": elapsed,
         "report": report,
-        "peak_mib": {k: v / 2**20 for k, v in peak.items()},
+        "peak_mib": memory.peak_mib,
+        "cpu_s": memory.cpu_s,
     }
 
 
@@ -156,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"local[{cores}]: {result['seconds']:.1f}s, {rate:,.0f} records/s "
                 f"({rate / cores:,.0f} per core); matched {counts['matched_records']:,}, "
                 f"curated {counts['curated_records']:,}; "
-                f"peak RSS {result['peak_mib']['total']:,.0f} MiB "
-                f"(largest Python worker {result['peak_mib']['python_worker']:,.0f} MiB)"
+                f"peak RSS {result['peak_mib']['total']:,.0f} MiB (JVM "
+                f"{result['peak_mib']['jvm']:,.0f}, largest Python worker "
+                f"{result['peak_mib']['python_worker']:,.0f}); {result['cpu_s']:.0f} CPU s"
             )
         scaling = results[1]["seconds"] / results[2]["seconds"]
         per_core = args.records / results[2]["seconds"] / 2

@@ -19,13 +19,11 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -34,7 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_curate import base_records, run_job, write_default_metadata  # noqa: E402
+from bench_curate import (  # noqa: E402
+    base_records,
+    run_job,
+    write_default_metadata,
+)
 
 from curation.extract import image_uid  # noqa: E402
 
@@ -88,64 +90,8 @@ def simulate(n: int, pool: pa.Table, metadata: str, scratch: Path, seed: int) ->
     generated = write_resampled(pool, n, scratch / f"input_{n}", seed)
     generate_s = time.perf_counter() - started
     cores = os.cpu_count() or 1
-    with MemorySampler() as memory:
-        result = run_job(cores, metadata, scratch / f"input_{n}", scratch / f"out_{n}")
-    result["peak_mib"] = memory.peak_mib
-    result["cpu_s"] = memory.cpu_s
+    result = run_job(cores, metadata, scratch / f"input_{n}", scratch / f"out_{n}")
     return {"n": n, "generated": generated, "generate_s": generate_s, "cores": cores, **result}
-
-
-class MemorySampler:
-    """Peak RSS of this process's descendants (the job, its JVM, its Python workers).
-
-    Each process is read on its own: Spark leaves a zombie child behind, and a zombie must not
-    void the whole sample.
-    """
-
-    def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
-        self.peak_mib = {"total": 0.0, "jvm": 0.0, "python_worker": 0.0}
-        self._cpu: dict[int, float] = {}  # pid -> CPU seconds last seen (user + system)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        self._thread.join()
-
-    @property
-    def cpu_s(self) -> float:
-        """CPU seconds of the sampled processes (to their last sample): unlike wall time, this
-        barely depends on what else the machine runs."""
-        return sum(self._cpu.values())
-
-    def _run(self):
-        me = psutil.Process()
-        while not self._done.wait(self.interval_s):
-            total, jvm, worker = 0, 0, 0
-            for process in me.children(recursive=True):
-                try:
-                    rss = process.memory_info().rss
-                    name = process.name()
-                    times = process.cpu_times()
-                except psutil.Error:
-                    continue
-                self._cpu[process.pid] = times.user + times.system
-                total += rss
-                if name == "java":
-                    jvm = max(jvm, rss)
-                elif "python" in name:
-                    try:
-                        if "pyspark" in " ".join(process.cmdline()):
-                            worker = max(worker, rss)
-                    except psutil.Error:
-                        pass
-            for key, value in (("total", total), ("jvm", jvm), ("python_worker", worker)):
-                self.peak_mib[key] = max(self.peak_mib[key], value / 2**20)
 
 
 def print_distributions(pool: pa.Table, picks: np.ndarray) -> None:
