@@ -99,7 +99,9 @@ def _cached(cache: OrderedDict, key, build):
     return value
 
 
-def language_matcher(metadata_uri: str, lang: str) -> tuple[EntryMatcher, np.ndarray | None]:
+def language_matcher(
+    metadata_uri: str, lang: str, version: str = ""
+) -> tuple[EntryMatcher, np.ndarray | None]:
     """The matcher of one language, built from the metadata table (never unpickled)."""
 
     def build():
@@ -109,11 +111,14 @@ def language_matcher(metadata_uri: str, lang: str) -> tuple[EntryMatcher, np.nda
         identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
         return EntryMatcher(table.column("entry").to_pylist()), None if identity else entry_ids
 
-    return _cached(_MATCHERS, (metadata_uri, lang), build)
+    return _cached(_MATCHERS, (metadata_uri, version, lang), build)
 
 
-def match_batches(metadata_uri: str):
-    """mapInArrow function: adds entry_ids to records sorted (within the partition) by lang."""
+def match_batches(metadata_uri: str, version: str = ""):
+    """mapInArrow function: adds entry_ids to records sorted (within the partition) by lang.
+
+    `version` identifies the metadata's content: a reused worker never serves a cached automaton
+    of a table that was rebuilt since."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -127,7 +132,7 @@ def match_batches(metadata_uri: str):
                     matched = pa.array([[]] * len(part), pa.list_(pa.int32()))
                     yield _with_entry_ids(part, matched)
                     continue
-                matcher, entry_ids = language_matcher(metadata_uri, langs[start])
+                matcher, entry_ids = language_matcher(metadata_uri, langs[start], version)
                 matched = matcher.match_arrow(part.column("text"))
                 if entry_ids is not None:
                     values = entry_ids[matched.values.to_numpy()]
@@ -144,7 +149,7 @@ def _with_entry_ids(part: pa.RecordBatch, entry_ids: pa.Array) -> pa.RecordBatch
     )
 
 
-def language_probabilities(counts_uri: str, lang: str, t: float) -> np.ndarray:
+def language_probabilities(counts_uri: str, lang: str, t: float, version: str = "") -> np.ndarray:
     """prob per entry id of one language, from its entry_counts partition (zeros included)."""
 
     def build():
@@ -154,10 +159,10 @@ def language_probabilities(counts_uri: str, lang: str, t: float) -> np.ndarray:
         counts[ids] = table.column("count").to_numpy()
         return entry_probabilities(counts, t)
 
-    return _cached(_PROBS, (counts_uri, lang, t), build)
+    return _cached(_PROBS, (counts_uri, version, lang, t), build)
 
 
-def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int):
+def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int, version: str):
     """mapInArrow function: keep probability, choice key and keep draw of each matched record."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -167,7 +172,7 @@ def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int):
             for uid, text, lang, ids in zip(
                 rows["uid"], rows["text"], rows["lang"], rows["entry_ids"]
             ):
-                probs = language_probabilities(counts_uri, lang, thresholds[lang])
+                probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
                 keep_probs.append(keep_probability(probs, ids))
                 choices.append(text_choice_key(seed, uid, text) - 2**63)  # order kept, fits long
                 draws.append(keep_uniform(seed, uid))
@@ -212,6 +217,7 @@ class CurationJob:
         self.fs = tables.HadoopFS(spark)
         self.report = RunReport(config={k: v for k, v in asdict(config).items()})
         self.out = config.output.rstrip("/")
+        self.fingerprints: dict[str, str] = {}
 
     def table_uri(self, name: str) -> str:
         return f"{self.out}/{name}"
@@ -255,6 +261,7 @@ class CurationJob:
         fingerprint = hashlib.sha256(
             json.dumps([previous, name, flags, self.config.format, tables.code_version()]).encode()
         ).hexdigest()
+        self.fingerprints[name] = fingerprint
         marker = f"{self.out}/_stages/{name}.json"
         if (
             self.config.resume
@@ -364,7 +371,7 @@ class CurationJob:
             .sortWithinPartitions("lang")
         )
         matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
-            match_batches(self.config.metadata), MATCHES_SCHEMA
+            match_batches(self.config.metadata, self.fingerprints["matches"]), MATCHES_SCHEMA
         )
         tables.write_table(matched, self.table_uri("matches"), self.config.format, ["lang"])
 
@@ -469,7 +476,12 @@ class CurationJob:
             F.size("entry_ids") > 0
         )
         candidates = matches.select("uid", "url", "text", "lang", "entry_ids").mapInArrow(
-            candidate_batches(self.table_uri("entry_counts"), thresholds, self.config.seed),
+            candidate_batches(
+                self.table_uri("entry_counts"),
+                thresholds,
+                self.config.seed,
+                self.fingerprints["entry_counts"],
+            ),
             CANDIDATES_SCHEMA,
         )
         chosen = candidates.groupBy("uid").agg(

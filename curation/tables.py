@@ -126,6 +126,7 @@ class HadoopFS:
     def write_text(self, uri: str, text: str) -> None:
         """Write via a temporary file and a rename, so readers never see half a file."""
         path, fs = self._path(uri)
+        fs.setWriteChecksum(False)  # no .crc side files next to run.json / _SUCCESS
         tmp = self._jvm.org.apache.hadoop.fs.Path(uri + ".tmp")
         stream = fs.create(tmp, True)
         stream.write(bytearray(text.encode("utf-8")))
