@@ -1,10 +1,31 @@
 """Metadata tables built from real captions, shared by the curation, report and fault tests."""
 
+import json
 import re
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tests.conftest import shared_path
+
+
+def caption_rows(cc3m: int, wit_languages) -> list[tuple[str, str | None, str, str]]:
+    """(url, page_url, text, lang) of the first `cc3m` CC3M captions and every WIT caption of
+    the given languages, from ../shared/data (skips the test when absent)."""
+    rows = []
+    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
+        for line in list(f)[:cc3m]:
+            caption, url = line.rstrip("\n").split("\t")
+            rows.append((url, None, caption, "en"))
+    for lang in wit_languages:
+        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                rows.append(
+                    (row["image_url"], row["page_url"], row["caption_reference_description"], lang)
+                )
+    return rows
 
 
 def wit_entries(captions, lang):

@@ -18,8 +18,8 @@ from curation.balance import (
 from curation.curate import CurateConfig, CurationError, run
 from curation.extract import image_uid
 from curation.matching import EntryMatcher
-from tests.conftest import WIT_LANGUAGES, shared_path
-from tests.curation_fixtures import wit_entries, write_metadata
+from tests.conftest import WIT_LANGUAGES
+from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
 
 T_EN = 40
 
@@ -28,18 +28,7 @@ T_EN = 40
 def corpus(tmp_path_factory, wordnet_lemmas, wit_captions):
     """Metadata (WordNet for en, caption n-grams elsewhere) and alt_text of real captions."""
     root = tmp_path_factory.mktemp("curate")
-    rows = []
-    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
-        for line in list(f)[:4000]:
-            caption, url = line.rstrip("\n").split("\t")
-            rows.append((url, None, caption, "en"))
-    for lang in WIT_LANGUAGES:
-        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                rows.append(
-                    (row["image_url"], row["page_url"], row["caption_reference_description"], lang)
-                )
+    rows = caption_rows(4000, WIT_LANGUAGES)
     rows += rows[:50]  # exact duplicates count once
     rows.append(("https://example.org/a.jpg", None, "a cat in a hat", "zz"))  # no metadata language
     rows.append(("ftp://example.org/a.jpg", None, "a cat", "en"))  # not an http(s) image

@@ -27,7 +27,8 @@ from conftest import PROJECT_ROOT, shared_path
 from curation.curate import STAGES, CurateConfig, run
 from curation.extract import extract_file, image_uid
 from curation.tables import code_version
-from tests.test_curate import reference_run, wit_entries, write_metadata
+from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
+from tests.test_curate import reference_run
 
 PY = sys.executable
 
@@ -46,18 +47,7 @@ def load_job(name: str):
 def small_corpus(tmp_path_factory, wit_captions):
     """Real captions (CC3M en, WIT da and ja) in four Parquet files, and caption n-gram metadata."""
     root = tmp_path_factory.mktemp("faults_curate")
-    rows = []
-    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
-        for line in list(f)[:1500]:
-            caption, url = line.rstrip("\n").split("\t")
-            rows.append((url, None, caption, "en"))
-    for lang in ("da", "ja"):
-        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                rows.append(
-                    (row["image_url"], row["page_url"], row["caption_reference_description"], lang)
-                )
+    rows = caption_rows(1500, ("da", "ja"))
     table = pa.table(
         {
             "uid": [image_uid(url, page) for url, page, _, _ in rows],

@@ -13,8 +13,8 @@ import pytest
 
 from curation.curate import CurateConfig, run
 from curation.report import CurationOutput, ReportError, html_report
-from tests.conftest import PROJECT_ROOT, shared_path
-from tests.curation_fixtures import wit_entries, write_metadata
+from tests.conftest import PROJECT_ROOT
+from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
 
 LANGS = ("da", "en", "ja")
 T_EN = 30
@@ -24,18 +24,7 @@ T_EN = 30
 def curation_output(spark, tmp_path_factory, wordnet_lemmas, wit_captions):
     """jobs/curate.py's library run on 3,000 CC3M + WIT en/da/ja captions (Parquet output)."""
     root = tmp_path_factory.mktemp("report")
-    rows = []
-    with shared_path("cc3m_val_10k.tsv").open(encoding="utf-8") as f:
-        for line in list(f)[:3000]:
-            caption, url = line.rstrip("\n").split("\t")
-            rows.append((url, None, caption, "en"))
-    for lang in LANGS:
-        with shared_path("wit", f"test_{lang}.jsonl").open(encoding="utf-8") as f:
-            for line in f:
-                r = json.loads(line)
-                rows.append(
-                    (r["image_url"], r["page_url"], r["caption_reference_description"], lang)
-                )
+    rows = caption_rows(3000, LANGS)
     columns = ("url", "page_url", "text", "lang")
     pq.write_table(
         pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}),
