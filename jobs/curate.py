@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         from curation.spark import get_spark
 
         spark = get_spark("curate", master=master)
+        context = spark.sparkContext
+        if context.master.startswith("local") and not context.getConf().contains(
+            "spark.sql.shuffle.partitions"
+        ):  # a laptop run: not 200 tiny shuffle tasks, unless the user asked for them
+            spark.conf.set("spark.sql.shuffle.partitions", str(4 * context.defaultParallelism))
         report = run(spark, config)
     except CurationError as error:
         print(f"curate: error: {error}", file=sys.stderr)
