@@ -100,17 +100,21 @@ def curated_content(path):
     return sorted(map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values))
 
 
+def corpus_config(root, output, **flags) -> CurateConfig:
+    """A run over the corpus fixture's metadata and alt_text (either may be overridden)."""
+    flags = {
+        "metadata": str(root / "metadata"),
+        "input": str(root / "alt_text.parquet"),
+        "t_en": T_EN,
+        **flags,
+    }
+    return CurateConfig(output=str(output), **flags)
+
+
 @pytest.fixture(scope="module")
 def curated_run(spark, corpus):
     root, table, entries = corpus
-    config = CurateConfig(
-        metadata=str(root / "metadata"),
-        input=str(root / "alt_text.parquet"),
-        output=str(root / "out"),
-        t_en=T_EN,
-        seed=7,
-        partitions=4,
-    )
+    config = corpus_config(root, root / "out", seed=7, partitions=4)
     report = run(spark, config)
     return root / "out", report, reference_run(table, entries, T_EN, 7)
 
@@ -202,17 +206,10 @@ def test_rerun_with_other_partitioning_gives_identical_curated_content(
     previous = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", "1")
     try:
-        run(
-            spark,
-            CurateConfig(
-                metadata=str(root / "metadata"),
-                input=str(tmp_path / "shuffled"),
-                output=str(tmp_path / "out"),
-                t_en=T_EN,
-                seed=7,
-                salt_buckets=3,
-            ),
+        config = corpus_config(
+            root, tmp_path / "out", input=str(tmp_path / "shuffled"), seed=7, salt_buckets=3
         )
+        run(spark, config)
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
 
@@ -260,22 +257,17 @@ def test_hot_language_is_split_over_several_tasks(curated_run):
 
 def test_resume_skips_unchanged_stages_and_reruns_from_the_changed_flag(spark, corpus, tmp_path):
     root, _, _ = corpus
-    base = dict(
-        metadata=str(root / "metadata"),
-        input=str(root / "alt_text.parquet"),
-        output=str(tmp_path / "out"),
-        t_en=T_EN,
-        languages=("da", "en"),
-    )
-    first = run(spark, CurateConfig(**base, seed=1))
+    base = dict(languages=("da", "en"))
+    out = tmp_path / "out"
+    first = run(spark, corpus_config(root, out, **base, seed=1))
     assert all(isinstance(first.stages[s], float) for s in ("matches", "curated"))
     before = read(tmp_path / "out" / "curated")
-    again = run(spark, CurateConfig(**base, seed=1, resume=True))
+    again = run(spark, corpus_config(root, out, **base, seed=1, resume=True))
     assert [again.stages[s] for s in ("matches", "entry_counts", "thresholds", "curated")] == [
         "skipped"
     ] * 4
     assert read(tmp_path / "out" / "curated").equals(before)
-    reseeded = run(spark, CurateConfig(**base, seed=2, resume=True))
+    reseeded = run(spark, corpus_config(root, out, **base, seed=2, resume=True))
     assert reseeded.stages["thresholds"] == "skipped"
     assert isinstance(reseeded.stages["curated"], float)
     assert set(read(tmp_path / "out" / "curated")["lang"].astype(str)) == {"da", "en"}
@@ -287,19 +279,13 @@ def test_failed_run_leaves_no_success_marker(spark, corpus, tmp_path):
     root, _, _ = corpus
     metadata = tmp_path / "metadata"
     shutil.copytree(root / "metadata", metadata)
-    base = dict(
-        metadata=str(metadata),
-        input=str(root / "alt_text.parquet"),
-        output=str(tmp_path / "out"),
-        t_en=T_EN,
-        languages=("da", "en"),
-    )
-    run(spark, CurateConfig(**base))
+    base = dict(metadata=str(metadata), languages=("da", "en"))
+    run(spark, corpus_config(root, tmp_path / "out", **base))
     assert (tmp_path / "out" / "_SUCCESS").exists()
     for part in (metadata / "lang=da").glob("*.parquet"):
         part.write_bytes(b"not parquet at all")
     with pytest.raises(Exception, match=r"cannot read table partition .*lang=da: .*[Pp]arquet"):
-        run(spark, CurateConfig(**base, seed=3))
+        run(spark, corpus_config(root, tmp_path / "out", **base, seed=3))
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     assert not (tmp_path / "out" / "run.json").exists()
 
@@ -309,34 +295,17 @@ def test_delta_output_is_a_real_delta_table(spark, corpus, tmp_path):
 
     root, _, _ = corpus
     out = tmp_path / "out"
-    run(
-        spark,
-        CurateConfig(
-            metadata=str(root / "metadata"),
-            input=str(root / "alt_text.parquet"),
-            output=str(out),
-            t_en=T_EN,
-            languages=("en", "ko"),
-            format="delta",
-        ),
-    )
+    run(spark, corpus_config(root, out, languages=("en", "ko"), format="delta"))
     curated = DeltaTable(str(out / "curated"))
     assert curated.metadata().partition_columns == ["lang"]
     frame = curated.to_pyarrow_table().to_pandas()
     assert set(frame["lang"]) == {"en", "ko"} and frame["uid"].is_unique
     counts = DeltaTable(str(out / "entry_counts")).to_pyarrow_table()
     assert counts.num_rows > 100_000
-    rerun = run(
-        spark,
-        CurateConfig(
-            metadata=str(root / "metadata"),
-            input=str(out / "curated"),
-            output=str(tmp_path / "again"),
-            t_en=T_EN,
-            languages=("en", "ko"),
-            format="delta",
-        ),
+    again = corpus_config(
+        root, tmp_path / "again", input=str(out / "curated"), languages=("en", "ko"), format="delta"
     )
+    rerun = run(spark, again)
     assert rerun.counts["input_records"] == len(frame), "a Delta table is also valid input"
 
 
