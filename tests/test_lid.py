@@ -108,3 +108,18 @@ def test_identifier_is_loaded_once_per_process():
     assert get_identifier().weights == {None: 10.0, "wikipedia": 10.0, "declared": 3.0}
     assert get_identifier(None, prior_weight=5.0) is not get_identifier(None, prior_weight=10.0)
     assert get_identifier().model == "lid176"
+
+
+def test_numba_and_fasttext_engines_give_identical_results(lid, wit_rows):
+    fallback = FastTextLID(engine="fasttext")
+    assert lid.engine == "numba" and fallback.engine == "fasttext"
+    rows = [row for lang in ("da", "id", "bg", "ja") for row in wit_rows[lang][:200]]
+    texts = [row["caption_reference_description"] for row in rows] + ["", "   ", "ÉCOLE\nNORD"]
+    priors = [wikipedia_language(row["page_url"]) for row in rows] + ["da", None, "fr"]
+    sources = ["wikipedia", "declared"] * (len(texts) // 2) + ["wikipedia"] * (len(texts) % 2)
+    ours, theirs = lid.predict(texts, priors, sources), fallback.predict(texts, priors, sources)
+    assert ours[0] == theirs[0] and ours[2] == theirs[2]
+    assert ours[1] == pytest.approx(theirs[1], abs=1e-6)
+    assert ours[0][-3] == ours[0][-2]  # "" and "   " are both the lone </s> token to fastText
+    with pytest.raises(ValueError, match="engine"):
+        FastTextLID(engine="cld3")
