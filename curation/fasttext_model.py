@@ -142,43 +142,6 @@ def fasttext_hash(word: bytes) -> int:
     return h
 
 
-def _power_of_two_above(n: int) -> int:
-    size = 1
-    while size < n:
-        size *= 2
-    return size
-
-
-def _word_table(words: list[bytes], hashes: list[int]) -> np.ndarray:
-    """Open addressing (linear probing) from fastText hash to entry id; -1 = empty."""
-    size = _power_of_two_above(2 * len(words) + 2)
-    table = np.full(size, -1, dtype=np.int32)
-    mask = size - 1
-    for i, h in enumerate(hashes):
-        slot = h & mask
-        while table[slot] >= 0:
-            slot = (slot + 1) & mask
-        table[slot] = i
-    return table
-
-
-def _prune_table(pruneidx: dict[int, int]) -> np.ndarray:
-    """Open addressing from n-gram bucket to pruned row: (bucket, row) pairs; -1 = empty."""
-    size = _power_of_two_above(2 * len(pruneidx) + 2)
-    table = np.full((size, 2), -1, dtype=np.int32)
-    mask = size - 1
-    for key, value in pruneidx.items():
-        slot = _mix(key) & mask
-        while table[slot, 0] >= 0:
-            slot = (slot + 1) & mask
-        table[slot] = key, value
-    return table
-
-
-def _mix(key: int) -> int:
-    return ((key * 2654435761) & 0xFFFFFFFF) >> 7
-
-
 def _huffman_tree(counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(left, right) children of fastText's hierarchical-softmax tree; leaves are labels."""
     n = len(counts)
@@ -242,18 +205,24 @@ class FastTextModel:
         self.output = np.ascontiguousarray(self.output, dtype=np.float32)
         self._mmap = data  # dense .bin matrices are views into the mapped file
 
-        hashes = [fasttext_hash(word) for word in words]
         self.word_bytes = np.frombuffer(bytearray(b"".join(words)), dtype=np.uint8)
         self.word_offsets = np.cumsum([0] + [len(w) for w in words], dtype=np.int64)
-        self.word_table = _word_table(words, hashes)
+        self.word_table = _word_table(self.word_bytes, self.word_offsets)
         if args["prune_size"] == 0:
             mode, prune = PRUNE_NONE, np.full((1, 2), -1, dtype=np.int32)
         elif args["prune_size"] < 0:
             mode, prune = PRUNE_IDENTITY, np.full((1, 2), -1, dtype=np.int32)
         else:
-            mode, prune = PRUNE_TABLE, _prune_table(pruneidx)
+            keys = np.fromiter(pruneidx.keys(), dtype=np.int32, count=len(pruneidx))
+            rows = np.fromiter(pruneidx.values(), dtype=np.int32, count=len(pruneidx))
+            mode, prune = PRUNE_TABLE, _prune_table(keys, rows)
         if args["maxn"] > 0 and args["bucket"] <= 0:
             mode = PRUNE_NONE
+        ngram_rows = {PRUNE_NONE: 0, PRUNE_IDENTITY: args["bucket"]}.get(mode)
+        if ngram_rows is None:
+            ngram_rows = int(prune[:, 1].max()) + 1
+        if self.input.shape[0] < nwords + ngram_rows:  # the kernels do not bounds-check
+            raise ValueError(f"{self.path}: input matrix has fewer rows than the dictionary uses")
         self.prune_table = prune
         counts = [entry[1] for entry in entries[nwords:]]
         left, right = _huffman_tree(counts) if nlabels else (np.zeros(0, np.int32),) * 2
@@ -332,8 +301,48 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 _FNV_BASIS = 2166136261
 _FNV_PRIME = 16777619
 _MASK32 = 0xFFFFFFFF
-_F32_ZERO = np.float32(0.0)
-_F32_ONE = np.float32(1.0)
+
+
+@njit(cache=True, nogil=True)
+def _word_table(word_bytes, word_offsets):
+    """Open addressing (linear probing) from fastText hash to dictionary entry; -1 = empty."""
+    n = word_offsets.size - 1
+    size = 1
+    while size < 2 * n + 2:
+        size *= 2
+    table = np.full(size, -1, dtype=np.int32)
+    mask = np.uint64(size - 1)
+    for entry in range(n):
+        h = np.uint64(_FNV_BASIS)
+        for k in range(word_offsets[entry], word_offsets[entry + 1]):
+            h = _fnv(h, word_bytes[k])
+        slot = h & mask
+        while table[slot] >= 0:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot] = entry
+    return table
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prune_slot(bucket_id, mask):
+    return (((bucket_id * 2654435761) & 0xFFFFFFFF) >> 7) & mask
+
+
+@njit(cache=True, nogil=True)
+def _prune_table(keys, rows):
+    """Open addressing from n-gram bucket to pruned row: (bucket, row) pairs; -1 = empty."""
+    size = 1
+    while size < 2 * keys.size + 2:
+        size *= 2
+    table = np.full((size, 2), -1, dtype=np.int32)
+    mask = size - 1
+    for i in range(keys.size):
+        slot = _prune_slot(np.int64(keys[i]), mask)
+        while table[slot, 0] >= 0:
+            slot = (slot + 1) & mask
+        table[slot, 0] = keys[i]
+        table[slot, 1] = rows[i]
+    return table
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -379,13 +388,12 @@ def _find_word(data, start, end, h, word_bytes, word_offsets, word_table):
 @njit(cache=True, nogil=True, inline="always")
 def _ngram_row(bucket_id, nwords, mode, prune_table):
     """fastText's pushHash: the input row of an n-gram bucket, or -1 when pruned away."""
-    if mode == 1:
+    if mode == PRUNE_IDENTITY:
         return nwords + bucket_id
-    if mode == 0:
+    if mode == PRUNE_NONE:
         return -1
     mask = prune_table.shape[0] - 1
-    slot = ((bucket_id * 2654435761) & 0xFFFFFFFF) >> 7
-    slot &= mask
+    slot = _prune_slot(bucket_id, mask)
     while True:
         key = prune_table[slot, 0]
         if key == bucket_id:
@@ -440,7 +448,7 @@ def _hidden(data, start, end, params, word_bytes, word_offsets, word_table, prun
             if wid >= 0:
                 _add_row(hidden, matrix, wid)
                 nrows += 1
-            if maxn > 0 and mode != 0 and not is_eos:  # char n-grams of "<word>"
+            if maxn > 0 and mode != PRUNE_NONE and not is_eos:  # char n-grams of "<word>"
                 scratch[0] = 60
                 for k in range(length):
                     scratch[k + 1] = data[i + k]
@@ -456,7 +464,7 @@ def _hidden(data, start, end, params, word_bytes, word_offsets, word_table, prun
         nhashes += 1
         if is_eos:
             break
-    if word_ngrams > 1 and mode != 0:
+    if word_ngrams > 1 and mode != PRUNE_NONE:
         for a in range(nhashes):
             g = np.uint64(word_hashes[a])  # sign-extended, as fastText's uint64_t(int32_t)
             for b in range(a + 1, min(nhashes, a + word_ngrams)):
