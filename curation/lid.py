@@ -68,13 +68,16 @@ class FastTextLID:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.model_path = str(model_path or default_model_path())
         self.engine = engine
-        labels = model_labels(self.model_path)
+        if engine == "numba":
+            self._model = _load_model(self.model_path)
+            labels = [label.removeprefix(_LABEL_PREFIX) for label in self._model.labels]
+        else:
+            labels = model_labels(self.model_path)
         self.model = model or ("glotlid" if all("_" in label for label in labels) else "lid176")
         self.table = label_table(self.model)
         self.weights = {None: prior_weight, "wikipedia": prior_weight}
         self.weights["declared"] = declared_prior_weight
         if engine == "numba":
-            self._model = _load_model(self.model_path)
             self._predict = self._model_predict
             # per label index, and the last entry for "no prediction" (index -1)
             self._labels = [label[9:] for label in self._model.labels] + [""]
