@@ -38,12 +38,20 @@ STAGES = ("matches", "entry_counts", "thresholds", "curated")
 MATCHES_SCHEMA = (
     "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
 )
+# what the job's own tables hold (schemas/tables.json; lang is the partition directory)
+TABLE_SCHEMAS = {
+    "matches": MATCHES_SCHEMA,
+    "entry_counts": "lang string, entry_id int, entry string, count long",
+    "thresholds": "lang string, t double, tail_fraction double, entries long, matched_records long",
+    "curated": "uid string, url string, text string, lang string, entry_ids array<int>, "
+    "keep_prob double",
+}
 CANDIDATES_SCHEMA = (
     "uid string, url string, text string, lang string, entry_ids array<int>, "
     "keep_prob double, choice long, draw double"
 )
 MATCHERS_PER_WORKER = 4
-RECORDS_PER_TASK = 100_000
+INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
 
 
 class CurationError(Exception):
@@ -218,9 +226,17 @@ class CurationJob:
         self.report = RunReport(config={k: v for k, v in asdict(config).items()})
         self.out = config.output.rstrip("/")
         self.fingerprints: dict[str, str] = {}
+        self.input_bytes = 0
+        self._match_stats: dict[str, tuple[int, int]] | None = None
 
     def table_uri(self, name: str) -> str:
         return f"{self.out}/{name}"
+
+    def read(self, name: str):
+        return tables.read_table(self.spark, self.table_uri(name), TABLE_SCHEMAS[name])
+
+    def input_counts_uri(self) -> str:
+        return f"{self.out}/_stages/input_counts.json"
 
     # stages ----------------------------------------------------------------------------------
 
@@ -230,9 +246,11 @@ class CurationJob:
         self.fs.delete(f"{self.out}/_SUCCESS")
         self.fs.delete(f"{self.out}/run.json")
         metadata_langs = self.metadata_languages()
-        records = self.load_records(metadata_langs)
+        records, observed = self.load_records(metadata_langs)
         fingerprint = self.input_fingerprint()
-        fp = self.stage("matches", fingerprint, lambda: self.write_matches(records))
+        fp = self.stage("matches", fingerprint, lambda: self.write_matches(records, observed))
+        if "input_records" not in self.report.counts:  # matches skipped: counted by the last run
+            self.report_input_counts(json.loads(self.fs.read_text(self.input_counts_uri())))
         fp = self.stage("entry_counts", fp, self.write_entry_counts)
         fp = self.stage("thresholds", fp, self.write_thresholds)
         self.stage("curated", fp, self.write_curated)
@@ -302,9 +320,13 @@ class CurationJob:
             self.fs.content_summary(self.config.input),
             self.fs.content_summary(self.config.metadata),
         ]
+        self.input_bytes = parts[2][0]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def load_records(self, metadata_langs: list[str]):
+        """The distinct (uid, text) records, and an Observation that counts the input rows while
+        the matches stage reads them (no separate pass over the input)."""
+        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         if not self.fs.exists(self.config.input):
@@ -333,16 +355,13 @@ class CurationJob:
             F.col("text").cast("string"),
             F.col("lang").cast("string"),
         )
-        counts = df.agg(
+        observed = Observation("input")
+        is_null = F.col("text").isNull() | F.col("url").isNull() | F.col("uid").isNull()
+        df = df.observe(
+            observed,
             F.count(F.lit(1)).alias("records"),
-            F.sum(
-                (F.col("text").isNull() | F.col("url").isNull() | F.col("uid").isNull()).cast(
-                    "long"
-                )
-            ).alias("null"),
-        ).first()
-        if not counts["records"]:
-            raise CurationError(f"input {self.config.input} has no records")
+            F.coalesce(F.sum(is_null.cast("long")), F.lit(0)).alias("null"),
+        )
         df = df.where(
             F.col("text").isNotNull() & F.col("url").isNotNull() & F.col("uid").isNotNull()
         )
@@ -355,11 +374,15 @@ class CurationJob:
         known = set(metadata_langs)
         routed = F.when(F.col("lang").isin(list(known)), F.col("lang")).otherwise(F.lit(OTHER))
         df = df.withColumn("lang", routed)
-        self.report.counts["input_records"] = counts["records"]
-        self.report.drops["null_text_or_url"] = counts["null"] or 0
-        return df
+        return df, observed
 
-    def write_matches(self, records) -> None:
+    def report_input_counts(self, counts: dict) -> None:
+        if not counts["records"]:
+            raise CurationError(f"input {self.config.input} has no records")
+        self.report.counts["input_records"] = int(counts["records"])
+        self.report.drops["null_text_or_url"] = int(counts["null"])
+
+    def write_matches(self, records, observed) -> None:
         from pyspark.sql import functions as F
 
         # Range partitioning on (lang, salt) keeps each small language in one task (few automata
@@ -374,20 +397,24 @@ class CurationJob:
             match_batches(self.config.metadata, self.fingerprints["matches"]), MATCHES_SCHEMA
         )
         tables.write_table(matched, self.table_uri("matches"), self.config.format, ["lang"])
+        counts = {k: int(v or 0) for k, v in observed.get.items()}
+        self.report_input_counts(counts)
+        self.fs.write_text(self.input_counts_uri(), json.dumps(counts))
 
     def matching_partitions(self) -> int:
-        """--partitions, else one task per ~RECORDS_PER_TASK records (at least one per core)."""
+        """--partitions, else one task per ~INPUT_BYTES_PER_TASK of input (at least one per
+        core, at most spark.sql.shuffle.partitions unless there are more cores)."""
         if self.config.partitions:
             return self.config.partitions
         cores = self.spark.sparkContext.defaultParallelism
-        wanted = -(-self.report.counts["input_records"] // RECORDS_PER_TASK)
+        wanted = -(-self.input_bytes // INPUT_BYTES_PER_TASK)
         limit = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
         return max(cores, min(wanted, max(limit, cores)))
 
     def write_entry_counts(self) -> None:
         from pyspark.sql import functions as F
 
-        matches = tables.read_table(self.spark, self.table_uri("matches"))
+        matches = self.read("matches")
         run_langs = self.fs.partition_values(self.table_uri("matches"), "lang")
         per_entry = (
             matches.select("lang", F.explode("entry_ids").alias("entry_id"))
@@ -412,14 +439,17 @@ class CurationJob:
     def write_thresholds(self) -> None:
         from pyspark.sql import functions as F
 
-        counts = tables.read_table(self.spark, self.table_uri("entry_counts"))
         rows = (
-            counts.where(F.col("count") > 0)
+            self.read("entry_counts")
             .groupBy("lang")
-            .agg(F.collect_list("count").alias("counts"))
+            .agg(
+                F.collect_list(F.when(F.col("count") > 0, F.col("count"))).alias("counts"),
+                F.count(F.lit(1)).alias("entries"),
+            )
             .collect()
         )
-        nonzero = {r["lang"]: np.asarray(r["counts"], dtype=np.int64) for r in rows}
+        entries = {r["lang"]: r["entries"] for r in rows}
+        nonzero = {r["lang"]: np.asarray(r["counts"], dtype=np.int64) for r in rows if r["counts"]}
         if not nonzero:
             raise CurationError(f"no record of {self.config.input} matched any metadata entry")
         thresholds = compute_thresholds(
@@ -427,20 +457,7 @@ class CurationJob:
             self.config.t_en if self.config.tail_fraction is None else None,
             self.config.tail_fraction,
         )
-        matches = tables.read_table(self.spark, self.table_uri("matches"))
-        stats = {
-            r["lang"]: (r["records"], r["matched"])
-            for r in matches.groupBy("lang")
-            .agg(
-                F.count(F.lit(1)).alias("records"),
-                F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
-            )
-            .collect()
-        }
-        entries = {
-            r["lang"]: r["n"]
-            for r in counts.groupBy("lang").agg(F.count(F.lit(1)).alias("n")).collect()
-        }
+        stats = self.match_stats()
         table = [
             (
                 lang,
@@ -465,16 +482,14 @@ class CurationJob:
             )
 
     def read_thresholds(self) -> dict[str, float]:
-        rows = tables.read_table(self.spark, self.table_uri("thresholds")).collect()
+        rows = self.read("thresholds").collect()
         return {r["lang"]: r["t"] for r in rows}
 
     def write_curated(self) -> None:
         from pyspark.sql import functions as F
 
         thresholds = self.read_thresholds()
-        matches = tables.read_table(self.spark, self.table_uri("matches")).where(
-            F.size("entry_ids") > 0
-        )
+        matches = self.read("matches").where(F.size("entry_ids") > 0)
         candidates = matches.select("uid", "url", "text", "lang", "entry_ids").mapInArrow(
             candidate_batches(
                 self.table_uri("entry_counts"),
@@ -500,20 +515,25 @@ class CurationJob:
         ordered = kept.repartition("lang").sortWithinPartitions("lang", "uid")
         tables.write_table(ordered, self.table_uri("curated"), self.config.format, ["lang"])
 
-    def collect_counts(self) -> None:
+    def match_stats(self) -> dict[str, tuple[int, int]]:
+        """lang -> (records, matched records) of the matches table, computed once per run."""
         from pyspark.sql import functions as F
 
-        matches = tables.read_table(self.spark, self.table_uri("matches"))
-        curated = tables.read_table(self.spark, self.table_uri("curated"))
-        per_lang = {
-            r["lang"]: (int(r["records"]), int(r["matched"]))
-            for r in matches.groupBy("lang")
-            .agg(
-                F.count(F.lit(1)).alias("records"),
-                F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
+        if self._match_stats is None:
+            rows = (
+                self.read("matches")
+                .groupBy("lang")
+                .agg(
+                    F.count(F.lit(1)).alias("records"),
+                    F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
+                )
+                .collect()
             )
-            .collect()
-        }
+            self._match_stats = {r["lang"]: (int(r["records"]), int(r["matched"])) for r in rows}
+        return self._match_stats
+
+    def collect_counts(self) -> None:
+        per_lang = dict(self.match_stats())
         counts, drops = self.report.counts, self.report.drops
         drops["no_metadata_language"] = per_lang.pop(OTHER, (0, 0))[0]
         counts["distinct_records"] = (
@@ -521,10 +541,12 @@ class CurationJob:
         )
         counts["records_per_lang"] = {k: v[0] for k, v in sorted(per_lang.items())}
         counts["matched_records"] = sum(m for _, m in per_lang.values())
-        counts["curated_per_lang"] = {
-            r["lang"]: int(r["count"])
-            for r in curated.groupBy("lang").count().orderBy("lang").collect()
-        }
+        counts["curated_per_lang"] = dict(
+            sorted(
+                (r["lang"], int(r["count"]))
+                for r in self.read("curated").groupBy("lang").count().collect()
+            )
+        )
         counts["curated_records"] = sum(counts["curated_per_lang"].values())
         log.info(
             "records in %s, distinct %s, no metadata language %s, matched %s, curated %s",

@@ -47,23 +47,27 @@ def spark_has_delta(spark) -> bool:
         return False
 
 
-def read_table(spark, uri: str):
-    """A Parquet or Delta table as a DataFrame (Delta without jars: current files via delta-rs)."""
+def read_table(spark, uri: str, schema: str | None = None):
+    """A Parquet or Delta table as a DataFrame (Delta without jars: current files via delta-rs).
+
+    `schema` (DDL, partition columns included) is for tables this project wrote: it skips the
+    Spark job that infers the schema from file footers on every read."""
     uri = uri.rstrip("/")
     fs = HadoopFS(spark)
     if not fs.exists(uri):
         raise FileNotFoundError(uri)
+    reader = spark.read.schema(schema) if schema else spark.read
     if not is_delta(spark, uri):
-        reader = spark.read.option("basePath", uri) if fs.is_dir(uri) else spark.read
+        reader = reader.option("basePath", uri) if fs.is_dir(uri) else reader
         return reader.parquet(uri)
     if spark_has_delta(spark):
-        return spark.read.format("delta").load(uri)
+        return reader.format("delta").load(uri)
     from deltalake import DeltaTable
 
     files = DeltaTable(uri).file_uris()
     if not files:
         raise ValueError(f"Delta table {uri} has no data files")
-    return spark.read.option("basePath", uri).parquet(*files)
+    return reader.option("basePath", uri).parquet(*files)
 
 
 def write_table(df, uri: str, fmt: str, partition_by: list[str] | None) -> None:

@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
     parser.add_argument(
         "--partitions",
         type=int,
-        help="tasks for the matching stage (default: one per 100k input records, at least one "
-        "per core, at most spark.sql.shuffle.partitions)",
+        help="tasks for the matching stage (default: one per 16 MiB of input, about 100k "
+        "alt-texts; at least one per core, at most spark.sql.shuffle.partitions)",
     )
     parser.add_argument(
         "--lid-model",
@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
         spark = get_spark("curate", master=master)
         context = spark.sparkContext
-        if context.master.startswith("local") and not context.getConf().contains(
-            "spark.sql.shuffle.partitions"
-        ):  # a laptop run: not 200 tiny shuffle tasks, unless the user asked for them
-            spark.conf.set("spark.sql.shuffle.partitions", str(4 * context.defaultParallelism))
+        if context.master.startswith("local"):
+            # a laptop run: not 200 tiny shuffle tasks, and file scans cut into enough tasks
+            # that the cores finish together (unless the user set these)
+            for key in ("spark.sql.shuffle.partitions", "spark.sql.files.minPartitionNum"):
+                if not context.getConf().contains(key):
+                    spark.conf.set(key, str(4 * context.defaultParallelism))
         report = run(spark, config)
     except CurationError as error:
         print(f"curate: error: {error}", file=sys.stderr)

@@ -267,6 +267,7 @@ def test_resume_skips_unchanged_stages_and_reruns_from_the_changed_flag(spark, c
         "skipped"
     ] * 4
     assert read(tmp_path / "out" / "curated").equals(before)
+    assert again.counts == first.counts and again.drops == first.drops, "counts of the last run"
     reseeded = run(spark, corpus_config(root, out, **base, seed=2, resume=True))
     assert reseeded.stages["thresholds"] == "skipped"
     assert isinstance(reseeded.stages["curated"], float)
@@ -350,9 +351,10 @@ def test_command_line_run_with_another_hash_seed(corpus, curated_run, tmp_path):
     assert errors == [f"curate: error: metadata {root / 'metadata'} has no language xx"]
 
 
-def test_output_tables_follow_schemas_tables_json(curated_run):
+def test_output_tables_follow_schemas_tables_json(spark, curated_run):
     import pyarrow.dataset as ds
 
+    from curation.curate import TABLE_SCHEMAS
     from tests.conftest import PROJECT_ROOT
 
     out, _, _ = curated_run
@@ -367,3 +369,10 @@ def test_output_tables_follow_schemas_tables_json(curated_run):
         assert got == spec["columns"], name
         for column in spec["partition_by"]:
             assert any(p.name.startswith(f"{column}=") for p in (out / name).iterdir()), name
+        # the job reads its own tables with TABLE_SCHEMAS instead of inferring: they must agree
+        path = str(out / name)
+        inferred = spark.read.option("basePath", path).parquet(path).schema
+        stated = spark.read.schema(TABLE_SCHEMAS[name]).option("basePath", path).parquet(path)
+        assert sorted(inferred.simpleString()[7:-1].split(",")) == sorted(
+            stated.schema.simpleString()[7:-1].split(",")
+        ), name
