@@ -25,11 +25,24 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",  # the jobs log their own stage progress
-        **(conf or {}),
     }
+    if master and master.startswith("local") and not _java_options_given():
+        # A local run is one batch JVM: the throughput collector beats G1 (the JVM's default on
+        # 2+ CPUs, tuned for pause times) by ~5% of wall time on the curation job.
+        settings["spark.driver.extraJavaOptions"] = "-XX:+UseParallelGC"
+    settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def _java_options_given() -> bool:
+    """True when the user already passes JVM options we must not fight (two GCs abort the JVM)."""
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    tool_options = os.environ.get("JAVA_TOOL_OPTIONS", "") + os.environ.get("JDK_JAVA_OPTIONS", "")
+    return (
+        "java-options" in submit_args or "extraJavaOptions" in submit_args or "GC" in tool_options
+    )
 
 
 def _launched_by_spark_submit() -> bool:
