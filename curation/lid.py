@@ -11,6 +11,7 @@ single-line binding), and we check which API we got instead of trusting the name
 from __future__ import annotations
 
 import mmap
+import re
 from pathlib import Path
 
 _LABEL_PREFIX = "__label__"
@@ -121,7 +122,30 @@ class FastTextLID:
                 # the prior can only change the answer when p_top < w * (1 - p_top)
                 if score * (1.0 + weight) < weight:
                     langs[i] = self._with_prior(lines[i], score, page_lang, lang, weight)
+        self._quotes_second_chance(texts, page_langs, prior_sources, langs)
         return labels, scores, langs
+
+    def _quotes_second_chance(self, texts, page_langs, prior_sources, langs) -> None:
+        """A caption that quotes a title in another language ('Harju kreis, Ludwig August Mellini
+        kaardil, "Atlas von Liefland, oder von den beyden Gouvernementern..."') is often called
+        the title's language. When the text outside the quotes is long enough and is the page's
+        language (prior included), the page's language wins. Only ever moves an answer toward
+        the declared language, so text without a page language is unaffected."""
+        todo = []
+        for i, page_lang in enumerate(page_langs):
+            if page_lang and langs[i] != page_lang and _QUOTE_CHARS.intersection(texts[i]):
+                rest = unquoted(texts[i])
+                if rest is not None:
+                    todo.append((i, _one_line(rest)))
+        if not todo:
+            return
+        for (i, line), (_, score, lang) in zip(todo, self._top1([line for _, line in todo])):
+            page_lang = page_langs[i]
+            weight = self.weights.get(prior_sources[i] if prior_sources else None, 0.0)
+            if lang != page_lang and score * (1.0 + weight) < weight:
+                lang = self._with_prior(line, score, page_lang, lang, weight)
+            if lang == page_lang:
+                langs[i] = page_lang
 
     def _top1(self, lines: list[str]) -> list[tuple[str, float, str]]:
         """(label, score, routed code) per distinct line."""
@@ -148,6 +172,19 @@ class FastTextLID:
             if self.route(label[9:]) == page_lang:
                 return page_lang
         return lang
+
+
+_QUOTED = re.compile(r'"[^"]{3,}"|“[^”]{3,}”|„[^“”]{3,}[“”]|«[^»]{3,}»|»[^«]{3,}«')
+_QUOTE_CHARS = frozenset('"“„«»')
+MIN_UNQUOTED_LETTERS = 12
+
+
+def unquoted(text: str) -> str | None:
+    """The text with its quoted spans removed, or None when that leaves too little to judge."""
+    rest = _QUOTED.sub(" ", text)
+    if rest == text or sum(c.isalpha() for c in rest) < MIN_UNQUOTED_LETTERS:
+        return None
+    return rest
 
 
 def _one_line(text: str) -> str:
