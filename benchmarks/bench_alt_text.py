@@ -18,13 +18,18 @@ Accuracy: lid.176 alone vs. lid.176 + page-language prior, per language, on
   defaults): how often the prior hijacks a caption.
 The prior weights (10 for a Wikipedia subdomain, 3 for <html lang>/Content-Language) were
 chosen on the even WIT rows; "held-out" reports the odd rows.
+"audited" (long WIT captions only): truth is the caption's own language where the hand audit
+benchmarks/data/wit_long_caption_audit.csv labelled it (every caption on which lid.176 alone or
+with the prior disagreed with the page; rule in wit_long_caption_audit.md), else the page's
+language; captions audited as `none` (only names/numbers) are left out.
 
-    .venv/bin/python benchmarks/bench_alt_text.py [--records 2000] [--json]
+    .venv/bin/python benchmarks/bench_alt_text.py [--records 2000] [--accuracy-only] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import io
 import json
@@ -43,6 +48,7 @@ from curation.lid import FastTextLID
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "curation" / "sample_data"
+AUDIT = ROOT / "benchmarks" / "data" / "wit_long_caption_audit.csv"
 WIT_LANGS = ("ar", "bg", "da", "el", "en", "et", "id", "ja", "ko", "tr", "vi")
 DUMP_LANGS = ("el", "ja", "uk", "vi")
 # a wrong declared language for each WIT language: a close one, where a prior can do harm
@@ -193,6 +199,49 @@ def accuracy(langs: list[str], expected: str) -> float:
     return sum(lang == expected for lang in langs) / max(1, len(langs))
 
 
+def long_wit_captions(lang: str, items: list[dict]) -> list[str]:
+    return [
+        r["caption_reference_description"]
+        for r in items
+        if len(r["caption_reference_description"].split()) >= 8
+        or (lang == "ja" and len(r["caption_reference_description"]) >= 30)
+    ]
+
+
+def load_audit(long: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+    """(wiki, caption) -> audited caption language; fails when a row matches no long caption
+    (the data or the selection changed: the audit must be redone, not silently ignored)."""
+    with open(AUDIT, encoding="utf-8", newline="") as f:
+        audit = {(row["wiki"], row["text"]): row["caption_language"] for row in csv.DictReader(f)}
+    captions = {(lang, text) for lang, texts in long.items() for text in texts}
+    stale = [key for key in audit if key not in captions]
+    if stale:
+        raise ValueError(
+            f"{len(stale)} row(s) of {AUDIT.name} match no long WIT caption any more, e.g. "
+            f"{stale[0]!r}: redo the audit for the changed data"
+        )
+    return audit
+
+
+def audited_accuracy(lang, texts, with_prior, alone, audit) -> tuple[float, dict]:
+    """Accuracy of `with_prior` against the audited truth, and the audit's counts."""
+    truth = [audit.get((lang, text), lang) for text in texts]
+    kept = [(t, p) for t, p in zip(truth, with_prior) if t != "none"]
+    disputed = [t for t, a, p in zip(texts, alone, with_prior) if a != lang or p != lang]
+    rows = list(zip(truth, with_prior))
+    counts = {
+        "disputed": len(disputed),
+        "not_audited": sum((lang, text) not in audit for text in disputed),
+        "relabelled": sum(t not in (lang, "none") for t in truth),
+        "dropped_none": sum(t == "none" for t in truth),
+        # how the audit moved the score: page-language answers now wrong, and the reverse
+        "now_wrong": sum(p == lang and t not in (lang, "none") for t, p in rows),
+        "now_right": sum(p != lang and t == p for t, p in rows),
+        "still_wrong": sum(t not in (p, "none") for t, p in rows),
+    }
+    return sum(t == p for t, p in kept) / max(1, len(kept)), counts
+
+
 def accuracy_tables(lid: FastTextLID) -> dict:
     tables = {"wit": {}, "wit_heldout": {}, "sentences": {}, "wrong_prior": {}}
     rows = wit_rows()
@@ -222,19 +271,25 @@ def accuracy_tables(lid: FastTextLID) -> dict:
         sentences = dump_sentences(lang)
         if sentences:
             sentence_sets[f"{lang} (wiki dump)"] = (lang, sentences)
+    long = {lang: long_wit_captions(lang, rows[lang]) for lang in WIT_LANGS}
     for lang in WIT_LANGS:
-        items = rows[lang]
-        long = [
-            r["caption_reference_description"]
-            for r in items
-            if len(r["caption_reference_description"].split()) >= 8
-            or (lang == "ja" and len(r["caption_reference_description"]) >= 30)
-        ]
-        sentence_sets[f"{lang} (WIT >= 8 words)"] = (lang, long)
+        sentence_sets[f"{lang} (WIT >= 8 words)"] = (lang, long[lang])
+    # the audit covers the shared WIT files, not the small excerpts in curation/sample_data
+    shared = all((SHARED / "wit" / f"test_{lang}.jsonl").exists() for lang in WIT_LANGS)
+    audit = load_audit(long) if shared else None
+    tables["audit"] = {}
     for name, (lang, texts) in sentence_sets.items():
         alone = lid.predict(texts)[2]
         with_prior = lid.predict(texts, [lang] * len(texts))[2]
-        tables["sentences"][name] = (len(texts), accuracy(alone, lang), accuracy(with_prior, lang))
+        audited = None
+        if audit is not None and name.endswith("(WIT >= 8 words)"):
+            audited, tables["audit"][lang] = audited_accuracy(lang, texts, with_prior, alone, audit)
+        tables["sentences"][name] = (
+            len(texts),
+            accuracy(alone, lang),
+            accuracy(with_prior, lang),
+            audited,
+        )
     return tables
 
 
@@ -243,12 +298,16 @@ def print_table(title: str, table: dict, header=("lid.176 alone", "lid.176 + pag
     print("| set | n | " + " | ".join(header) + " |")
     print("|---|---:|" + "---:|" * len(header))
     for name, (n, *values) in table.items():
-        print(f"| {name} | {n} | " + " | ".join(f"{v:.1%}" for v in values) + " |")
+        cells = ("n/a" if v is None else f"{v:.1%}" for v in values)
+        print(f"| {name} | {n} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="WARC records to parse")
+    parser.add_argument(
+        "--accuracy-only", action="store_true", help="skip the WARC and LID throughput runs"
+    )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     print(
@@ -256,7 +315,46 @@ def main(argv=None) -> None:
         f"{platform.python_version()}, one process (one core)"
     )
     lid = FastTextLID()
-    warc = bench_warc(synthetic_warc(args.records), args.records)
+    results = {} if args.accuracy_only else throughput(lid, args.records)
+    tables = accuracy_tables(lid)
+    print_table("WIT sample, all rows", tables["wit"])
+    print_table(
+        "WIT sample, held-out odd rows (prior weight chosen on even rows)", tables["wit_heldout"]
+    )
+    print_table(
+        "Sentence-length text",
+        tables["sentences"],
+        header=("lid.176 alone", "lid.176 + page prior", "audited (+ prior)"),
+    )
+    if tables["audit"]:
+        print(
+            "\nHand audit of the long WIT captions where lid.176 alone or + prior disagreed with "
+            f"the page ({AUDIT.name}):"
+        )
+        print(
+            "| wiki | disputed rows | relabelled | dropped (none) | + prior: right -> wrong "
+            "| + prior: wrong -> right | still wrong | disputed, not audited |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for lang, c in tables["audit"].items():
+            print(
+                f"| {lang} | {c['disputed']} | {c['relabelled']} | {c['dropped_none']} | "
+                f"{c['now_wrong']} | {c['now_right']} | {c['still_wrong']} | {c['not_audited']} |"
+            )
+    else:
+        print("\n(audited column: n/a, the shared WIT files are not there)")
+    print_table(
+        "Wrong declared language (<html lang>/Content-Language, weight 3): accuracy on the "
+        "caption's own language",
+        tables["wrong_prior"],
+        header=("lid.176 alone", "page declares the close language", "page declares en"),
+    )
+    if args.json:
+        print(json.dumps({**results, **tables}, indent=1))
+
+
+def throughput(lid: FastTextLID, records: int) -> dict:
+    warc = bench_warc(synthetic_warc(records), records)
     print(
         f"WARC: {warc['ours_records_per_s']:.0f} response records/s "
         f"({warc['alt_texts']} alt-texts from {warc['records']} records)"
@@ -283,20 +381,7 @@ def main(argv=None) -> None:
                 f"(x{figures['ratio']:.2f}, label agreement {figures['label_agreement']:.1%}); "
                 "CPU time, one process"
             )
-    tables = accuracy_tables(lid)
-    print_table("WIT sample, all rows", tables["wit"])
-    print_table(
-        "WIT sample, held-out odd rows (prior weight chosen on even rows)", tables["wit_heldout"]
-    )
-    print_table("Sentence-length text", tables["sentences"])
-    print_table(
-        "Wrong declared language (<html lang>/Content-Language, weight 3): accuracy on the "
-        "caption's own language",
-        tables["wrong_prior"],
-        header=("lid.176 alone", "page declares the close language", "page declares en"),
-    )
-    if args.json:
-        print(json.dumps({**results, **tables}, indent=1))
+    return results
 
 
 if __name__ == "__main__":
