@@ -37,10 +37,12 @@ class Language:
 
 
 def schemas_dir() -> Path:
-    """`$CURATION_SCHEMAS_DIR`, else the repository's `schemas/` next to the package."""
+    """`$CURATION_SCHEMAS_DIR`, else the copy inside an installed wheel (`curation/_schemas`),
+    else the repository's `schemas/` next to the package (a checkout or an editable install)."""
     candidates = []
     if os.environ.get(_ENV_DIR):
         candidates.append(Path(os.environ[_ENV_DIR]))
+    candidates.append(Path(__file__).resolve().parent / "_schemas")
     candidates.append(Path(__file__).resolve().parents[1] / "schemas")
     for path in candidates:
         if (path / "languages.csv").is_file():

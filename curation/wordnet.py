@@ -18,7 +18,6 @@ from curation.uris import open_decompressed
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
 _ADJECTIVE_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 OMW_FILE = re.compile(r"wn-data-([a-z]{3})\.tab$")
-OMW_TABLE = Path(__file__).resolve().parents[1] / "schemas" / "omw_iso639_3.csv"
 
 
 def _lines(uri: str) -> Iterator[str] | None:
@@ -94,7 +93,10 @@ def omw_file_language(uri: str) -> str | None:
     return match.group(1) if match else None
 
 
-def load_omw_table(path: Path = OMW_TABLE) -> dict[str, str]:
+def load_omw_table(path: Path | None = None) -> dict[str, str]:
     """ISO 639-3 (as used in OMW file names) -> Wikipedia language code."""
+    from curation.languages import schemas_dir
+
+    path = path if path is not None else schemas_dir() / "omw_iso639_3.csv"
     with path.open(encoding="utf-8") as f:
         return {row["iso639_3"]: row["wiki_code"] for row in csv.DictReader(f)}

@@ -134,3 +134,51 @@ def test_load_from_explicit_path(tmp_path):
     (lang,) = load_languages(path)
     assert lang == Language("xx", "Test", "Latn", True, ("a", "b"), ("xxx_Latn",))
     assert label_table("lid176", [lang]) == {"a": "xx", "b": "xx"}
+
+
+def test_the_wheel_carries_the_schemas_so_a_packed_environment_needs_no_checkout(tmp_path):
+    """Executors of a cluster run import `curation` from an installed wheel: the language, LID
+    and OMW tables must come with it (they are read on the executors, e.g. by LID)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("setuptools")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
+        + ["-w", str(tmp_path / "wheel"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target"]
+        + [str(tmp_path / "site"), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = (
+        "import curation, curation.languages as L, curation.wordnet as W;"
+        "print(curation.__file__); print(L.schemas_dir());"
+        "print(len(L.load_languages()), len(W.load_omw_table()), L.label_table('lid176')['en'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CURATION_SCHEMAS_DIR"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    package, schemas, counts = result.stdout.splitlines()
+    assert package.startswith(str(tmp_path / "site"))
+    assert schemas == str(tmp_path / "site" / "curation" / "_schemas")
+    languages, omw, english = counts.split()
+    assert int(languages) == len(load_languages()) and int(omw) > 20 and english == "en"
