@@ -808,14 +808,74 @@ def infer_format(path: str) -> str | None:
     return None
 
 
+REMOTE_READ_ATTEMPTS = 3
+RETRY_BACKOFF_S = 2.0
+
+
 def extract_file(
     uri: str,
     input_format: str,
     drops: Counter,
     limits: Limits = Limits(),
     columns: Columns = Columns(),
+    attempts: int | None = None,
+    backoff_s: float = RETRY_BACKOFF_S,
 ) -> Iterator[AltText]:
-    """Records of one input file; an unreadable file is one `unreadable_file` drop."""
+    """Records of one input file; an unreadable file is one `unreadable_file` drop.
+
+    A remote file (object store, http) whose open or read fails is read again, up to `attempts`
+    times with exponential backoff: object stores drop connections on a crawl-sized job. A
+    retry skips the records already yielded (the readers are deterministic) and the drop counts
+    are those of the attempt that read furthest, so a recovered file counts exactly as a clean
+    read. Local files are not retried (a local error is not transient)."""
+    import time
+
+    from curation.uris import local_path
+
+    if attempts is None:
+        attempts = 1 if local_path(uri) is not None else REMOTE_READ_ATTEMPTS
+    yielded, furthest = 0, Counter()
+    for attempt in range(attempts):
+        counted, emitted = Counter(), 0
+        try:
+            for record in _read_file(uri, input_format, counted, limits, columns):
+                emitted += 1
+                if emitted > yielded:
+                    yielded = emitted
+                    yield record
+            drops.update(counted)
+            return
+        except _Unreadable as error:
+            if emitted >= yielded:
+                furthest = counted
+            if not error.transient or attempt + 1 == attempts:
+                break
+            time.sleep(backoff_s * 2**attempt)
+    drops.update(furthest)
+    drops["unreadable_file"] += 1
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth reading again: not a missing file, not an HTTP 4xx other than timeout/throttling."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, FileNotFoundError):
+            return False
+        code = getattr(error, "code", None)
+        if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+            return False
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return True
+
+
+class _Unreadable(Exception):
+    def __init__(self, transient: bool):
+        self.transient = transient
+
+
+def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
+    from http.client import HTTPException
+
     from pyarrow.lib import ArrowException
 
     from curation.uris import open_binary
@@ -823,17 +883,20 @@ def extract_file(
     reader = READERS[input_format]
     try:
         stream = open_binary(uri)
-    except OSError:
-        drops["unreadable_file"] += 1
-        return
+    except OSError as error:
+        raise _Unreadable(transient=_transient(error)) from None
     with stream:
         if input_format in ("tsv", "jsonl") and _is_gzip_name(uri):
             stream = gzip.open(stream)
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
         try:
             yield from reader(stream, drops, limits, **kwargs)
-        except (OSError, EOFError, zlib.error, ArrowException):  # ArrowException: bad Parquet
-            drops["unreadable_file"] += 1
+        except gzip.BadGzipFile:  # the bytes themselves are bad: reading again will not help
+            raise _Unreadable(transient=False) from None
+        except (OSError, HTTPException, ArrowException):  # dropped connection, bad footer
+            raise _Unreadable(transient=True) from None
+        except (EOFError, zlib.error):
+            raise _Unreadable(transient=False) from None
 
 
 def _is_gzip_name(uri: str) -> bool:

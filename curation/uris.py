@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -31,9 +32,13 @@ def open_binary(uri: str) -> BinaryIO:
         import urllib.request
 
         try:
-            return urllib.request.urlopen(uri, timeout=60)
+            response = urllib.request.urlopen(uri, timeout=60)
         except Exception as error:  # noqa: BLE001 - URLError, HTTPError, timeouts
             raise OSError(f"cannot open {uri}: {error}") from error
+        length = response.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            return response
+        return io.BufferedReader(_LengthChecked(response, int(length), uri), 1 << 20)
     uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
     try:
         from pyarrow import fs
@@ -47,6 +52,28 @@ def open_binary(uri: str) -> BinaryIO:
             return fsspec.open(uri, "rb").open()
         except Exception as error:  # noqa: BLE001
             raise OSError(f"cannot open {uri}: {error}") from error
+
+
+class _LengthChecked(io.RawIOBase):
+    """An HTTP body that raises OSError when the connection ends before Content-Length bytes:
+    urllib returns a short read there, which a WARC reader would take for a truncated file."""
+
+    def __init__(self, response, length: int, uri: str):
+        self._response, self._left, self._uri = response, length, uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._response.readinto(buffer) if self._left else 0
+        if n == 0 and self._left:
+            raise OSError(f"{self._uri}: connection closed with {self._left} bytes unread")
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._response.close()
+        super().close()
 
 
 def read_text_lines(uri: str) -> list[str]:
