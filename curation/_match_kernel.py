@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from curation import _key_table as key_table
+
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
 _SPACE = 32
@@ -37,40 +39,18 @@ def _hash(chars, start, end):
 
 @njit(cache=True, nogil=True)
 def build_table(vocab_chars, vocab_offsets):
-    """Open-addressing table (power-of-two size, linear probing) of token ids."""
+    """Open-addressing table of the vocabulary's token ids."""
     n = vocab_offsets.size - 1
-    size = 1
-    while size < 2 * n + 2:
-        size *= 2
-    table = np.full(size, -1, dtype=np.int64)
-    mask = np.uint64(size - 1)
+    hashes = np.empty(n, dtype=np.uint64)
     for token in range(n):
-        slot = _hash(vocab_chars, vocab_offsets[token], vocab_offsets[token + 1]) & mask
-        while table[slot] >= 0:
-            slot = (slot + np.uint64(1)) & mask
-        table[slot] = token
-    return table
+        hashes[token] = _hash(vocab_chars, vocab_offsets[token], vocab_offsets[token + 1])
+    return key_table.build(hashes)
 
 
 @njit(cache=True, nogil=True)
 def _lookup(chars, start, end, table, vocab_chars, vocab_offsets):
-    mask = np.uint64(table.size - 1)
-    slot = _hash(chars, start, end) & mask
-    length = end - start
-    while True:
-        token = table[slot]
-        if token < 0:
-            return -1
-        v0 = vocab_offsets[token]
-        if vocab_offsets[token + 1] - v0 == length:
-            same = True
-            for i in range(length):
-                if vocab_chars[v0 + i] != chars[start + i]:
-                    same = False
-                    break
-            if same:
-                return token
-        slot = (slot + np.uint64(1)) & mask
+    h = _hash(chars, start, end)
+    return key_table.find(chars, start, end, h, table, vocab_chars, vocab_offsets)
 
 
 @njit(cache=True, nogil=True)

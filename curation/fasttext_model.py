@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from curation import _key_table as key_table
+
 MAGIC = 793712314
 MAX_VERSION = 12
 LABEL_PREFIX = b"__label__"
@@ -305,22 +307,15 @@ _MASK32 = 0xFFFFFFFF
 
 @njit(cache=True, nogil=True)
 def _word_table(word_bytes, word_offsets):
-    """Open addressing (linear probing) from fastText hash to dictionary entry; -1 = empty."""
+    """Hash table from a word's bytes (fastText's hash) to its dictionary entry."""
     n = word_offsets.size - 1
-    size = 1
-    while size < 2 * n + 2:
-        size *= 2
-    table = np.full(size, -1, dtype=np.int32)
-    mask = np.uint64(size - 1)
+    hashes = np.empty(n, dtype=np.uint64)
     for entry in range(n):
         h = np.uint64(_FNV_BASIS)
         for k in range(word_offsets[entry], word_offsets[entry + 1]):
             h = _fnv(h, word_bytes[k])
-        slot = h & mask
-        while table[slot] >= 0:
-            slot = (slot + np.uint64(1)) & mask
-        table[slot] = entry
-    return table
+        hashes[entry] = h
+    return key_table.build(hashes)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -362,27 +357,6 @@ def _is_space(byte):
         or byte == 12
         or (byte == 0)
     )
-
-
-@njit(cache=True, nogil=True)
-def _find_word(data, start, end, h, word_bytes, word_offsets, word_table):
-    mask = np.uint64(word_table.size - 1)
-    slot = h & mask
-    length = end - start
-    while True:
-        entry = word_table[slot]
-        if entry < 0:
-            return -1
-        w0 = word_offsets[entry]
-        if word_offsets[entry + 1] - w0 == length:
-            same = True
-            for i in range(length):
-                if word_bytes[w0 + i] != data[start + i]:
-                    same = False
-                    break
-            if same:
-                return entry
-        slot = (slot + np.uint64(1)) & mask
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -441,7 +415,7 @@ def _hidden(data, start, end, params, word_bytes, word_offsets, word_table, prun
             h = np.uint64(_FNV_BASIS)
             for k in range(i, j):
                 h = _fnv(h, data[k])
-            wid = _find_word(data, i, j, h, word_bytes, word_offsets, word_table)
+            wid = key_table.find(data, i, j, h, word_table, word_bytes, word_offsets)
             if wid >= nwords or (wid < 0 and length >= 9 and _has_label_prefix(data, i)):
                 i = j  # a label token: not an input of prediction
                 continue
