@@ -69,6 +69,7 @@ class ExportConfig:
     extract_exif: bool = False
     overwrite: bool = False
     require_success: bool = True
+    languages: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------- 1. read
@@ -80,8 +81,11 @@ def _fs_and_path(uri: str):
     return fsspec.core.url_to_fs(uri)
 
 
-def read_curated(uri: str, require_success: bool = True) -> tuple[pa.Table, dict | None]:
-    """The curated pairs and the producing run's `run.json` (None when absent)."""
+def read_curated(
+    uri: str, require_success: bool = True, languages: tuple[str, ...] | None = None
+) -> tuple[pa.Table, dict | None]:
+    """The curated pairs (of `languages` only, when given: only those `lang=` partitions are
+    read) and the producing run's `run.json` (None when absent)."""
     fs, path = _fs_and_path(uri)
     if not fs.exists(path):
         raise ExportError(f"curated table not found: {uri}")
@@ -108,7 +112,12 @@ def read_curated(uri: str, require_success: bool = True) -> tuple[pa.Table, dict
     missing = [c for c in CURATED_COLUMNS if c not in dataset.schema.names]
     if missing:
         raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
-    table = dataset.to_table(columns=list(CURATED_COLUMNS))
+    row_filter = None
+    if languages:
+        import pyarrow.dataset as ds
+
+        row_filter = ds.field("lang").isin(list(languages))
+    table = dataset.to_table(columns=list(CURATED_COLUMNS), filter=row_filter)
     return _normalize_types(table), _read_run(fs, path, require_success)
 
 
@@ -456,8 +465,9 @@ def _write_json(fs, path: str, value) -> None:
 def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[dict, list[str]]:
     """Run every step; returns the manifest and the shards that were rebuilt from scratch."""
     started = time.perf_counter()
-    table, run = read_curated(config.curated, config.require_success)
-    log(f"[shards] read {table.num_rows} curated rows from {config.curated}")
+    table, run = read_curated(config.curated, config.require_success, config.languages)
+    only = f" (languages {','.join(config.languages)})" if config.languages else ""
+    log(f"[shards] read {table.num_rows} curated rows from {config.curated}{only}")
     if url_rewrite is not None:
         table = url_rewrite(table)
     kept, drops = filter_urls(table, config.allow_local, config.resolve_hosts)

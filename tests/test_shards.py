@@ -366,6 +366,19 @@ def test_delta_and_parquet_curated_read_the_same_and_order_is_stable(tmp_path):
     )
 
 
+def test_languages_read_only_their_partitions(tmp_path):
+    rows = curated_rows("https://images.example.org")
+    for fmt in ("parquet", "delta"):
+        curated = write_curated(rows, tmp_path / fmt, fmt=fmt)
+        picked = tuple(sorted({r["lang"] for r in rows})[:2])
+        table, _ = shards.read_curated(curated, languages=picked)
+        assert sorted(table["uid"].to_pylist()) == sorted(
+            r["uid"] for r in rows if r["lang"] in picked
+        ), fmt
+        assert set(table["lang"].to_pylist()) == set(picked)
+        assert shards.read_curated(curated, languages=("xx",))[0].num_rows == 0
+
+
 def test_incomplete_or_malformed_curated_is_a_clear_error(tmp_path):
     curated = write_curated(curated_rows("https://x.org"), tmp_path / "c")
     (tmp_path / "c" / "_SUCCESS").unlink()
