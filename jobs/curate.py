@@ -117,7 +117,7 @@ def last_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in reversed(lines):
         if ("Error" in line or "Exception" in line) and not line.startswith("at "):
-            return line
+            return line.removeprefix("Caused by: ")
     return lines[-1] if lines else type(error).__name__
 
 

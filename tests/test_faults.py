@@ -329,6 +329,39 @@ def test_unwritable_output_curate(spark, small_corpus, blocked, capsys):
     check_one_clear_line(rc, capsys.readouterr().err, "curate: error:", blocked)
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs: room for the job's markers, not for its tables."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_mid_stage_is_one_line_and_leaves_nothing_that_looks_complete(
+    spark, small_corpus, full_disk, capsys
+):
+    root, _, _ = small_corpus
+    out = full_disk / "run"
+    out.mkdir()
+    (out / "_SUCCESS").write_text("")  # a previous run's markers: must not survive a failure
+    (out / "run.json").write_text("{}")
+    argv = ["--metadata", str(root / "metadata"), "--input", str(root / "alt_text")]
+    rc = load_job("curate").main([*argv, "--output", str(out), "--t-en", "50"])
+    stderr = capsys.readouterr().err
+    assert rc == 1
+    lines = error_lines(stderr, "curate: error:")
+    assert len(lines) == 1 and "No space left on device" in lines[0], stderr[-2000:]
+    assert not lines[0].startswith("curate: error: Caused by")
+    assert not (out / "_SUCCESS").exists() and not (out / "run.json").exists()
+    assert not any((out / stage / "_SUCCESS").exists() for stage in ("curated", "thresholds"))
+
+
 def test_unwritable_output_build_metadata(spark, blocked, capsys):
     previous = spark.conf.get("spark.sql.shuffle.partitions")
     wordnet = str(PROJECT_ROOT / "curation" / "sample_data" / "wordnet")
