@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 T_EN_METACLIP2 = 170_000
 T_EN_METACLIP1 = 20_000
@@ -56,14 +57,60 @@ def keep_probability(probs: np.ndarray, entry_ids: Sequence[int]) -> float:
     return 1.0 - math.prod((1.0 - selected).tolist())
 
 
-def _hash64(seed: int, *parts: str) -> int:
+def keep_probabilities(probs: np.ndarray, offsets: np.ndarray, entry_ids: np.ndarray, rows):
+    """`keep_probability` of each of `rows` of a CSR batch (row r's ids are
+    entry_ids[offsets[r]:offsets[r + 1]]): the same floats, the product taken in the same
+    left-to-right order."""
+    probs = np.asarray(probs, dtype=np.float64)
+    entry_ids = np.asarray(entry_ids, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    return _keep_probabilities(probs, np.asarray(offsets, dtype=np.int64), entry_ids, rows)
+
+
+@njit(cache=True, nogil=True)
+def _keep_probabilities(probs, offsets, entry_ids, rows):
+    out = np.empty(rows.size, dtype=np.float64)
+    for k in range(rows.size):
+        start, stop = offsets[rows[k]], offsets[rows[k] + 1]
+        if start == stop:
+            out[k] = 0.0
+            continue
+        miss = 1.0
+        for i in range(start, stop):
+            entry = entry_ids[i]
+            if entry < 0 or entry >= probs.size:
+                raise IndexError("entry id out of range of the language's entries")
+            miss *= 1.0 - probs[entry]
+        out[k] = 1.0 - miss
+    return out
+
+
+def _hasher(seed: int, *parts: str):
     digest = hashlib.blake2b(digest_size=8, person=b"metaclip-cur")
     digest.update(struct.pack("<q", seed))
     for part in parts:
         encoded = part.encode("utf-8", "surrogatepass")
         digest.update(struct.pack("<Q", len(encoded)))
         digest.update(encoded)
-    return int.from_bytes(digest.digest(), "little")
+    return digest
+
+
+def _hash64(seed: int, *parts: str) -> int:
+    return int.from_bytes(_hasher(seed, *parts).digest(), "little")
+
+
+def _hash64_many(seed: int, tag: str, *columns: Sequence[str]) -> list[int]:
+    """_hash64(seed, tag, *row) for each row of the columns: the seeded prefix is hashed once."""
+    prefix, pack = _hasher(seed, tag), struct.Struct("<Q").pack
+    keys = []
+    for row in zip(*columns):
+        digest = prefix.copy()
+        for part in row:
+            encoded = part.encode("utf-8", "surrogatepass")
+            digest.update(pack(len(encoded)))
+            digest.update(encoded)
+        keys.append(int.from_bytes(digest.digest(), "little"))
+    return keys
 
 
 def text_choice_key(seed: int, uid: str, text: str) -> int:
@@ -74,6 +121,17 @@ def text_choice_key(seed: int, uid: str, text: str) -> int:
 def keep_uniform(seed: int, uid: str) -> float:
     """The uniform number in [0, 1) an image's keep decision is made with."""
     return (_hash64(seed, "keep", uid) >> 11) * (1.0 / (1 << 53))
+
+
+def text_choice_keys(seed: int, uids: Sequence[str], texts: Sequence[str]) -> list[int]:
+    """`text_choice_key` of each (uid, text), for a batch."""
+    return _hash64_many(seed, "choose", uids, texts)
+
+
+def keep_uniforms(seed: int, uids: Sequence[str]) -> np.ndarray:
+    """`keep_uniform` of each uid, for a batch."""
+    keys = np.array(_hash64_many(seed, "keep", uids), dtype=np.uint64)
+    return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 @dataclass(frozen=True)

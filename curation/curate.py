@@ -23,10 +23,10 @@ from curation import tables
 from curation.balance import (
     T_EN_METACLIP2,
     entry_probabilities,
-    keep_probability,
-    keep_uniform,
+    keep_probabilities,
+    keep_uniforms,
     tail_fraction,
-    text_choice_key,
+    text_choice_keys,
     threshold_for_fraction,
 )
 from curation.matching import EntryMatcher
@@ -175,23 +175,32 @@ def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int, 
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            rows = batch.to_pydict()
-            keep_probs, choices, draws = [], [], []
-            for uid, text, lang, ids in zip(
-                rows["uid"], rows["text"], rows["lang"], rows["entry_ids"]
-            ):
+            if batch.num_rows == 0:
+                continue
+            entry_ids = batch.column("entry_ids")
+            offsets = entry_ids.offsets.to_numpy()
+            values = entry_ids.values.to_numpy()
+            langs = batch.column("lang").to_numpy(zero_copy_only=False)
+            keep_probs = np.empty(batch.num_rows, dtype=np.float64)
+            for lang in dict.fromkeys(langs):
+                rows = np.flatnonzero(langs == lang)
                 probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
-                keep_probs.append(keep_probability(probs, ids))
-                choices.append(text_choice_key(seed, uid, text) - 2**63)  # order kept, fits long
-                draws.append(keep_uniform(seed, uid))
-            yield pa.RecordBatch.from_pydict(
-                {
-                    **{c: rows[c] for c in ("uid", "url", "text", "lang")},
-                    "entry_ids": pa.array(rows["entry_ids"], pa.list_(pa.int32())),
-                    "keep_prob": pa.array(keep_probs, pa.float64()),
-                    "choice": pa.array(choices, pa.int64()),
-                    "draw": pa.array(draws, pa.float64()),
-                }
+                keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
+            uids = batch.column("uid").to_pylist()
+            # order kept, fits a long
+            choices = [
+                key - 2**63
+                for key in text_choice_keys(seed, uids, batch.column("text").to_pylist())
+            ]
+            yield pa.RecordBatch.from_arrays(
+                [
+                    *(batch.column(c) for c in ("uid", "url", "text", "lang")),
+                    pa.ListArray.from_arrays(entry_ids.offsets, entry_ids.values),
+                    pa.array(keep_probs, pa.float64()),
+                    pa.array(choices, pa.int64()),
+                    pa.array(keep_uniforms(seed, uids), pa.float64()),
+                ],
+                names=["uid", "url", "text", "lang", "entry_ids", "keep_prob", "choice", "draw"],
             )
 
     return run

@@ -9,11 +9,14 @@ import pytest
 from curation.balance import (
     Record,
     entry_probabilities,
+    keep_probabilities,
     keep_probability,
     keep_uniform,
+    keep_uniforms,
     sample_records,
     tail_fraction,
     text_choice_key,
+    text_choice_keys,
     threshold_for_fraction,
 )
 from curation.reference_metaclip import p_to_t
@@ -97,6 +100,26 @@ def test_keep_probability_is_one_minus_product_of_misses():
     assert keep_probability(probs, [1, 2, 3]) == pytest.approx(1 - 0.5 * 0.8 * 0.9)
     assert keep_probability(probs, [0, 3]) == 1.0
     assert keep_probability(probs, []) == 0.0
+
+
+def test_batch_forms_give_the_scalar_functions_bits(cc3m_captions):
+    """The Spark job uses the batch forms; the reference (`sample_records`) the scalar ones."""
+    rng = np.random.default_rng(0)
+    probs = entry_probabilities(rng.integers(1, 500, 3000), 40)
+    lists = [sorted(rng.choice(3000, rng.integers(0, 12), replace=False)) for _ in range(2000)]
+    offsets = np.cumsum([0] + [len(ids) for ids in lists])
+    values = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in lists])
+    rows = np.arange(1, 2000, 3)  # a subset of the rows, as one language of a mixed batch
+    got = keep_probabilities(probs, offsets, values, rows)
+    assert got.tolist() == [keep_probability(probs, lists[r]) for r in rows]  # exact, not approx
+    with pytest.raises(IndexError):
+        keep_probabilities(probs[:10], offsets, values, rows)
+    texts = cc3m_captions[:2000] + ["naïve café ☕", "", "\ud800 lone surrogate"]
+    uids = [f"{i:016x}" for i in range(len(texts))]
+    assert text_choice_keys(7, uids, texts) == [
+        text_choice_key(7, u, t) for u, t in zip(uids, texts)
+    ]
+    assert keep_uniforms(7, uids).tolist() == [keep_uniform(7, u) for u in uids]
 
 
 def test_keep_uniform_is_deterministic_and_uniform():
