@@ -81,7 +81,7 @@ class FastTextLID:
         if engine == "numba":
             self._predict = self._model_predict
             # per label index, and the last entry for "no prediction" (index -1)
-            self._labels = [label[9:] for label in self._model.labels] + [""]
+            self._labels = labels + [""]
             self._langs = [self.route(label) for label in self._labels]
         else:
             self._predict = _load_predict(self.model_path)
@@ -113,19 +113,23 @@ class FastTextLID:
         langs = [top[2] for top in picked]
         if page_langs is None:
             return labels, scores, langs
-        weights = self.weights
+        sources = prior_sources or [None] * len(texts)
         for i, page_lang in enumerate(page_langs):
-            lang = langs[i]
-            if page_lang and lang != page_lang:
-                weight = weights.get(prior_sources[i] if prior_sources else None, 0.0)
-                score = scores[i]
-                # the prior can only change the answer when p_top < w * (1 - p_top)
-                if score * (1.0 + weight) < weight:
-                    langs[i] = self._with_prior(lines[i], score, page_lang, lang, weight)
-        self._quotes_second_chance(texts, page_langs, prior_sources, langs)
+            langs[i] = self._apply_prior(lines[i], scores[i], langs[i], page_lang, sources[i])
+        self._quotes_second_chance(texts, page_langs, sources, langs)
         return labels, scores, langs
 
-    def _quotes_second_chance(self, texts, page_langs, prior_sources, langs) -> None:
+    def _apply_prior(self, line: str, score: float, lang: str, page_lang, source) -> str:
+        """The answer once the page's language may weigh in (unchanged when it cannot)."""
+        if not page_lang or lang == page_lang:
+            return lang
+        weight = self.weights.get(source, 0.0)
+        # the prior can only change the answer when p_top < w * (1 - p_top)
+        if score * (1.0 + weight) < weight:
+            return self._with_prior(line, score, page_lang, lang, weight)
+        return lang
+
+    def _quotes_second_chance(self, texts, page_langs, sources, langs) -> None:
         """A caption that quotes a title in another language ('Harju kreis, Ludwig August Mellini
         kaardil, "Atlas von Liefland, oder von den beyden Gouvernementern..."') is often called
         the title's language. When the text outside the quotes is long enough and is the page's
@@ -140,12 +144,8 @@ class FastTextLID:
         if not todo:
             return
         for (i, line), (_, score, lang) in zip(todo, self._top1([line for _, line in todo])):
-            page_lang = page_langs[i]
-            weight = self.weights.get(prior_sources[i] if prior_sources else None, 0.0)
-            if lang != page_lang and score * (1.0 + weight) < weight:
-                lang = self._with_prior(line, score, page_lang, lang, weight)
-            if lang == page_lang:
-                langs[i] = page_lang
+            if self._apply_prior(line, score, lang, page_langs[i], sources[i]) == page_langs[i]:
+                langs[i] = page_langs[i]
 
     def _top1(self, lines: list[str]) -> list[tuple[str, float, str]]:
         """(label, score, routed code) per distinct line."""
