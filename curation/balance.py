@@ -88,11 +88,16 @@ def _keep_probabilities(probs, offsets, entry_ids, rows):
 def _hasher(seed: int, *parts: str):
     digest = hashlib.blake2b(digest_size=8, person=b"metaclip-cur")
     digest.update(struct.pack("<q", seed))
+    _add_parts(digest, parts)
+    return digest
+
+
+def _add_parts(digest, parts) -> None:
+    """Each part length-prefixed, so ("ab", "c") and ("a", "bc") hash apart."""
     for part in parts:
         encoded = part.encode("utf-8", "surrogatepass")
         digest.update(struct.pack("<Q", len(encoded)))
         digest.update(encoded)
-    return digest
 
 
 def _hash64(seed: int, *parts: str) -> int:
@@ -101,14 +106,11 @@ def _hash64(seed: int, *parts: str) -> int:
 
 def _hash64_many(seed: int, tag: str, *columns: Sequence[str]) -> list[int]:
     """_hash64(seed, tag, *row) for each row of the columns: the seeded prefix is hashed once."""
-    prefix, pack = _hasher(seed, tag), struct.Struct("<Q").pack
+    prefix = _hasher(seed, tag)
     keys = []
     for row in zip(*columns):
         digest = prefix.copy()
-        for part in row:
-            encoded = part.encode("utf-8", "surrogatepass")
-            digest.update(pack(len(encoded)))
-            digest.update(encoded)
+        _add_parts(digest, row)
         keys.append(int.from_bytes(digest.digest(), "little"))
     return keys
 
