@@ -95,13 +95,13 @@ def read_curated(
             f"{uri} has no _SUCCESS marker: the curation run is incomplete "
             "(pass --allow-incomplete to export it anyway)"
         )
+    import pyarrow.dataset as ds
+
     if is_delta:
         from deltalake import DeltaTable
 
         dataset = DeltaTable(uri).to_pyarrow_dataset()
     else:
-        import pyarrow.dataset as ds
-
         dataset = ds.dataset(
             path,
             filesystem=fs,
@@ -112,11 +112,7 @@ def read_curated(
     missing = [c for c in CURATED_COLUMNS if c not in dataset.schema.names]
     if missing:
         raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
-    row_filter = None
-    if languages:
-        import pyarrow.dataset as ds
-
-        row_filter = ds.field("lang").isin(list(languages))
+    row_filter = ds.field("lang").isin(list(languages)) if languages else None
     table = dataset.to_table(columns=list(CURATED_COLUMNS), filter=row_filter)
     return _normalize_types(table), _read_run(fs, path, require_success)
 
