@@ -1,40 +1,59 @@
-"""WebDataset shards -> batches of (images, tokens), resumable mid-epoch.
+"""WebDataset shards -> uint8 image batches, resumable mid-epoch in O(1), elastic across layouts.
 
-Every (rank, worker) pair owns a *slot* that reads an infinite, deterministic stream:
-  epoch mode      each pass shuffles the shard list with (seed, pass) and slot k takes
-                  shards k, k+S, k+2S... (S = world_size * workers), so ranks never share a
-                  sample within a pass; with fewer shards than slots it strides samples instead;
-  resampled mode  each slot draws shards with replacement from its own RNG.
-A seeded shuffle buffer follows, then decode + open_clip preprocessing + tokenisation.
+Every (rank, worker) pair owns a *slot* that reads an infinite, deterministic sequence of shard
+*visits* (`Schedule`):
+  epoch mode      each pass shuffles the shard list with (seed, pass) and slot k visits shards
+                  k, k+S, k+2S... (S = world_size * workers), so ranks never share a sample
+                  within a pass; with fewer shards than slots every slot visits every shard and
+                  keeps the samples whose index in the pass is k mod S (strided);
+  resampled mode  visit v draws a shard from (seed, salt, slot, v), with replacement.
+A seeded shuffle buffer follows (the n-th draw from it is a hash of (seed, slot, n)), then the
+worker decodes JPEGs (at a reduced DCT scale when they are much larger than the model's input),
+pads them onto one uint8 canvas and picks each image's random-resized-crop box and flip;
+`trainer.augment` cuts, resizes and normalises the batch on the device.
 
-A batch carries its slot's state after it: the number of raw samples the slot has consumed and
-its drop counters. The loader keeps the state of every slot; on resume each worker replays its
-stream up to that position *without decoding*, and worker ids are rotated so the DataLoader's
-round-robin continues with the worker that was next. Augmentation randomness is seeded from
-each batch's stream position, so a resumed run sees bit-identical batches.
+A batch carries its slot's state after it: the visit and sample offset the slot reads next, the
+(visit, sample) references of what sits in the shuffle buffer, the number of samples drawn and
+the drop counters. Resuming opens the shard at that visit, skips to the offset by tar headers
+(no sample before it is read or decoded), and re-reads the few buffered samples by reference:
+the cost does not grow with the samples seen. Worker ids are rotated so the DataLoader's
+round-robin continues with the worker that was next; crops are seeded from each batch's stream
+position, so a resume with the same layout sees bit-identical batches.
+
+A resume with another world size or worker count (`elastic_slot_states`) hands the rest of each
+old slot's pass (its current shard from the sample it had reached, then its unvisited shards) to
+the new slots round-robin. No shard is repeated within the pass; the samples that were in the old
+shuffle buffers are not seen until the next pass (the count is logged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import posixpath
 import random
+import re
 import sys
+import tarfile
 from collections import Counter
-from collections.abc import Iterator
-from itertools import count
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
-import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard")
+# open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
+CROP_SCALE = (0.9, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_META_RE = re.compile(r"__[^/]*__($|/)")
 
 
 def expand_urls(spec: str) -> list[str]:
@@ -89,87 +108,386 @@ def count_samples(urls: list[str]) -> int:
     )
 
 
-def _log_bad_shard(counter: Counter):
-    def handler(exn: Exception) -> bool:
-        counter["bad_shard"] += 1
-        print(f"warning: skipping unreadable shard data: {exn!r}", file=sys.stderr)
-        return True
-
-    return handler
+def mix(*parts) -> int:
+    """A 64-bit hash of ints and strings, the same in every process (no PYTHONHASHSEED)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
-def _read_shard(url: str, counter: Counter) -> Iterator[dict]:
-    yield from wds.tarfile_samples([{"url": url}], handler=_log_bad_shard(counter))
+# -- reading shards ------------------------------------------------------------------------------
 
 
-def slot_stream(
-    urls: list[str], slot: int, num_slots: int, seed: int, resampled: bool, counter: Counter
-) -> Iterator[dict]:
-    """The raw samples one slot reads, forever (see module docstring)."""
-    if resampled:
-        rng = random.Random(f"{seed}-resample-{slot}")
+def _open_shard(url: str):
+    """(file object, seekable) for a local path, file://, pipe:CMD or any fsspec URI."""
+    if url.startswith("pipe:"):
+        import webdataset as wds
+
+        return wds.gopen(url, "rb"), False
+    if "://" in url.removeprefix("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open(), False
+    return open(url.removeprefix("file://"), "rb"), True
+
+
+def read_shard(
+    url: str, want: Callable[[int], bool], counters: Counter
+) -> Iterator[tuple[int, dict]]:
+    """(k, sample) for the k-th sample (a run of tar members with one key) where want(k).
+
+    The other samples are skipped by their tar headers: on a local file their data is seeked
+    over, on a stream it is read but never decoded. Returns the number of samples in the shard;
+    an unreadable or truncated shard counts `bad_shard` and ends early (its samples so far stay).
+    """
+    k, key, sample = -1, None, None
+    try:
+        fileobj, seekable = _open_shard(url)
+        with fileobj, tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                parts = _KEY_RE.match(member.name)
+                if parts is None or _META_RE.match(member.name):
+                    continue
+                if parts.group(1) != key:
+                    if sample is not None:
+                        yield k, sample
+                    k, key = k + 1, parts.group(1)
+                    sample = {"__key__": key, "__url__": url} if want(k) else None
+                    counters["read" if sample is not None else "skipped"] += 1
+                if sample is not None:
+                    sample[parts.group(2).lower()] = tar.extractfile(member).read()
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        counters["bad_shard"] += 1
+        print(
+            f"warning: skipping unreadable shard {url} after {k + 1} samples: {exc!r}",
+            file=sys.stderr,
+        )
+        return k  # the partial sample is dropped with the rest of the shard
+    if sample is not None:
+        yield k, sample
+    return k + 1
+
+
+# -- which shard a slot reads next ----------------------------------------------------------------
+
+
+class Schedule:
+    """The url, first sample and pass of a slot's v-th visit.
+
+    `plan` lists explicit visits [url, first sample, pass] that come first (what an elastic
+    resume handed this slot); regular visits follow from pass `first_pass` on.
+    """
+
+    def __init__(self, urls, slot, num_slots, seed, resampled, plan=(), first_pass=0, salt=0):
+        self.urls, self.slot, self.num_slots, self.seed = urls, slot, num_slots, seed
+        self.resampled, self.plan, self.first_pass, self.salt = resampled, plan, first_pass, salt
+        self.strided = not resampled and len(urls) < num_slots
+        n = len(urls)
+        self.per_pass = n if self.strided else len(range(slot, n, num_slots))
+        self._orders: dict[int, list[str]] = {}
+
+    def order(self, n_pass: int) -> list[str]:
+        if n_pass not in self._orders:
+            order = list(self.urls)
+            random.Random(f"{self.seed}-pass-{n_pass}").shuffle(order)
+            self._orders = {n_pass: order}
+        return self._orders[n_pass]
+
+    def visit(self, v: int) -> tuple[str, int, int]:
+        """(url, first sample to read, pass) of visit v (pass -1 in resampled mode)."""
+        if v < len(self.plan):
+            url, start, n_pass = self.plan[v]
+            return url, start, n_pass
+        v -= len(self.plan)
+        if self.resampled:
+            return (
+                self.urls[mix(self.seed, "resample", self.salt, self.slot, v) % len(self.urls)],
+                0,
+                -1,
+            )
+        n_pass = self.first_pass + v // self.per_pass
+        i = v % self.per_pass
+        order = self.order(n_pass)
+        return (order[i] if self.strided else order[self.slot + i * self.num_slots]), 0, n_pass
+
+    def starts_pass(self, v: int) -> bool:
+        return v >= len(self.plan) and (v - len(self.plan)) % self.per_pass == 0
+
+
+def fresh_slot_state(plan=(), first_pass=0, salt=0) -> dict:
+    return {
+        "visit": 0,
+        "offset": plan[0][1] if plan else 0,
+        "base": 0,  # strided mode: index in the pass of the visit's first sample
+        "buffer": [],
+        "position": 0,
+        "dropped": {},
+        "plan": [list(p) for p in plan],
+        "first_pass": first_pass,
+        "salt": salt,
+    }
+
+
+class SlotStream:
+    """One slot's raw samples through the shuffle buffer, with its position as plain JSON."""
+
+    def __init__(self, urls, slot, num_slots, seed, resampled, bufsize, state, counters):
+        self.schedule = Schedule(
+            urls, slot, num_slots, seed, resampled, state["plan"], state["first_pass"],
+            state["salt"],
+        )  # fmt: skip
+        self.slot, self.num_slots, self.seed = slot, num_slots, seed
+        self.bufsize = max(bufsize, 1)
+        self.visit, self.offset, self.base = state["visit"], state["offset"], state["base"]
+        self.position = state["position"]
+        self.counters = counters
+        self.buffer = self._refill(state["buffer"])
+
+    def _refill(self, refs: list[list[int]]) -> list[tuple[tuple[int, int], dict]]:
+        """Re-read the buffered samples by (visit, sample) reference, in buffer order."""
+        wanted: dict[int, set[int]] = {}
+        for v, k in refs:
+            wanted.setdefault(v, set()).add(k)
+        found = {}
+        for v, ks in wanted.items():
+            url = self.schedule.visit(v)[0]
+            last = max(ks)
+            for k, sample in read_shard(url, ks.__contains__, self.counters):
+                found[(v, k)] = sample
+                if k == last:
+                    break
+        return [((v, k), found[(v, k)]) for v, k in refs if (v, k) in found]
+
+    def _raw(self) -> Iterator[tuple[tuple[int, int], dict]]:
+        pass_samples = 0 if self.schedule.starts_pass(self.visit) and not self.offset else None
+        empty = 0
         while True:
-            yield from _read_shard(rng.choice(urls), counter)
-    for n_pass in count():
-        order = list(urls)
-        random.Random(f"{seed}-pass-{n_pass}").shuffle(order)
-        produced = 0
-        if len(order) >= num_slots:
-            for url in order[slot::num_slots]:
-                for sample in _read_shard(url, counter):
-                    produced += 1
-                    yield sample
-        else:
-            index = 0
-            for url in order:
-                for sample in _read_shard(url, counter):
-                    if index % num_slots == slot:
-                        produced += 1
-                        yield sample
-                    index += 1
-        if produced == 0:
-            raise ValueError(f"data slot {slot}/{num_slots} got no samples from {len(urls)} shards")
+            url, _, _ = self.schedule.visit(self.visit)
+            base, start = self.base, self.offset
+            if self.schedule.strided:
+
+                def want(k, base=base, start=start):
+                    return k >= start and (base + k) % self.num_slots == self.slot
+            else:
+
+                def want(k, start=start):
+                    return k >= start
+
+            got = 0
+            reader = read_shard(url, want, self.counters)
+            while True:
+                try:
+                    k, sample = next(reader)
+                except StopIteration as stop:
+                    size = stop.value
+                    break
+                self.offset = k + 1
+                got += 1
+                yield (self.visit, k), sample
+            if pass_samples is not None:
+                pass_samples += got
+            empty = 0 if got else empty + 1
+            if self.schedule.resampled and empty > 4 * len(self.schedule.urls):
+                raise ValueError(
+                    f"data slot {self.slot}: {empty} shard draws in a row gave no samples"
+                )
+            self.base = base + size
+            self.visit += 1
+            self.offset = self.schedule.visit(self.visit)[1]
+            if self.schedule.starts_pass(self.visit):
+                if pass_samples == 0 and not self.schedule.resampled:
+                    raise ValueError(
+                        f"data slot {self.slot}/{self.num_slots} got no samples from a whole pass "
+                        f"over {len(self.schedule.urls)} shards"
+                    )
+                self.base, pass_samples = 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        raw = self._raw()
+        while True:
+            while len(self.buffer) < self.bufsize:
+                self.buffer.append(next(raw))
+            j = mix(self.seed, "shuffle", self.slot, self.position) % len(self.buffer)
+            self.buffer[j], self.buffer[-1] = self.buffer[-1], self.buffer[j]
+            _, sample = self.buffer.pop()
+            self.position += 1
+            yield sample
+
+    def state(self) -> dict:
+        return {
+            "visit": self.visit,
+            "offset": self.offset,
+            "base": self.base,
+            "buffer": [list(ref) for ref, _ in self.buffer],
+            "position": self.position,
+        }
 
 
-def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    buf: list[dict] = []
-    for sample in samples:
-        buf.append(sample)
-        if len(buf) < bufsize:
-            continue
-        k = rng.randrange(len(buf))
-        buf[k], buf[-1] = buf[-1], buf[k]
-        yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
+def elastic_slot_states(
+    old_slots: dict[int, dict], old_num_slots: int, num_slots: int, urls, seed, resampled
+) -> tuple[dict[int, dict], str]:
+    """Fresh states for `num_slots` new slots that continue what `old_slots` left of their
+    pass (module docstring), and one log line saying what the approximation is."""
+    salt = 1 + max((s["salt"] for s in old_slots.values()), default=0)
+    buffered = sum(len(s["buffer"]) for s in old_slots.values())
+    old = {
+        slot: (Schedule(urls, slot, old_num_slots, seed, resampled, s["plan"], s["first_pass"],
+                        s["salt"]), s)
+        for slot, s in old_slots.items()
+    }  # fmt: skip
+    layout = f"{old_num_slots} -> {num_slots} data streams"
+    if resampled:
+        states = {k: fresh_slot_state(salt=salt) for k in range(num_slots)}
+        return states, f"elastic resume ({layout}): resampled shards, new draws from here on"
+    passes = [sched.visit(s["visit"])[2] for sched, s in old.values()]
+    last_pass = max(passes)
+    strided = len(urls) < old_num_slots or len(urls) < num_slots
+    if strided:
+        states = {
+            k: fresh_slot_state(first_pass=last_pass + 1, salt=salt) for k in range(num_slots)
+        }
+        return states, (
+            f"elastic resume ({layout}): fewer shards ({len(urls)}) than streams, so the rest of "
+            f"pass {last_pass} is skipped; starting pass {last_pass + 1}"
+        )
+    remaining = []  # (pass, url, first sample) of every visit not yet done, up to last_pass
+    for sched, s in old.values():
+        v, start = s["visit"], s["offset"]
+        while True:
+            url, first, n_pass = sched.visit(v)
+            if n_pass > last_pass:
+                break
+            remaining.append((n_pass, url, start if v == s["visit"] else first))
+            v += 1
+    remaining.sort(key=lambda item: item[0])  # stable: old slot order within a pass
+    states = {
+        k: fresh_slot_state(
+            [[url, first, n_pass] for n_pass, url, first in remaining[k::num_slots]],
+            first_pass=last_pass + 1,
+            salt=salt,
+        )
+        for k in range(num_slots)
+    }
+    return states, (
+        f"elastic resume ({layout}): {len(remaining)} shard visits left in passes "
+        f"{min(passes)}-{last_pass} continue from the samples they had reached (none repeated); "
+        f"the {buffered} samples that were in shuffle buffers are skipped until the next pass"
+    )
 
 
-def decode(sample: dict) -> tuple[Image.Image, str] | str:
-    """(image, caption), or the drop reason."""
-    image_bytes = next((sample[k] for k in IMAGE_KEYS if sample.get(k)), None)
-    if image_bytes is None:
-        return "missing_image"
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def caption(sample: dict) -> str:
     text = sample.get("txt")
-    text = text.decode("utf-8", errors="replace").strip() if text else ""
+    return text.decode("utf-8", errors="replace").strip() if text else ""
+
+
+def image_bytes(sample: dict) -> bytes | None:
+    return next((sample[k] for k in IMAGE_KEYS if sample.get(k)), None)
+
+
+def decode_image(data: bytes, draft_size: int | None = None) -> torch.Tensor | None:
+    """H x W x 3 uint8, or None when the bytes are not an image. With draft_size, a JPEG much
+    larger than that is decoded at a reduced DCT scale (1/2, 1/4, 1/8) keeping both sides >= it."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if draft_size:
+            image.draft("RGB", (draft_size, draft_size))
+        return torch.from_numpy(np.array(image.convert("RGB")))
+    except Exception:
+        return None
+
+
+def decode(sample: dict, draft_size: int | None = None) -> tuple[torch.Tensor, str] | str:
+    """(H x W x 3 uint8 image, caption), or the drop reason."""
+    data = image_bytes(sample)
+    if data is None:
+        return "missing_image"
+    text = caption(sample)
     if not text:
         return "missing_text"
+    pixels = decode_image(data, draft_size)
+    return "bad_image" if pixels is None else (pixels, text)
+
+
+def pad_to_canvas(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x Hmax x Wmax x 3 uint8 (top-left aligned, zero padded) and the B x 2 true (h, w)."""
+    sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.int32)
+    h, w = (int(x) for x in sizes.max(dim=0).values)
+    canvas = torch.zeros(len(images), h, w, 3, dtype=torch.uint8)
+    for i, img in enumerate(images):
+        canvas[i, : img.shape[0], : img.shape[1]] = img
+    return canvas, sizes
+
+
+def crop_params(
+    sizes: torch.Tensor, seed: int, train: bool, hflip: bool, scale=CROP_SCALE, ratio=CROP_RATIO
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (top, left, height, width) and flip flag: torchvision's RandomResizedCrop
+    (+ RandomHorizontalFlip) parameters drawn from torch's RNG seeded with `seed`, image after
+    image; for evaluation, the centred square (what Resize(shortest) + CenterCrop keep)."""
+    import torchvision.transforms as T
+
+    boxes = torch.empty(len(sizes), 4, dtype=torch.int32)
+    flips = torch.zeros(len(sizes), dtype=torch.bool)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, (h, w) in enumerate(sizes.tolist()):
+            if train:
+                boxes[i] = torch.tensor(
+                    T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, ratio)
+                )
+                flips[i] = hflip and bool(torch.rand(1) < 0.5)
+            else:
+                side = min(h, w)
+                boxes[i] = torch.tensor([(h - side) // 2, (w - side) // 2, side, side])
+    return boxes, flips
+
+
+def make_batch(images, texts, tokenizer, seed, train, hflip, encoded=False) -> dict:
+    """What a worker hands over: a uint8 canvas of the images, or with `encoded` the list of
+    images as they are (JPEG bytes for the device to decode, or decoded H x W x 3), plus the true
+    sizes, crop boxes, flips and tokens."""
+    if encoded:
+        sizes = torch.tensor([_size(img) for img in images], dtype=torch.int32)
+        batch = {"encoded": [img[1] if isinstance(img, tuple) else img for img in images]}
+    else:
+        pixels, sizes = pad_to_canvas(images)
+        batch = {"pixels": pixels}
+    boxes, flips = crop_params(sizes, seed, train, hflip)
+    batch.update(sizes=sizes, boxes=boxes, flips=flips, tokens=tokenizer(texts))
+    return batch
+
+
+def _size(image: torch.Tensor | tuple) -> tuple[int, int]:
+    return image[0] if isinstance(image, tuple) else tuple(image.shape[:2])
+
+
+def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str | None:
+    """For --gpu-decode: ((h, w), the JPEG bytes as a 1-d uint8 tensor) after a header and
+    end-marker check, 'bad_image', or None when the bytes are not a JPEG (decoded in the worker)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "bad_image"  # truncated: no end-of-image marker
     try:
-        image = Image.open(io.BytesIO(image_bytes))
-        image = image.convert("RGB")
+        w, h = Image.open(io.BytesIO(data)).size
     except Exception:
         return "bad_image"
-    return image, text
+    return (h, w), torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 class ShardBatches(IterableDataset):
-    """Batches (images, tokens, slot_state) for one rank; see module docstring."""
+    """Batches (batch dict, slot_state) for one rank; see module docstring."""
 
     def __init__(
         self,
         urls: list[str],
-        preprocess,
         tokenizer,
         batch_size: int,
+        image_size: int,
         *,
         rank: int = 0,
         world_size: int = 1,
@@ -180,69 +498,122 @@ class ShardBatches(IterableDataset):
         slot_states: dict | None = None,
         worker_offset: int = 0,
         record_keys: bool = False,
+        hflip: bool = False,
+        gpu_decode: bool = False,
     ):
-        self.urls, self.preprocess, self.tokenizer = urls, preprocess, tokenizer
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.urls, self.tokenizer = urls, tokenizer
+        self.batch_size, self.image_size = batch_size, image_size
+        self.rank, self.world_size = rank, world_size
         self.workers = max(num_workers, 1)
         self.seed, self.resampled, self.shuffle_buffer = seed, resampled, shuffle_buffer
         self.slot_states = slot_states or {}
         self.worker_offset = worker_offset
-        self.record_keys = record_keys
+        self.record_keys, self.hflip, self.gpu_decode = record_keys, hflip, gpu_decode
 
     def __iter__(self):
         info = get_worker_info()
         worker = ((info.id if info else 0) + self.worker_offset) % self.workers
         slot = self.rank * self.workers + worker
-        state = self.slot_states.get(slot, {"position": 0, "dropped": {}})
-        # shard-read failures are recounted while replaying; decode drops are not
-        drops = Counter({k: v for k, v in state["dropped"].items() if k != "bad_shard"})
-        raw = slot_stream(
-            self.urls, slot, self.world_size * self.workers, self.seed, self.resampled, drops
-        )
-        stream = shuffled(raw, self.shuffle_buffer, random.Random(f"{self.seed}-shuffle-{slot}"))
-        position = 0
-        for _ in range(state["position"]):  # resume: replay without decoding
-            next(stream)
-            position += 1
+        state = self.slot_states.get(slot) or fresh_slot_state()
+        drops = Counter(state["dropped"])
+        io_counts: Counter = Counter()  # samples read / skipped by header since this start
+        stream = SlotStream(
+            self.urls, slot, self.world_size * self.workers, self.seed, self.resampled,
+            self.shuffle_buffer, state, io_counts,
+        )  # fmt: skip
+        fixed = {k: state[k] for k in ("plan", "first_pass", "salt")}
         images, texts, keys = [], [], []
         for sample in stream:
-            position += 1
-            decoded = decode(sample)
-            if isinstance(decoded, str):
-                drops[decoded] += 1
+            data, text = image_bytes(sample), caption(sample)
+            if data is None or not text:
+                drops["missing_image" if data is None else "missing_text"] += 1
                 continue
-            images.append(decoded[0])
-            texts.append(decoded[1])
+            image = jpeg_for_device(data) if self.gpu_decode else None
+            if image is None:
+                image = decode_image(data, 2 * self.image_size)
+            if image is None or isinstance(image, str):
+                drops["bad_image"] += 1
+                continue
+            images.append(image)
+            texts.append(text)
             keys.append(sample["__key__"])
-            if len(images) < self.batch_size:
+            if len(texts) < self.batch_size:
                 continue
-            # augmentations draw from torch's global RNG: seed it from the batch's position
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, slot, position)) & 0x7FFF_FFFF_FFFF_FFFF)
-                pixels = torch.stack([self.preprocess(image) for image in images])
-            slot_state = {"slot": slot, "position": position, "dropped": dict(drops)}
+            if io_counts["bad_shard"]:
+                drops["bad_shard"] += io_counts.pop("bad_shard")
+            batch = make_batch(
+                images, texts, self.tokenizer,
+                mix(self.seed, "crop", fixed["salt"], slot, stream.position) & 0x7FFF_FFFF_FFFF,
+                train=True, hflip=self.hflip, encoded=self.gpu_decode,
+            )  # fmt: skip
+            slot_state = {"slot": slot, **stream.state(), **fixed, "dropped": dict(drops)}
+            slot_state["io"] = dict(io_counts)
             if self.record_keys:
                 slot_state["keys"] = keys
-            yield pixels, self.tokenizer(texts), slot_state
+            yield batch, slot_state
             images, texts, keys = [], [], []
 
 
 class ResumableLoader:
-    """Iterates a rank's batches and remembers where every slot stands."""
+    """Iterates a rank's batches and remembers where every slot stands.
 
-    def __init__(self, make_dataset, num_workers: int, state: dict | None = None, seed: int = 0):
-        self.num_workers = num_workers
-        state = state or {"batches": 0, "slots": {}, "num_workers": num_workers}
-        if state["num_workers"] != num_workers:
+    `state` is this rank's loader state from a checkpoint written with the same world size and
+    workers; `elastic` instead takes (every old rank's loader state, old world size) and
+    redistributes the data position (`elastic_slot_states`).
+    """
+
+    def __init__(
+        self,
+        make_dataset,
+        num_workers: int,
+        state: dict | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        elastic: tuple[list[dict], int] | None = None,
+        urls=None,
+        seed: int = 0,
+        resampled: bool = False,
+        pin_memory: bool = False,
+    ):
+        self.num_workers, self.workers = num_workers, max(num_workers, 1)
+        self.note = None
+        if state is not None and state["num_workers"] != num_workers:
             raise ValueError(
-                f"resume needs the same --workers as the checkpoint ({state['num_workers']}), "
-                f"got {num_workers}"
+                f"this loader state was written with --workers {state['num_workers']}, not "
+                f"{num_workers}: pass it as elastic=(all ranks' states, world size)"
             )
-        self.batches = state["batches"]
+        state = state or {"batches": 0, "layout_batches": 0, "slots": {}, "dropped_before": {}}
+        if elastic is not None:
+            old_states, old_world = elastic
+            old_workers = max(old_states[0]["num_workers"], 1)
+            old_slots = {int(k): v for s in old_states for k, v in s["slots"].items()}
+            for slot in range(old_world * old_workers):
+                old_slots.setdefault(slot, fresh_slot_state())
+            new_slots, self.note = elastic_slot_states(
+                old_slots, old_world * old_workers, world_size * self.workers, urls, seed,
+                resampled,
+            )  # fmt: skip
+            dropped = Counter()
+            for s in old_states:
+                dropped.update(s.get("dropped_before", {}))
+            for s in old_slots.values():
+                dropped.update(s["dropped"])
+            mine = range(rank * self.workers, (rank + 1) * self.workers)
+            state = {
+                "batches": sum(s["batches"] for s in old_states) // world_size,
+                "layout_batches": 0,
+                "slots": {k: new_slots[k] for k in mine},
+                "dropped_before": dict(dropped) if rank == 0 else {},
+            }
+        self.batches, self.layout_batches = state["batches"], state["layout_batches"]
+        self.dropped_before = Counter(state["dropped_before"])
         self.slots = {int(k): v for k, v in state["slots"].items()}
         self.last_keys: list[str] = []
+        self.last_io: dict = {}
+        self.last_slot = None
         dataset = make_dataset(
-            slot_states=self.slots, worker_offset=self.batches % max(num_workers, 1)
+            slot_states=self.slots, worker_offset=self.layout_batches % self.workers
         )
         self.loader = DataLoader(
             dataset,
@@ -250,20 +621,22 @@ class ResumableLoader:
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(seed),
+            pin_memory=pin_memory,
         )
         self.iterator = iter(self.loader)
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images, tokens, slot_state = next(self.iterator)
+    def __next__(self) -> dict:
+        batch, slot_state = next(self.iterator)
         self.last_keys = slot_state.pop("keys", [])
+        self.last_io = slot_state.pop("io", {})
         self.slots[slot_state["slot"]] = slot_state
+        self.last_slot = slot_state["slot"]
         self.batches += 1
-        return images, tokens
+        self.layout_batches += 1
+        return batch
 
     def dropped(self) -> dict[str, int]:
-        total = Counter()
+        total = Counter(self.dropped_before)
         for s in self.slots.values():
             total.update(s["dropped"])
         return dict(total)
@@ -271,27 +644,29 @@ class ResumableLoader:
     def state_dict(self) -> dict:
         return {
             "batches": self.batches,
+            "layout_batches": self.layout_batches,
             "num_workers": self.num_workers,
+            "dropped_before": dict(self.dropped_before),
             "slots": {str(k): v for k, v in self.slots.items()},
         }
 
 
-def eval_batches(urls: list[str], preprocess, tokenizer, batch_size: int, max_samples: int):
-    """Held-out samples in shard order, no shuffling; yields (images, tokens)."""
-    drops: Counter = Counter()
+def eval_batches(urls: list[str], tokenizer, batch_size: int, max_samples: int, image_size: int):
+    """Held-out samples in shard order, no shuffling: batch dicts with centred square crops."""
+    counters: Counter = Counter()
     images, texts, seen = [], [], 0
     for url in urls:
-        for sample in _read_shard(url, drops):
-            decoded = decode(sample)
+        for _, sample in read_shard(url, lambda k: True, counters):
+            decoded = decode(sample, 2 * image_size)
             if isinstance(decoded, str):
                 continue
-            images.append(preprocess(decoded[0]))
+            images.append(decoded[0])
             texts.append(decoded[1])
             seen += 1
             if len(images) == batch_size or seen == max_samples:
-                yield torch.stack(images), tokenizer(texts)
+                yield make_batch(images, texts, tokenizer, 0, False, False)
                 images, texts = [], []
             if seen == max_samples:
                 return
     if images:
-        yield torch.stack(images), tokenizer(texts)
+        yield make_batch(images, texts, tokenizer, 0, False, False)

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def embed(model, batches, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(model, batches, transform, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised embeddings of `trainer.data` batch dicts; `transform` puts images on device."""
     images, texts = [], []
-    for image_batch, token_batch in batches:
+    for batch in batches:
         with autocast():
-            images.append(model.encode_image(image_batch.to(device)).float())
-            texts.append(model.encode_text(token_batch.to(device)).float())
+            images.append(model.encode_image(transform(batch)).float())
+            texts.append(model.encode_text(batch["tokens"].to(device)).float())
     return F.normalize(torch.cat(images), dim=-1), F.normalize(torch.cat(texts), dim=-1)
 
 

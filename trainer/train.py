@@ -28,8 +28,7 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from trainer import checkpoint, data, distributed, evaluate  # noqa: E402
-from trainer.losses import compute_loss  # noqa: E402
+from trainer import accumulate, augment, checkpoint, data, distributed, evaluate  # noqa: E402
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"  # adds e.g. `tiny-clip`
 
@@ -45,7 +44,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--val-data", help="held-out shard(s) for the final retrieval recall@1/5")
     g.add_argument("--val-max-samples", type=int, default=1000, help="cap on held-out pairs")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes per rank")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="data loader processes per rank; each decodes JPEGs and hands over uint8 images "
+        "(crop, resize and normalisation run on the device)",
+    )
+    g.add_argument(
+        "--hflip", action="store_true", help="random horizontal flip (on the device, p = 0.5)"
+    )
+    g.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="workers hand over JPEG bytes and the device decodes them in one batched "
+        "torchvision.io.decode_jpeg call (nvJPEG on CUDA; the same code on CPU)",
+    )
     g.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in shuffle buffer")
     g.add_argument(
         "--resampled", action="store_true", help="draw shards with replacement (no epoch split)"
@@ -72,9 +86,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (inductor; aot_eager traces without generating kernels)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=256, help="per rank and micro-step")
-    g.add_argument("--accum-steps", type=int, default=1, help="micro-steps per optimizer step")
+    g.add_argument(
+        "--accum-steps",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step; the loss sees all of them (features of every "
+        "micro-batch are cached, then each is recomputed with gradient): the contrastive batch "
+        "is batch-size x world x accum-steps",
+    )
     g.add_argument("--epochs", type=float, default=1.0, help="epochs (ignored with --steps)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -97,7 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output-dir", default="runs/clip", help="checkpoints, metrics, tensorboard")
     g.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
-    g.add_argument("--resume", help="'latest' (newest in OUTPUT_DIR/checkpoints) or a path")
+    g.add_argument(
+        "--resume",
+        help="'latest' (newest in OUTPUT_DIR/checkpoints) or a path; the data position is "
+        "restored by seeking (cost independent of samples seen); with another world size or "
+        "--workers the rest of the pass is redistributed (elastic; the log says what is skipped)",
+    )
     g.add_argument("--log-every", type=int, default=10, help="progress line every N steps")
     g.add_argument("--exit-after", type=int, help="stop after this step (as a preempted job would)")
     return p.parse_args(argv)
@@ -146,7 +177,7 @@ def main(argv=None) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     open_clip.add_model_config(MODEL_CONFIGS)
     extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
-    raw_model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+    raw_model = open_clip.create_model(
         args.model,
         pretrained=None,
         pretrained_image=False,
@@ -172,6 +203,7 @@ def main(argv=None) -> dict:
         lr=args.lr,
         betas=(args.beta1, args.beta2),
         eps=args.eps,
+        fused=device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.warmup, total_steps, args.min_lr / args.lr)
@@ -185,21 +217,25 @@ def main(argv=None) -> dict:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     # resume
-    step, data_state = 0, None
+    step, data_state, elastic = 0, None, None
     resume_path = checkpoint.resolve(args.resume, ckpt_dir) if args.resume else None
     if resume_path is not None:
         ckpt = checkpoint.load(resume_path)
-        if ckpt["world_size"] != dist_info.world_size:
-            raise SystemExit(
-                f"error: {resume_path} was written by {ckpt['world_size']} ranks, "
-                f"this run has {dist_info.world_size}"
-            )
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_state(ckpt["rng"][dist_info.rank])
-        step, data_state = ckpt["step"], ckpt["data"][dist_info.rank]
+        step = ckpt["step"]
+        same_layout = (
+            ckpt["world_size"] == dist_info.world_size
+            and ckpt["data"][0]["num_workers"] == args.workers
+        )
+        if same_layout:
+            checkpoint.set_rng_state(ckpt["rng"][dist_info.rank])
+            data_state = ckpt["data"][dist_info.rank]
+        else:
+            elastic = (ckpt["data"], ckpt["world_size"])
+            torch.manual_seed(args.seed + 1000 * step + dist_info.rank)
         if is_main:
             print(f"resumed from {resume_path} at step {step}", flush=True)
     elif args.resume and is_main:
@@ -208,18 +244,24 @@ def main(argv=None) -> dict:
     model = raw_model
     if dist_info.enabled:
         model = DistributedDataParallel(
-            raw_model, device_ids=[device.index] if device.type == "cuda" else None
+            raw_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
+            static_graph=args.accum_steps == 1,  # every parameter is used in every backward
         )
     ddp = model
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, backend=args.compile_backend)
+
+    image_size = raw_model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, tuple) else image_size
 
     def make_dataset(**resume):
         return data.ShardBatches(
             urls,
-            preprocess_train,
             tokenizer,
             args.batch_size,
+            image_size,
             rank=dist_info.rank,
             world_size=dist_info.world_size,
             num_workers=args.workers,
@@ -227,10 +269,26 @@ def main(argv=None) -> dict:
             resampled=args.resampled,
             shuffle_buffer=args.shuffle_buffer,
             record_keys=args.record_samples,
+            hflip=args.hflip,
+            gpu_decode=args.gpu_decode,
             **resume,
         )
 
-    loader = data.ResumableLoader(make_dataset, args.workers, data_state, seed=args.seed)
+    loader = data.ResumableLoader(
+        make_dataset,
+        args.workers,
+        data_state,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        elastic=elastic,
+        urls=urls,
+        seed=args.seed,
+        resampled=args.resampled,
+        pin_memory=device.type == "cuda",
+    )
+    if loader.note and is_main:
+        print(loader.note, flush=True)
+    transform = augment.DeviceTransform.for_model(raw_model, device)
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -238,8 +296,9 @@ def main(argv=None) -> dict:
         writer = SummaryWriter(str(out_dir / "tensorboard"))
         print(
             f"training {args.model} ({args.loss} loss) for {total_steps} steps: "
-            f"{samples_per_epoch} samples/epoch, global batch {global_batch}, "
-            f"{dist_info.world_size} rank(s) on {device.type}",
+            f"{samples_per_epoch} samples/epoch, global batch {global_batch} "
+            f"({args.batch_size} x {dist_info.world_size} rank(s) x {args.accum_steps} "
+            f"micro-batch(es), all in one contrastive loss) on {device.type}",
             flush=True,
         )
     keys_file = None
@@ -251,21 +310,21 @@ def main(argv=None) -> dict:
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
     while step < total_steps:
-        for micro in range(args.accum_steps):
-            images, tokens = next(loader)
+        micro_batches = []
+        for _ in range(args.accum_steps):
+            batch = next(loader)
             if keys_file:
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in loader.last_keys))
-            images = images.to(device, non_blocking=True)
-            tokens = tokens.to(device, non_blocking=True)
-            last_micro = micro == args.accum_steps - 1
-            sync = contextlib.nullcontext() if last_micro or not dist_info.enabled else None
-            with sync or ddp.no_sync():
-                with autocast():
-                    out = model(images, tokens)
-                out = {k: v.float() for k, v in out.items()}
-                loss = compute_loss(args.loss, out) / args.accum_steps
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
+            tokens = batch["tokens"].to(device, non_blocking=True)
+            micro_batches.append((transform(batch), tokens))
+        loss_sum += accumulate.forward_backward(
+            model,
+            micro_batches,
+            args.loss,
+            autocast=autocast,
+            backward=lambda loss: scaler.scale(loss).backward(),
+            no_sync=ddp.no_sync if dist_info.enabled else None,
+        )
         if args.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
@@ -324,12 +383,12 @@ def main(argv=None) -> dict:
         raw_model.eval()
         batches = data.eval_batches(
             data.expand_urls(args.val_data),
-            preprocess_val,
             tokenizer,
             args.batch_size,
             args.val_max_samples,
+            image_size,
         )
-        image_emb, text_emb = evaluate.embed(raw_model, batches, device, autocast)
+        image_emb, text_emb = evaluate.embed(raw_model, batches, transform, device, autocast)
         summary["retrieval"] = evaluate.recall_at_k(image_emb, text_emb)
         summary["retrieval"]["pairs"] = len(image_emb)
         for name, value in summary["retrieval"].items():

@@ -1,0 +1,117 @@
+"""Feature-cache accumulation: one K-micro-batch step has the gradient of one full-batch step,
+in one process and on 2 gloo ranks under DDP (the loss sees all K x batch x world samples)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+open_clip = pytest.importorskip("open_clip")
+
+from trainer.accumulate import forward_backward  # noqa: E402
+from trainer.losses import compute_loss  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+K, B, WORLD = 3, 4, 2
+
+
+def tiny_model(loss: str) -> torch.nn.Module:
+    open_clip.add_model_config(ROOT / "trainer" / "model_configs")
+    torch.manual_seed(0)
+    extra = {"init_logit_bias": -2.0} if loss == "siglip" else {}
+    model = open_clip.create_model("tiny-clip", output_dict=True, **extra).double()
+    # a patch dropout draws random tokens in every forward: the accumulated step must replay it
+    model.visual.patch_dropout = open_clip.transformer.PatchDropout(0.25)
+    return model
+
+
+def batch(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64)
+    tokens = torch.randint(1, 49000, (n, 32), generator=g)
+    return images, tokens
+
+
+@pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
+def test_accumulated_step_has_the_full_batch_gradient(loss_kind):
+    images, tokens = batch(K * B)
+    model = tiny_model(loss_kind)
+    micro = list(zip(images.split(B), tokens.split(B), strict=True))
+
+    torch.manual_seed(123)
+    states = []  # the RNG state each forward starts from
+
+    def record_forward(module, args):
+        states.append(torch.get_rng_state())
+
+    hook = model.register_forward_pre_hook(record_forward)
+    loss = forward_backward(model, micro, loss_kind)
+    hook.remove()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # 2K forwards: K without gradient, then K with, each replaying its no-grad twin's RNG
+    assert len(states) == 2 * K
+    for j in range(K):
+        assert torch.equal(states[j], states[K + j])
+
+    # reference with the same per-micro-batch RNG states
+    parts = []
+    for (imgs, toks), state in zip(micro, states[:K], strict=True):
+        torch.set_rng_state(state)
+        parts.append(model(imgs, toks))
+    out = {key: torch.cat([p[key] for p in parts]) for key in ("image_features", "text_features")}
+    for key in ("logit_scale", "logit_bias"):
+        if key in parts[0]:
+            out[key] = parts[0][key]
+    model.zero_grad()
+    full = compute_loss(loss_kind, out)
+    full.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-12)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-9, atol=1e-12, msg=name)
+    # the temperature's gradient is counted once, not K times
+    assert got["logit_scale"].abs() > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, loss_kind: str, results):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    model = tiny_model(loss_kind)
+    model.visual.patch_dropout = torch.nn.Identity()  # the reference runs in another process
+    ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True)
+    images, tokens = batch(WORLD * K * B)
+    rows = slice(rank * K * B, (rank + 1) * K * B)
+    micro = list(zip(images[rows].split(B), tokens[rows].split(B), strict=True))
+    loss = forward_backward(ddp, micro, loss_kind, no_sync=ddp.no_sync)
+    results[rank] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
+def test_two_rank_accumulated_step_has_the_full_batch_gradient(loss_kind):
+    results = mp.Manager().dict()
+    mp.spawn(_rank_main, args=(_free_port(), loss_kind, results), nprocs=WORLD, join=True)
+
+    model = tiny_model(loss_kind)
+    model.visual.patch_dropout = torch.nn.Identity()
+    images, tokens = batch(WORLD * K * B)  # rank-major: rank 0's K micro-batches, then rank 1's
+    out = model(images, tokens)
+    full = compute_loss(loss_kind, out)
+    full.backward()
+    # each rank's loss covers its rows against the global batch; their mean is the full loss
+    assert sum(results[r][0] for r in range(WORLD)) / WORLD == pytest.approx(full.item(), rel=1e-9)
+    for rank in range(WORLD):
+        grads = results[rank][1]
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-7, atol=1e-10, msg=name)

@@ -1,0 +1,98 @@
+"""One optimizer step's forward and backward over K micro-batches, the contrastive loss seeing
+all of them (open_clip_train's `accum_freq` scheme).
+
+1. Each micro-batch runs forward without gradient; its features are kept (K x batch rows).
+2. Each micro-batch runs forward again with gradient, and the loss is computed on the cached
+   features with that micro-batch's rows replaced by the live ones; backward then gives exactly
+   that micro-batch's share of the full-batch gradient, so the K backward passes add up to the
+   gradient of one step on all K x batch x world samples.
+
+The temperature (and SigLIP bias) take part with gradient in the last micro-step only: the loss
+depends on them once, not K times (open_clip_train adds their gradient K times). The RNG state
+of each no-gradient forward is replayed for its gradient forward, so patch dropout and the like
+pick the same tokens both times. Under DDP the gradients are all-reduced in the last backward
+only (`no_sync` before it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from trainer.losses import compute_loss
+
+FEATURE_KEYS = ("image_features", "text_features")
+SHARED_KEYS = ("logit_scale", "logit_bias")
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Autocast outputs (bf16/fp16) to fp32 for the loss; fp32/fp64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _rng_state(device: torch.device):
+    return (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    )
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def forward_backward(
+    model,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    loss_kind: str,
+    *,
+    autocast=contextlib.nullcontext,
+    backward=lambda loss: loss.backward(),
+    no_sync=None,
+) -> torch.Tensor:
+    """Forward + backward of one step; returns the (detached) loss of the whole step.
+
+    `model(images, tokens)` returns open_clip's output dict; `no_sync` is the DDP module's
+    `no_sync` (None when not distributed)."""
+    k = len(micro_batches)
+    if k == 1:
+        images, tokens = micro_batches[0]
+        with autocast():
+            out = model(images, tokens)
+        loss = compute_loss(loss_kind, {key: _upcast(v) for key, v in out.items()})
+        backward(loss)
+        return loss.detach()
+
+    device = micro_batches[0][0].device
+    cached, rng = [], []
+    with torch.no_grad():
+        for images, tokens in micro_batches:
+            rng.append(_rng_state(device))
+            with autocast():
+                out = model(images, tokens)
+            cached.append({key: _upcast(out[key]) for key in FEATURE_KEYS})
+
+    for j, (images, tokens) in enumerate(micro_batches):
+        last = j == k - 1
+        _set_rng_state(rng[j], device)
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+        with sync:
+            with autocast():
+                out = model(images, tokens)
+            inputs = {
+                key: torch.cat(
+                    [c[key] for c in cached[:j]]
+                    + [_upcast(out[key])]
+                    + [c[key] for c in cached[j + 1 :]]
+                )
+                for key in FEATURE_KEYS
+            }
+            for key in SHARED_KEYS:
+                if key in out:
+                    inputs[key] = _upcast(out[key]) if last else _upcast(out[key]).detach()
+            loss = compute_loss(loss_kind, inputs)
+            backward(loss)
+    return loss.detach()
