@@ -63,3 +63,23 @@ def test_missing_shards_fail_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: shard ")
     assert "not found" in result.stderr
+
+
+def test_device_decode_and_flip_run(tmp_path):
+    """--gpu-decode (torchvision.io.decode_jpeg on the CPU here, the same code as on CUDA) with
+    --hflip and 2 workers; the broken JPEG is dropped in the worker by its missing end marker."""
+    make_shards(tmp_path / "shards", num_shards=2, per_shard=12, broken=True)
+    out = tmp_path / "run"
+    result = train(
+        "--train-data", str(tmp_path / "shards"),
+        "--model", "tiny-clip",
+        "--gpu-decode", "--hflip",
+        "--batch-size", "8", "--steps", "6", "--warmup", "1", "--lr", "1e-3",
+        "--precision", "fp32", "--workers", "2", "--shuffle-buffer", "10",
+        "--log-every", "1", "--output-dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dropped"]["bad_image"] >= 1

@@ -441,8 +441,9 @@ def crop_params(
                 )
                 flips[i] = hflip and bool(torch.rand(1) < 0.5)
             else:
-                side = min(h, w)
-                boxes[i] = torch.tensor([(h - side) // 2, (w - side) // 2, side, side])
+                side = min(h, w)  # torchvision's center_crop offsets
+                top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+                boxes[i] = torch.tensor([top, left, side, side])
     return boxes, flips
 
 

@@ -1,0 +1,51 @@
+"""`pip install '.[train]'` alone gives a working trainer: every third-party module that
+trainer/ imports is provided by the core dependencies or the `train` extra."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_top_level_modules(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {
+        re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements
+    }
+
+
+def test_train_extra_covers_every_trainer_import():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = requirement_names(
+        project["dependencies"] + project["optional-dependencies"]["train"]
+    )
+    providers = packages_distributions()
+    modules = imported_top_level_modules(ROOT / "trainer") - set(sys.stdlib_module_names)
+    modules -= {"trainer", "__future__"}
+    assert {"torch", "open_clip", "webdataset", "braceexpand", "fsspec"} <= modules
+    missing = {}
+    for module in sorted(modules):
+        dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
+        if not dists & declared:
+            missing[module] = sorted(dists)
+    assert not missing, f"trainer/ imports these, but [train] does not declare them: {missing}"
+    # --tokenizer needs transformers: its own extra, not forced on every trainer install
+    multilingual = requirement_names(project["optional-dependencies"]["multilingual"])
+    assert "transformers" in multilingual and "transformers" not in declared
