@@ -10,13 +10,24 @@ process tree (median round; robust to other tenants' load on a shared machine), 
 (CUDA max_memory_allocated on GPU, the training process's max RSS on CPU) and MFU from the
 model's FLOPs per sample (forward + backward, counted with torch.utils.flop_counter).
 
+Two more sections, CPU-only figures measured in the same run:
+  loader  images/s per CPU core of the data workers at 224 px on real photographs stored at
+          256 px: the previous path (PIL decode + open_clip's train transform, fp32 tensors out)
+          against the new one (DCT-scaled JPEG decode, uint8 canvas and crop boxes out; the crop,
+          resize and normalisation run on the device), bytes handed over per image, and the
+          cores per GPU that ViT-B/16 at 40% MFU on an H100 would need with each.
+  resume  time to first batch after resuming at 0, 10 and 100 shards into a pass, against the
+          previous trainer's replay (reading every sample since step 0 without decoding).
+
     python benchmarks/bench_trainer.py                 # CPU: tiny model, fp32
     python benchmarks/bench_trainer.py --models ViT-B-32,ViT-B-16 --batch-size 256  # GPU, bf16
+    python benchmarks/bench_trainer.py --sections loader,resume
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -73,6 +84,8 @@ def parse_args():
         "--peak-tflops", type=float, help="accelerator peak for MFU (default: known GPUs)"
     )
     p.add_argument("--workdir", help="keep shards and logs here (default: a temp dir)")
+    p.add_argument("--sections", default="loader,resume,train", help="any of loader, resume, train")
+    p.add_argument("--loader-images", type=int, default=400, help="images per loader path")
     return p.parse_args()
 
 
@@ -167,56 +180,214 @@ def peak_tflops(args) -> float | None:
     return None
 
 
+def _cpu_seconds(fn) -> tuple[float, object]:
+    start = time.process_time()
+    result = fn()
+    return time.process_time() - start, result
+
+
+def bench_loader(args, workdir: Path) -> None:
+    """Data-worker CPU time per image, previous path vs new, on the same samples read from tar."""
+    from collections import Counter
+
+    import open_clip
+    from PIL import Image
+
+    from trainer import augment, data
+
+    torch.set_num_threads(1)
+    size, stored = 224, 256
+    spec, _ = make_data(workdir, args.loader_images, stored, 2)
+    samples = [
+        s for url in data.expand_urls(spec) for _, s in data.read_shard(url, bool, Counter())
+    ]
+    samples = samples[: args.loader_images]
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    old_transform = open_clip.image_transform(size, is_train=True)
+    batch = 32
+
+    def old_path():  # PIL decode + open_clip's RandomResizedCrop(bicubic) + ToTensor + Normalize
+        out = []
+        for i in range(0, len(samples), batch):
+            chunk = samples[i : i + batch]
+            images = [old_transform(Image.open(io.BytesIO(s["jpg"])).convert("RGB")) for s in chunk]
+            out.append((torch.stack(images), tokenizer([data.caption(s) for s in chunk])))
+        return out
+
+    def new_path(gpu_decode: bool):
+        out = []
+        for i in range(0, len(samples), batch):
+            chunk = samples[i : i + batch]
+            if gpu_decode:
+                images = [data.jpeg_for_device(s["jpg"]) for s in chunk]
+            else:
+                images = [data.decode_image(s["jpg"], 2 * size) for s in chunk]
+            texts = [data.caption(s) for s in chunk]
+            out.append(data.make_batch(images, texts, tokenizer, i, True, False, gpu_decode))
+        return out
+
+    results = {}
+    for name, fn in (
+        ("previous", old_path),
+        ("new", lambda: new_path(False)),
+        ("new --gpu-decode", lambda: new_path(True)),
+    ):
+        best = min(_cpu_seconds(fn)[0] for _ in range(3))
+        results[name] = len(samples) / best
+    old_batches, new_batches = old_path()[:1], new_path(False)
+    old_bytes = old_batches[0][0].element_size() * old_batches[0][0][0].numel()
+    new_bytes = sum(b["pixels"].numel() for b in new_batches) / len(samples)
+    transform = augment.DeviceTransform(
+        size, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, torch.device("cpu")
+    )
+    device_cpu, _ = _cpu_seconds(lambda: [transform(b) for b in new_batches])
+    _, flops = model_info("ViT-B-16", 4, "cpu")
+    need = 0.40 * PEAK_TFLOPS["H100"] * 1e12 / flops  # images/s for ViT-B/16 at 40% MFU
+    print(
+        f"== loader: {len(samples)} real photographs stored at {stored} px -> {size} px, "
+        f"batches of {batch}, 1 thread, CPU time (best of 3)"
+    )
+    for name, rate in results.items():
+        print(
+            f"  {name:18s} {rate:8.0f} images/s/core  {rate / results['previous']:5.2f}x previous"
+            f"  -> {need / rate:5.1f} cores per H100 for ViT-B/16 at 40% MFU"
+        )
+    print(
+        f"  handed over per image: previous {old_bytes / 1e3:.0f} kB (fp32 at {size} px), new "
+        f"{new_bytes / 1e3:.0f} kB (uint8 at the stored size); ViT-B/16 fwd+bwd "
+        f"{flops / 1e9:.1f} GFLOP/image, 40% MFU on an H100 = {need:.0f} images/s"
+    )
+    print(
+        f"  the device-side crop/resize/normalise costs {1e3 * device_cpu / len(samples):.2f} "
+        "ms/image when the 'device' is this CPU (one batched grid_sample on a GPU)"
+    )
+
+
+def bench_resume(args, workdir: Path) -> None:
+    """Time to first batch after a resume at 0 / 10 / 100 shards into a pass."""
+    import shutil
+    from collections import Counter
+
+    import open_clip
+    import webdataset as wds
+
+    from trainer import data
+
+    per_shard, shards, batch, buffer = 1000, 110, 32, 1000
+    spec, _ = make_data(workdir, per_shard, 64, 1)
+    folder = workdir / "resume_shards"
+    folder.mkdir(exist_ok=True)
+    for i in range(shards):  # copies of one real shard: only positions matter here
+        shutil.copyfile(data.expand_urls(spec)[0], folder / f"{i:05d}.tar")
+    urls = data.expand_urls(str(folder))
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+
+    def make(**resume):
+        return data.ShardBatches(
+            urls, tokenizer, batch, 64, num_workers=0, shuffle_buffer=buffer, **resume
+        )
+
+    print(
+        f"== resume: {shards} shards x {per_shard} samples, batch {batch}, shuffle buffer "
+        f"{buffer}, one data stream; wall time to the first batch"
+    )
+    for position in (0, 10, 100):
+        # reach the position as training would, without decoding (it does not change the state)
+        stream = data.SlotStream(urls, 0, 1, 0, False, buffer, data.fresh_slot_state(), Counter())
+        samples = iter(stream)
+        for _ in range(position * per_shard):
+            next(samples)
+        slot = {**data.fresh_slot_state(), **stream.state()}
+        state = json.loads(
+            json.dumps(
+                {"batches": 0, "layout_batches": 0, "num_workers": 0, "dropped_before": {},
+                 "slots": {"0": slot}}
+            )
+        )  # fmt: skip
+        start = time.perf_counter()
+        resumed = data.ResumableLoader(make, 0, state)
+        next(resumed)
+        ttfb = time.perf_counter() - start
+        io_counts = resumed.last_io
+        # the previous trainer replayed the stream: every sample since step 0, read, not decoded
+        seen = stream.position + len(stream.buffer)
+        start = time.perf_counter()
+        replayed = 0
+        for url in urls:
+            if replayed >= seen:
+                break
+            for _ in wds.tarfile_samples([{"url": url}]):
+                replayed += 1
+                if replayed >= seen:
+                    break
+        replay = time.perf_counter() - start
+        print(
+            f"  {position:3d} shards in: {ttfb:6.3f} s to the first batch (read "
+            f"{io_counts.get('read', 0)} samples, skipped {io_counts.get('skipped', 0)} by "
+            f"header); the previous replay of the {seen} samples before it: {replay:6.3f} s"
+        )
+
+
 def main():
     args = parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
-    peak = peak_tflops(args)
+    sections = set(args.sections.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        for model in args.models.split(","):
-            image_size, flops = model_info(model, args.batch_size, device)
-            n = args.steps * args.batch_size
-            data, n_samples = make_data(workdir, n, image_size, max(4, args.workers))
-            trainers = {"ours": ours, "open_clip_train": theirs}
-            results = {name: [] for name in trainers}
-            extra_samples = (args.steps - args.warmup_steps) * args.batch_size
-            for r in range(args.rounds):
-                for name, trainer in trainers.items():
-                    wall, cpu, mem = trainer(args, model, data, n_samples, workdir, r, args.steps)
-                    wall_short, cpu_short, _ = trainer(
-                        args, model, data, n_samples, workdir, r, args.warmup_steps
-                    )
-                    # the extra steps of the long run: start-up and warm-up cancel out
-                    rate = extra_samples / (wall - wall_short)
-                    results[name].append((rate, 1e3 * (cpu - cpu_short) / extra_samples, mem))
-            print(
-                f"== {model} on {where}: batch {args.batch_size}, {args.precision}, "
-                f"{args.workers} workers, {args.threads or 'default'} threads; steps "
-                f"{args.warmup_steps + 1}-{args.steps} (a {args.steps}-step run minus a "
-                f"{args.warmup_steps}-step run), {args.rounds} rounds; "
-                f"{flops / 1e9:.3f} GFLOP/sample (fwd+bwd)"
-            )
-            best = {}
-            for name, runs in results.items():
-                rate = max(r for r, _, _ in runs)
-                cpu_ms = statistics.median(c for _, c, _ in runs)
-                mem = max(m for _, _, m in runs)
-                best[name] = (rate, cpu_ms)
-                mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a"
-                print(
-                    f"  {name:16s} {rate:8.1f} samples/s (best; rounds "
-                    f"{', '.join(f'{r:.0f}' for r, _, _ in runs)})  "
-                    f"CPU {cpu_ms:.2f} ms/sample (median; rounds "
-                    f"{', '.join(f'{c:.2f}' for _, c, _ in runs)})  "
-                    f"peak mem {mem:.2f} GiB  {rate * flops / 1e9:.1f} GFLOP/s  MFU {mfu}"
+        if "loader" in sections:
+            bench_loader(args, workdir)
+        if "resume" in sections:
+            bench_resume(args, workdir)
+        if "train" in sections:
+            bench_train(args, workdir)
+
+
+def bench_train(args, workdir: Path) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    peak = peak_tflops(args)
+    for model in args.models.split(","):
+        image_size, flops = model_info(model, args.batch_size, device)
+        n = args.steps * args.batch_size
+        data, n_samples = make_data(workdir, n, image_size, max(4, args.workers))
+        trainers = {"ours": ours, "open_clip_train": theirs}
+        results = {name: [] for name in trainers}
+        extra_samples = (args.steps - args.warmup_steps) * args.batch_size
+        for r in range(args.rounds):
+            for name, trainer in trainers.items():
+                wall, cpu, mem = trainer(args, model, data, n_samples, workdir, r, args.steps)
+                wall_short, cpu_short, _ = trainer(
+                    args, model, data, n_samples, workdir, r, args.warmup_steps
                 )
-            (ours_rate, ours_cpu), (oc_rate, oc_cpu) = best["ours"], best["open_clip_train"]
+                # the extra steps of the long run: start-up and warm-up cancel out
+                rate = extra_samples / (wall - wall_short)
+                results[name].append((rate, 1e3 * (cpu - cpu_short) / extra_samples, mem))
+        print(
+            f"== {model} on {where}: batch {args.batch_size}, {args.precision}, "
+            f"{args.workers} workers, {args.threads or 'default'} threads; steps "
+            f"{args.warmup_steps + 1}-{args.steps} (a {args.steps}-step run minus a "
+            f"{args.warmup_steps}-step run), {args.rounds} rounds; "
+            f"{flops / 1e9:.3f} GFLOP/sample (fwd+bwd)"
+        )
+        best = {}
+        for name, runs in results.items():
+            rate = max(r for r, _, _ in runs)
+            cpu_ms = statistics.median(c for _, c, _ in runs)
+            mem = max(m for _, _, m in runs)
+            best[name] = (rate, cpu_ms)
+            mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a"
             print(
-                f"  ours / open_clip_train: {ours_rate / oc_rate:.2f}x samples/s, "
-                f"{ours_cpu / oc_cpu:.2f}x CPU time per sample"
+                f"  {name:16s} {rate:8.1f} samples/s (best; rounds "
+                f"{', '.join(f'{r:.0f}' for r, _, _ in runs)})  "
+                f"CPU {cpu_ms:.2f} ms/sample (median; rounds "
+                f"{', '.join(f'{c:.2f}' for _, c, _ in runs)})  "
+                f"peak mem {mem:.2f} GiB  {rate * flops / 1e9:.1f} GFLOP/s  MFU {mfu}"
             )
+        (ours_rate, ours_cpu), (oc_rate, oc_cpu) = best["ours"], best["open_clip_train"]
+        print(
+            f"  ours / open_clip_train: {ours_rate / oc_rate:.2f}x samples/s, "
+            f"{ours_cpu / oc_cpu:.2f}x CPU time per sample"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ Every (rank, worker) pair owns a *slot* that reads an infinite, deterministic se
                   within a pass; with fewer shards than slots every slot visits every shard and
                   keeps the samples whose index in the pass is k mod S (strided);
   resampled mode  visit v draws a shard from (seed, salt, slot, v), with replacement.
-A seeded shuffle buffer follows (the n-th draw from it is a hash of (seed, slot, n)), then the
+A seeded shuffle buffer follows (the n-th draw from it is a hash of (seed, slot, n); a sample
+that has waited 2 x buffer-size draws leaves first, so the buffer only ever holds samples from the
+last 3 x buffer-size read, i.e. from few shards), then the
 worker decodes JPEGs (at a reduced DCT scale when they are much larger than the model's input),
 pads them onto one uint8 canvas and picks each image's random-resized-crop box and flip;
 `trainer.augment` cuts, resizes and normalises the batch on the device.
@@ -239,15 +241,16 @@ class SlotStream:
         )  # fmt: skip
         self.slot, self.num_slots, self.seed = slot, num_slots, seed
         self.bufsize = max(bufsize, 1)
+        self.max_wait = 2 * self.bufsize
         self.visit, self.offset, self.base = state["visit"], state["offset"], state["base"]
         self.position = state["position"]
         self.counters = counters
         self.buffer = self._refill(state["buffer"])
 
-    def _refill(self, refs: list[list[int]]) -> list[tuple[tuple[int, int], dict]]:
-        """Re-read the buffered samples by (visit, sample) reference, in buffer order."""
+    def _refill(self, refs: list[list[int]]) -> list[tuple[tuple[int, int], dict, int]]:
+        """Re-read the buffered samples by (visit, sample, draw it entered at) reference."""
         wanted: dict[int, set[int]] = {}
-        for v, k in refs:
+        for v, k, _ in refs:
             wanted.setdefault(v, set()).add(k)
         found = {}
         for v, ks in wanted.items():
@@ -257,7 +260,7 @@ class SlotStream:
                 found[(v, k)] = sample
                 if k == last:
                     break
-        return [((v, k), found[(v, k)]) for v, k in refs if (v, k) in found]
+        return [((v, k), found[(v, k)], t) for v, k, t in refs if (v, k) in found]
 
     def _raw(self) -> Iterator[tuple[tuple[int, int], dict]]:
         pass_samples = 0 if self.schedule.starts_pass(self.visit) and not self.offset else None
@@ -307,10 +310,13 @@ class SlotStream:
         raw = self._raw()
         while True:
             while len(self.buffer) < self.bufsize:
-                self.buffer.append(next(raw))
-            j = mix(self.seed, "shuffle", self.slot, self.position) % len(self.buffer)
-            self.buffer[j], self.buffer[-1] = self.buffer[-1], self.buffer[j]
-            _, sample = self.buffer.pop()
+                self.buffer.append((*next(raw), self.position))
+            # the buffer is in arrival order: the oldest leaves once it has waited too long
+            if self.buffer[0][2] + self.max_wait <= self.position:
+                j = 0
+            else:
+                j = mix(self.seed, "shuffle", self.slot, self.position) % len(self.buffer)
+            _, sample, _ = self.buffer.pop(j)
             self.position += 1
             yield sample
 
@@ -319,7 +325,7 @@ class SlotStream:
             "visit": self.visit,
             "offset": self.offset,
             "base": self.base,
-            "buffer": [list(ref) for ref, _ in self.buffer],
+            "buffer": [[*ref, t] for ref, _, t in self.buffer],
             "position": self.position,
         }
 
