@@ -17,6 +17,7 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - run every benchmark in benchmarks/ (prints figures and baseline ratios)"
 	@echo "make train  - a few steps of a tiny CLIP model on \$$(OUT)/shards (stage 5 smoke run)"
+	@echo "make pack-env - dist/curation-env.tar.gz, the executors' Python for a Spark cluster"
 
 # Reruns are no-ops until pyproject.toml changes.
 .venv: $(STAMP)
@@ -86,6 +87,14 @@ SHARDS_ARGS ?=
 .PHONY: shards
 shards: .venv
 	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(OUT)/shards $(SHARDS_ARGS)
+
+# The executors' Python environment for a Spark cluster (docs/operations.md): what the curate and
+# shards extras need, without torch, with this checkout's curation package; bin/python links are
+# checked. On a cluster whose nodes keep Python elsewhere: PACK_ENV_ARGS='--python-prefix /usr'.
+PACK_ENV_ARGS ?=
+.PHONY: pack-env
+pack-env: .venv
+	$(PY) -m curation.pack_env --output dist/curation-env.tar.gz $(PACK_ENV_ARGS)
 
 # Analyst report on the curation run in $(OUT) (run `make curate` first): writes the standalone
 # $(OUT)/report.html (plots embedded) and prints its path. Notebooks: notebooks/*.ipynb.

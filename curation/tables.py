@@ -165,6 +165,12 @@ class HadoopFS:
             if status.isDirectory() and status.getPath().getName().startswith(prefix)
         )
 
+    def glob_bytes(self, pattern: str) -> int:
+        """Total size of the files a glob URI matches (0 when none)."""
+        path, fs = self._path(pattern)
+        statuses = fs.globStatus(path) or []
+        return sum(fs.getContentSummary(st.getPath()).getLength() for st in statuses)
+
     def content_summary(self, uri: str) -> list[int]:
         """[bytes, files, directories, newest modification time] under a URI: input identity."""
         path, fs = self._path(uri)
@@ -217,7 +223,17 @@ def image_uid_column(url, page_url):
 
 def with_language(df, model_path: str | None):
     """Adds `lang` (and `lid_label`, `lid_score`) by fastText LID, in batches on the executors."""
-    schema = df.schema.add("lid_label", "string").add("lid_score", "double").add("lang", "string")
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    # a new StructType: StructType.add mutates in place, and df.schema is the frame's own
+    schema = StructType(
+        [
+            *df.schema.fields,
+            StructField("lid_label", StringType()),
+            StructField("lid_score", DoubleType()),
+            StructField("lang", StringType()),
+        ]
+    )
 
     def identify(batches):
         from curation.lid import get_identifier

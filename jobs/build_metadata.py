@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from curation import metadata
-from curation.languages import load_languages
-from curation.metadata_build import BuildConfig, build
-from curation.spark import get_spark
-from curation.tables import HadoopFS
-from curation.wordnet import load_omw_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from curation import metadata  # noqa: E402
+from curation.languages import load_languages  # noqa: E402
+from curation.metadata_build import BuildConfig, build  # noqa: E402
+from curation.spark import absolute, error_line, get_spark, size_shuffle_partitions  # noqa: E402
+from curation.tables import HadoopFS  # noqa: E402
+from curation.wordnet import load_omw_table  # noqa: E402
 
 
 def parse_args(argv):
@@ -114,6 +117,12 @@ def requested_languages(args, known: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.output = absolute(args.output)
+    args.wordnet = absolute(args.wordnet) if args.wordnet else None
+    args.languages_file = absolute(args.languages_file) if args.languages_file else None
+    args.omw = [absolute(u) for u in args.omw]
+    args.wikipedia_dumps = [absolute(u) for u in args.wikipedia_dumps]
+    args.pageviews = [absolute(u) for u in args.pageviews]
     started = time.perf_counter()
     try:
         languages = load_languages()
@@ -144,17 +153,21 @@ def main(argv=None) -> int:
             max_languages=args.max_languages,
         )
         spark = get_spark("build_metadata", args.master, {"spark.ui.showConsoleProgress": "false"})
+        fs = HadoopFS(spark)
+        if args.wordnet and not fs.exists(args.wordnet):
+            raise FileNotFoundError(f"--wordnet {args.wordnet}: no such directory")
         if args.shuffle_partitions:
             spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
-        elif spark.sparkContext.master.startswith("local"):
-            spark.conf.set(
-                "spark.sql.shuffle.partitions", str(4 * spark.sparkContext.defaultParallelism)
-            )
-        HadoopFS(spark).check_writable(args.output)
+        else:
+            size_shuffle_partitions(spark, sum(fs.glob_bytes(u) for u in args.wikipedia_dumps))
+        fs.check_writable(args.output)
         report = build(spark, config)
     except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"build_metadata: error: {error}", file=sys.stderr)
+        print(f"build_metadata: error: {error_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a failed Spark task: say why in one line
+        print(f"build_metadata: error: {error_line(error)}", file=sys.stderr)
+        return 1
     print(
         f"done in {time.perf_counter() - started:.0f}s: {len(report.entries)} languages, "
         f"{sum(report.entries.values())} entries, {len(report.warnings)} warnings"

@@ -95,10 +95,12 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         if args.languages
         else None
     )
+    from curation.spark import absolute
+
     config = CurateConfig(
-        metadata=args.metadata,
-        input=args.input,
-        output=args.output,
+        metadata=absolute(args.metadata),
+        input=absolute(args.input),
+        output=absolute(args.output),
         t_en=None if args.tail_fraction is not None else args.t_en,
         tail_fraction=args.tail_fraction,
         seed=args.seed,
@@ -106,19 +108,10 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         languages=languages,
         resume=args.resume,
         salt_buckets=args.salt_buckets,
-        lid_model=args.lid_model,
+        lid_model=absolute(args.lid_model) if args.lid_model else None,
         partitions=args.partitions,
     )
     return config, args.master
-
-
-def last_line(error: Exception) -> str:
-    """The line that says what went wrong, out of a Spark / Python-worker traceback."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if ("Error" in line or "Exception" in line) and not line.startswith("at "):
-            return line.removeprefix("Caused by: ")
-    return lines[-1] if lines else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,16 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config, master = parse_args(argv)
-        from curation.spark import get_spark
+        from curation.spark import get_spark, size_shuffle_partitions
+        from curation.tables import HadoopFS
 
         spark = get_spark("curate", master=master)
         context = spark.sparkContext
+        fs = HadoopFS(spark)
+        input_bytes = fs.content_summary(config.input)[0] if fs.exists(config.input) else 0
+        size_shuffle_partitions(spark, input_bytes)
         if context.master.startswith("local"):
-            # a laptop run: not 200 tiny shuffle tasks, and file scans cut into enough tasks
-            # that the cores finish together (unless the user set these)
-            for key in ("spark.sql.shuffle.partitions", "spark.sql.files.minPartitionNum"):
-                if not context.getConf().contains(key):
-                    spark.conf.set(key, str(4 * context.defaultParallelism))
+            # a laptop run: file scans cut into enough tasks that the cores finish together
+            key = "spark.sql.files.minPartitionNum"
+            if not context.getConf().contains(key):
+                spark.conf.set(key, str(4 * context.defaultParallelism))
         report = run(spark, config)
     except CurationError as error:
         print(f"curate: error: {error}", file=sys.stderr)
@@ -146,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate: error: not found: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - a failed Spark task: say why in one line
-        print(f"curate: error: {last_line(error)}", file=sys.stderr)
+        from curation.spark import error_line
+
+        print(f"curate: error: {error_line(error)}", file=sys.stderr)
         return 1
     counts = report.counts
     print(

@@ -128,7 +128,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from curation.spark import absolute
+
     args = parse_args(argv)
+    args.input = [absolute(uri) for uri in args.input]
+    args.output = absolute(args.output)
+    if args.lid_model:
+        args.lid_model = absolute(args.lid_model)
     try:
         files = list_inputs(args.input, args.input_format, args.base_uri)
         if not files:
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pyspark.sql import SparkSession
 
-    from curation.spark import get_spark
+    from curation.spark import error_line, get_spark, size_shuffle_partitions
     from curation.tables import HadoopFS
 
     ours = SparkSession.getActiveSession() is None  # else: a caller's session, keep its settings
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
     elif ours and spark.sparkContext.master.startswith("local"):
         spark.conf.set("spark.sql.shuffle.partitions", "8")  # not 200 tiny tasks on a laptop
+    elif ours:
+        size_shuffle_partitions(spark, len(files) << 27)  # about one partition per input file
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
@@ -162,20 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         HadoopFS(spark).check_writable(args.output)
         summary = run_extract(spark, files, args.output, options, args.output_partitions)
     except (OSError, ValueError, RuntimeError, PySparkException, Py4JError) as error:
-        print(f"extract_alt_text: error: {_one_line(error)}", file=sys.stderr)
+        print(f"extract_alt_text: error: {error_line(error)}", file=sys.stderr)
+        return 1
+    drops = summary["drops"]
+    if (
+        summary["records"] == 0
+        and drops.get("unreadable_file")
+        and set(drops) == {"unreadable_file"}
+    ):
+        print(
+            f"extract_alt_text: error: none of the {len(files)} input file(s) could be read "
+            f"(unreadable_file: {drops['unreadable_file']}; per file in "
+            f"{args.output.rstrip('/')}/drops)",
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote {summary['records']} alt-texts to {args.output.rstrip('/')}/alt_text")
     print(json.dumps(summary, sort_keys=True))
     return 0
-
-
-def _one_line(error: Exception) -> str:
-    """The most specific line of an error, also when it comes back from a Spark task."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):  # a Python worker's traceback ends with "SomeError: message"
-        if line.split(":", 1)[0].endswith(("Error", "Exception")) and ": " in line:
-            return line
-    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":
