@@ -41,7 +41,9 @@ def schemas_dir() -> Path:
     else the repository's `schemas/` next to the package (a checkout or an editable install)."""
     candidates = []
     if os.environ.get(_ENV_DIR):
-        candidates.append(Path(os.environ[_ENV_DIR]))
+        given = Path(os.environ[_ENV_DIR])
+        # `--archives schemas.zip#schemas` of `zip -r schemas.zip schemas` nests the folder
+        candidates += [given, given / "schemas"]
     candidates.append(Path(__file__).resolve().parent / "_schemas")
     candidates.append(Path(__file__).resolve().parents[1] / "schemas")
     for path in candidates:

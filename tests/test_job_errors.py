@@ -168,3 +168,16 @@ def test_the_executor_environment_leaves_out_torch_and_spark():
         d.metadata["Name"].lower() for d in pack_env.required_distributions(("curate", "shards"))
     }
     assert "img2dataset" in with_shards
+
+
+def test_schemas_dir_accepts_a_nested_schemas_zip(tmp_path, monkeypatch):
+    """`--archives schemas.zip#schemas` of `zip -r schemas.zip schemas` unpacks as
+    ./schemas/schemas/: CURATION_SCHEMAS_DIR=./schemas still finds the tables."""
+    import shutil
+
+    from curation.languages import load_languages, schemas_dir
+
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas" / "schemas")
+    monkeypatch.setenv("CURATION_SCHEMAS_DIR", str(tmp_path / "schemas"))
+    assert schemas_dir() == tmp_path / "schemas" / "schemas"
+    assert len(load_languages()) > 300
