@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 CURATED_COLUMNS = ("uid", "url", "text", "lang", "entry_ids")
 EXTRA_COLUMNS = ["uid", "lang", "entry_ids"]
+POOL_COLUMNS = ["uid", "lang", "candidates"]  # --pool matched: KEY.json carries candidates
 LIST_DIR = "_url_list"
 # img2dataset's own default: respect noai/noimageai (and the index directives) in X-Robots-Tag.
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -70,6 +71,7 @@ class ExportConfig:
     overwrite: bool = False
     require_success: bool = True
     languages: tuple[str, ...] | None = None
+    pool: str = "curated"  # or "matched": every matched image with all its texts (online curation)
 
 
 # ---------------------------------------------------------------- 1. read
@@ -115,6 +117,54 @@ def read_curated(
     row_filter = ds.field("lang").isin(list(languages)) if languages else None
     table = dataset.to_table(columns=list(CURATED_COLUMNS), filter=row_filter)
     return _normalize_types(table), _read_run(fs, path, require_success)
+
+
+def read_pool(
+    curated_uri: str, require_success: bool = True, languages: tuple[str, ...] | None = None
+) -> tuple[pa.Table, dict | None]:
+    """--pool matched: one row per matched image of the run that wrote `curated_uri`, from its
+    `matches/` (uid, url, text of the first candidate, its lang, and `candidates`: a JSON list
+    of {text, lang, entry_ids} of every distinct matched text, in text order)."""
+    fs, path = _fs_and_path(curated_uri)
+    run_dir = posixpath.dirname(path.rstrip("/"))
+    matches = posixpath.join(run_dir, "matches")
+    if not fs.exists(matches):
+        raise ExportError(f"--pool matched needs the run's matches/ table, not found: {matches}")
+    run = _read_run(fs, posixpath.join(run_dir, "curated"), require_success)
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(
+        matches, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=True
+    )
+    row_filter = ds.field("lang").isin(list(languages)) if languages else None
+    table = _normalize_types(
+        dataset.to_table(columns=["uid", "url", "text", "lang", "entry_ids"], filter=row_filter)
+    )
+    by_uid: dict[str, dict] = {}
+    for uid, url, text, lang, ids in zip(
+        *(table.column(c).to_pylist() for c in ("uid", "url", "text", "lang", "entry_ids")),
+        strict=True,
+    ):
+        if not ids or text is None or url is None:
+            continue
+        image = by_uid.setdefault(uid, {"url": url, "texts": {}})
+        image["url"] = min(image["url"], url)
+        image["texts"][text] = {"text": text, "lang": lang, "entry_ids": list(ids)}
+    uids = sorted(by_uid)
+    candidates = [[by_uid[u]["texts"][t] for t in sorted(by_uid[u]["texts"])] for u in uids]
+    pool = pa.table(
+        {
+            "uid": pa.array(uids, pa.string()),
+            "url": pa.array([by_uid[u]["url"] for u in uids], pa.string()),
+            "text": pa.array([c[0]["text"] for c in candidates], pa.string()),
+            "lang": pa.array([c[0]["lang"] for c in candidates], pa.string()),
+            "entry_ids": pa.array([c[0]["entry_ids"] for c in candidates], pa.list_(pa.int32())),
+            "candidates": pa.array(
+                [json.dumps(c, ensure_ascii=False) for c in candidates], pa.string()
+            ),
+        }
+    )
+    return pool, run
 
 
 def _read_run(fs, path: str, require_success: bool) -> dict | None:
@@ -248,15 +298,16 @@ def localize_urls(table: pa.Table, base_url: str, names: list[str]) -> pa.Table:
 
 
 def download_list(table: pa.Table) -> pa.Table:
-    return pa.table(
-        {
-            "url": table["url"],
-            "caption": table["text"],
-            "uid": table["uid"],
-            "lang": table["lang"],
-            "entry_ids": table["entry_ids"],
-        }
-    )
+    columns = {
+        "url": table["url"],
+        "caption": table["text"],
+        "uid": table["uid"],
+        "lang": table["lang"],
+        "entry_ids": table["entry_ids"],
+    }
+    if "candidates" in table.column_names:
+        columns["candidates"] = table["candidates"]
+    return pa.table(columns)
 
 
 def list_digest(table: pa.Table) -> str:
@@ -337,7 +388,7 @@ def run_img2dataset(list_uri: str, config: ExportConfig) -> None:
         input_format="parquet",
         url_col="url",
         caption_col="caption",
-        save_additional_columns=list(EXTRA_COLUMNS),
+        save_additional_columns=list(POOL_COLUMNS if config.pool == "matched" else EXTRA_COLUMNS),
         output_format="webdataset",
         image_size=config.image_size,
         resize_mode=config.resize_mode,
@@ -418,7 +469,13 @@ def summarize(
         "total_samples": sum(sizes.values()),
         "shards": len(sizes),
         "languages": dict(sorted(languages.items())),
-        "source": {"curated": config.curated, "run": run, "url_list": list_info},
+        "source": {
+            "curated": config.curated,
+            "pool": config.pool,
+            "run": run,
+            "run_dir": posixpath.dirname(config.curated.rstrip("/")),
+            "url_list": list_info,
+        },
         "input_rows": input_rows,
         "url_filter_drops": dict(sorted(drops.items())),
         "download": {
@@ -461,9 +518,11 @@ def _write_json(fs, path: str, value) -> None:
 def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[dict, list[str]]:
     """Run every step; returns the manifest and the shards that were rebuilt from scratch."""
     started = time.perf_counter()
-    table, run = read_curated(config.curated, config.require_success, config.languages)
+    read = read_pool if config.pool == "matched" else read_curated
+    table, run = read(config.curated, config.require_success, config.languages)
     only = f" (languages {','.join(config.languages)})" if config.languages else ""
-    log(f"[shards] read {table.num_rows} curated rows from {config.curated}{only}")
+    what = "matched images (pool)" if config.pool == "matched" else "curated rows"
+    log(f"[shards] read {table.num_rows} {what} from {config.curated}{only}")
     if url_rewrite is not None:
         table = url_rewrite(table)
     kept, drops = filter_urls(table, config.allow_local, config.resolve_hosts)

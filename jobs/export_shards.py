@@ -25,6 +25,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = shards.ExportConfig(curated="", output="")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--curated", required=True, help="URI of the curated/ table (Parquet or Delta)")
+    p.add_argument(
+        "--pool",
+        choices=["curated", "matched"],
+        default="curated",
+        help="curated: the run's balanced sample (offline curation); matched: every image with "
+        "a matched text, from the run's matches/, its KEY.json carrying all candidates "
+        "[{text, lang, entry_ids}] for trainer/train.py --online-curation",
+    )
     p.add_argument("--output", required=True, help="URI of the shard folder to write")
     p.add_argument(
         "--languages",
@@ -122,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
         timeout=args.timeout,
         retries=args.retries,
         distributor=distributor,
+        pool=args.pool,
         user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(
             d.strip() for d in args.disallowed_header_directives.split(",") if d.strip()
@@ -139,7 +148,10 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from curation.spark import absolute, error_line
+
     args = parse_args(argv)
+    args.curated, args.output = absolute(args.curated), absolute(args.output)
     config = config_from_args(args)
     if config.distributor == "pyspark":
         # img2dataset uses the active session; the env reaches local executors at startup.
@@ -164,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except (shards.ExportError, OSError) as err:
         print(f"export_shards: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a failed Spark task or worker: say why in one line
+        print(f"export_shards: error: {error_line(err)}", file=sys.stderr)
+        return 1
     if manifest["incomplete_shards"]:
         print(
             f"export_shards: error: {len(manifest['incomplete_shards'])} shard(s) failed "

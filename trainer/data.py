@@ -257,16 +257,25 @@ class SlotStream:
             url = self.schedule.visit(v)[0]
             last = max(ks)
             for k, sample in read_shard(url, ks.__contains__, self.counters):
+                sample["__pass__"] = self._pass_of(v)
                 found[(v, k)] = sample
                 if k == last:
                     break
         return [((v, k), found[(v, k)], t) for v, k, t in refs if (v, k) in found]
+
+    def _pass_of(self, v: int) -> int:
+        """The epoch of visit v (resampled: as many shard draws as there are shards)."""
+        n_pass = self.schedule.visit(v)[2]
+        if n_pass < 0:
+            n_pass = (v - len(self.schedule.plan)) // len(self.schedule.urls)
+        return n_pass
 
     def _raw(self) -> Iterator[tuple[tuple[int, int], dict]]:
         pass_samples = 0 if self.schedule.starts_pass(self.visit) and not self.offset else None
         empty = 0
         while True:
             url, _, _ = self.schedule.visit(self.visit)
+            n_pass = self._pass_of(self.visit)
             base, start = self.base, self.offset
             if self.schedule.strided:
 
@@ -287,6 +296,7 @@ class SlotStream:
                     break
                 self.offset = k + 1
                 got += 1
+                sample["__pass__"] = n_pass  # the epoch online curation draws for
                 yield (self.visit, k), sample
             if pass_samples is not None:
                 pass_samples += got
@@ -486,6 +496,26 @@ def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str |
     return (h, w), torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def online_text(online, sample: dict, counts: dict, drops: Counter) -> str | None:
+    """The text online curation keeps this sample with in its epoch, or None (skipped, or not
+    a pool sample: counted)."""
+    from curation.online import parse_candidates
+
+    try:
+        meta = json.loads(sample.get("json") or b"{}")
+        candidates = parse_candidates(meta["candidates"])
+        uid = meta["uid"]
+    except (ValueError, KeyError, TypeError):
+        drops["not_a_pool_sample"] += 1
+        return None
+    if not candidates:
+        drops["not_a_pool_sample"] += 1
+        return None
+    chosen, _, kept = online.decide(uid, candidates, sample["__pass__"])
+    counts["kept" if kept else "skipped"][chosen.lang] += 1
+    return chosen.text if kept else None
+
+
 class ShardBatches(IterableDataset):
     """Batches (batch dict, slot_state) for one rank; see module docstring."""
 
@@ -507,6 +537,7 @@ class ShardBatches(IterableDataset):
         record_keys: bool = False,
         hflip: bool = False,
         gpu_decode: bool = False,
+        online=None,
     ):
         self.urls, self.tokenizer = urls, tokenizer
         self.batch_size, self.image_size = batch_size, image_size
@@ -516,6 +547,7 @@ class ShardBatches(IterableDataset):
         self.slot_states = slot_states or {}
         self.worker_offset = worker_offset
         self.record_keys, self.hflip, self.gpu_decode = record_keys, hflip, gpu_decode
+        self.online = online  # curation.online.OnlineCuration: balance the pool per epoch
 
     def __iter__(self):
         info = get_worker_info()
@@ -523,6 +555,9 @@ class ShardBatches(IterableDataset):
         slot = self.rank * self.workers + worker
         state = self.slot_states.get(slot) or fresh_slot_state()
         drops = Counter(state["dropped"])
+        decisions = {
+            k: Counter(v) for k, v in state.get("online", {"kept": {}, "skipped": {}}).items()
+        }
         io_counts: Counter = Counter()  # samples read / skipped by header since this start
         stream = SlotStream(
             self.urls, slot, self.world_size * self.workers, self.seed, self.resampled,
@@ -532,6 +567,10 @@ class ShardBatches(IterableDataset):
         images, texts, keys = [], [], []
         for sample in stream:
             data, text = image_bytes(sample), caption(sample)
+            if data is not None and self.online is not None:
+                text = online_text(self.online, sample, decisions, drops)
+                if text is None:
+                    continue
             if data is None or not text:
                 drops["missing_image" if data is None else "missing_text"] += 1
                 continue
@@ -554,6 +593,8 @@ class ShardBatches(IterableDataset):
                 train=True, hflip=self.hflip, encoded=self.gpu_decode,
             )  # fmt: skip
             slot_state = {"slot": slot, **stream.state(), **fixed, "dropped": dict(drops)}
+            if self.online is not None:
+                slot_state["online"] = {k: dict(v) for k, v in decisions.items()}
             slot_state["io"] = dict(io_counts)
             if self.record_keys:
                 slot_state["keys"] = keys
@@ -641,6 +682,14 @@ class ResumableLoader:
         self.batches += 1
         self.layout_batches += 1
         return batch
+
+    def online_counts(self) -> dict[str, dict[str, int]]:
+        """Online curation: kept and skipped samples per language, over this rank's streams."""
+        total = {"kept": Counter(), "skipped": Counter()}
+        for s in self.slots.values():
+            for kind, counts in s.get("online", {}).items():
+                total[kind].update(counts)
+        return {kind: dict(sorted(c.items())) for kind, c in total.items()}
 
     def dropped(self) -> dict[str, int]:
         total = Counter(self.dropped_before)

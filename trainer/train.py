@@ -64,6 +64,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--resampled", action="store_true", help="draw shards with replacement (no epoch split)"
     )
+    g = p.add_argument_group("online curation (MetaCLIP 2's training-time balancing)")
+    g.add_argument(
+        "--online-curation",
+        metavar="RUN_DIR",
+        help="balance pool shards (make shards POOL=matched) per epoch with this curation run's "
+        "entry_counts/: each epoch picks one candidate text per image and keeps the image with "
+        "its keep probability, seeded by (seed, epoch, uid); docs/online-curation.md",
+    )
+    balance = g.add_mutually_exclusive_group()
+    balance.add_argument("--t-en", type=float, help="English threshold t (default: the run's)")
+    balance.add_argument(
+        "--tail-fraction", type=float, help="tail fraction p for every language (default: run's)"
+    )
+    g.add_argument("--curation-seed", type=int, help="balancing seed (default: the run's seed)")
+    g.add_argument(
+        "--online-fixed-epoch",
+        action="store_true",
+        help="every epoch draws with the run's own seed: one pass keeps exactly its curated/",
+    )
+    g = p.add_argument_group("data, continued")
     g.add_argument(
         "--record-samples",
         action="store_true",
@@ -163,7 +183,17 @@ def peak_memory_gib(device: torch.device) -> float:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     urls = data.expand_urls(args.train_data)
-    samples_per_epoch = args.train_num_samples or data.count_samples(urls)
+    online = None
+    if args.online_curation:
+        online, pool_size, expected = online_curation(args, urls)
+        args.online_identity = online.identity()  # saved with the checkpoints' args
+        samples_per_epoch = args.train_num_samples or max(1, round(expected))
+    else:
+        if args.t_en is not None or args.tail_fraction is not None or args.online_fixed_epoch:
+            raise ValueError(
+                "--t-en, --tail-fraction and --online-fixed-epoch need --online-curation"
+            )
+        samples_per_epoch = args.train_num_samples or data.count_samples(urls)
     dist_info = distributed.init_distributed(args.device)
     device, is_main = dist_info.device, dist_info.is_main
     out_dir = Path(args.output_dir)
@@ -226,6 +256,13 @@ def main(argv=None) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         step = ckpt["step"]
+        recorded = ckpt["args"].get("online_identity")
+        if online is not None and recorded is not None and recorded != online.identity():
+            raise ValueError(
+                f"{resume_path} balanced with {recorded}, this run with {online.identity()}: "
+                "changing the online curation on resume would change the data already seen; "
+                "start a new run for another threshold"
+            )
         same_layout = (
             ckpt["world_size"] == dist_info.world_size
             and ckpt["data"][0]["num_workers"] == args.workers
@@ -271,6 +308,7 @@ def main(argv=None) -> dict:
             record_keys=args.record_samples,
             hflip=args.hflip,
             gpu_decode=args.gpu_decode,
+            online=online,
             **resume,
         )
 
@@ -301,6 +339,13 @@ def main(argv=None) -> dict:
             f"micro-batch(es), all in one contrastive loss) on {device.type}",
             flush=True,
         )
+        if online is not None:
+            t = ", ".join(f"{lang} {t:g}" for lang, (t, _) in sorted(online.thresholds.items()))
+            print(
+                f"online curation of {args.online_curation}: {pool_size} pool images, "
+                f"{expected:.0f} kept per epoch expected (the epoch length); thresholds: {t}",
+                flush=True,
+            )
     keys_file = None
     if args.record_samples:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,6 +392,10 @@ def main(argv=None) -> dict:
                 rates.append(rate)  # the first interval includes start-up
             lr = optimizer.param_groups[0]["lr"]
             dropped = sum(loader.dropped().values())
+            if online is not None:
+                online_counts = merge_counts(
+                    distributed.all_gather_json(loader.online_counts(), dist_info)
+                )
             if is_main:
                 epoch = step * global_batch / samples_per_epoch
                 print(
@@ -358,8 +407,11 @@ def main(argv=None) -> dict:
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/samples_per_s", rate, step)
                 writer.add_scalar("train/logit_scale", raw_model.logit_scale.exp().item(), step)
+                row = {"step": step, "loss": mean_loss, "lr": lr}
+                if online is not None:
+                    row["online"] = online_counts  # kept / skipped per language, all ranks
                 with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr}) + "\n")
+                    f.write(json.dumps(row) + "\n")
             last_time, last_step, loss_sum = now, step, 0.0
 
         if step % args.save_every == 0 or step == total_steps:
@@ -402,6 +454,39 @@ def main(argv=None) -> dict:
     return summary
 
 
+def online_curation(args, urls):
+    """(OnlineCuration, pool images, expected kept per epoch), after checking that the shards
+    are pool shards of this run (their manifest.json names it)."""
+    from curation.online import OnlineCuration, pool_from_matches
+
+    manifest = data._read_json_next_to(urls[0], "manifest.json") or {}
+    source = manifest.get("source", {})
+    if source.get("pool") != "matched":
+        raise ValueError(
+            f"{urls[0]} is not a pool shard (its manifest.json has no source.pool = matched): "
+            "export them with `make shards POOL=matched`"
+        )
+    run_dir = args.online_curation.rstrip("/")
+    if os.path.abspath(source.get("run_dir", "")) != os.path.abspath(run_dir):
+        raise ValueError(
+            f"these pool shards come from {source.get('run_dir')}, not --online-curation {run_dir}"
+        )
+    online = OnlineCuration(
+        run_dir, args.t_en, args.tail_fraction, args.curation_seed, args.online_fixed_epoch
+    )
+    pool = pool_from_matches(run_dir)
+    return online, len(pool), online.expected_kept(pool)
+
+
+def merge_counts(per_rank: list[dict]) -> dict:
+    total = {"kept": {}, "skipped": {}}
+    for counts in per_rank:
+        for kind, by_lang in counts.items():
+            for lang, n in by_lang.items():
+                total[kind][lang] = total[kind].get(lang, 0) + n
+    return {kind: dict(sorted(v.items())) for kind, v in total.items()}
+
+
 def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir):
     """Rank 0 writes; every rank contributes its RNG and data position."""
     per_rank = distributed.all_gather_json(
@@ -418,7 +503,7 @@ def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dis
         "rng": [r["rng"] for r in per_rank],
         "data": [r["data"] for r in per_rank],
         "world_size": dist_info.world_size,
-        "args": {k: v for k, v in vars(args).items()},
+        "args": dict(vars(args)),
     }
     path = checkpoint.save(state, ckpt_dir, step, keep=args.keep_checkpoints)
     print(f"saved {path}", flush=True)
