@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - run every benchmark in benchmarks/ (prints figures and baseline ratios)"
 	@echo "make train  - a few steps of a tiny CLIP model on \$$(OUT)/shards (stage 5 smoke run)"
 	@echo "make pack-env - dist/curation-env.tar.gz, the executors' Python for a Spark cluster"
+	@echo "make train-online - pool shards of the demo run + a few steps with online curation"
 
 # Reruns are no-ops until pyproject.toml changes.
 .venv: $(STAMP)
@@ -82,11 +83,24 @@ train: .venv
 
 # Stage 4: WebDataset shards from a curated/ table (Parquet or Delta), written to $(OUT)/shards.
 # Extra flags via SHARDS_ARGS, e.g. SHARDS_ARGS='--image-size 224 --processes 16'.
+# POOL=matched exports every matched image with all its texts instead (for online curation)
+# into $(OUT)/pool_shards.
 CURATED ?= $(OUT)/curated
 SHARDS_ARGS ?=
+POOL ?= curated
+SHARDS_OUT ?= $(OUT)/$(if $(filter matched,$(POOL)),pool_shards,shards)
 .PHONY: shards
 shards: .venv
-	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(OUT)/shards $(SHARDS_ARGS)
+	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(SHARDS_OUT) --pool $(POOL) $(SHARDS_ARGS)
+
+# Online curation (MetaCLIP 2's training-time balancing) on the demo run: pool shards, then a few
+# steps that balance them per epoch from $(OUT)'s entry_counts (docs/online-curation.md).
+DEMO_SHARDS_ARGS ?= --serve-local skimage --processes 2 --threads 16 --timeout 5 --samples-per-shard 500
+.PHONY: train-online
+train-online: .venv
+	$(MAKE) shards POOL=matched SHARDS_ARGS='$(DEMO_SHARDS_ARGS)'
+	$(PY) trainer/train.py --train-data $(OUT)/pool_shards --online-curation $(OUT) \
+	  --output-dir $(OUT)/train_online $(TRAIN_ARGS)
 
 # The executors' Python environment for a Spark cluster (docs/operations.md): what the curate and
 # shards extras need, without torch, with this checkout's curation package; bin/python links are

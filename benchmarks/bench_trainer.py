@@ -18,6 +18,7 @@ Two more sections, CPU-only figures measured in the same run:
           cores per GPU that ViT-B/16 at 40% MFU on an H100 would need with each.
   resume  time to first batch after resuming at 0, 10 and 100 shards into a pass, against the
           previous trainer's replay (reading every sample since step 0 without decoding).
+  online  loader samples/s/core on the same pool shards with and without online balancing.
 
     python benchmarks/bench_trainer.py                 # CPU: tiny model, fp32
     python benchmarks/bench_trainer.py --models ViT-B-32,ViT-B-16 --batch-size 256  # GPU, bf16
@@ -328,6 +329,85 @@ def bench_resume(args, workdir: Path) -> None:
         )
 
 
+def bench_online(args, workdir: Path) -> None:
+    """Loader throughput on the same pool shards with and without online balancing."""
+    from collections import Counter
+
+    import open_clip
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+    from trainer_shards import _crop, _jpeg, captions, source_images
+
+    from curation.online import OnlineCuration
+    from trainer import data
+
+    torch.set_num_threads(1)
+    n, per_shard = 2000, 500
+    texts = captions(2000)
+    words = Counter(w for t in texts for w in set(t.lower().split()))
+    vocab = sorted(w for w, c in words.items() if c >= 20)  # metadata: the common words
+    ids = {w: i for i, w in enumerate(vocab)}
+    folder = workdir / "online_pool"
+    run_dir = workdir / "online_run"
+    if not (folder / "manifest.json").exists():
+        import random
+
+        images, rng = source_images(), random.Random(0)
+        folder.mkdir(parents=True, exist_ok=True)
+        counts = Counter()
+        for shard in range(n // per_shard):
+            with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+                for i in range(per_shard):
+                    text = texts[(shard * per_shard + i) % len(texts)]
+                    entries = sorted({ids[w] for w in text.lower().split() if w in ids})
+                    counts.update(entries)
+                    candidate = {"text": text, "lang": "en", "entry_ids": entries}
+                    meta = {"uid": f"{shard}-{i}", "candidates": json.dumps([candidate])}
+                    image = _jpeg(_crop(images[rng.randrange(len(images))], rng, 256))
+                    sink.write({"__key__": f"{shard:05d}{i:04d}", "jpg": image, "txt": text,
+                                "json": json.dumps(meta)})  # fmt: skip
+        sizes = {f"{s:05d}.tar": per_shard for s in range(n // per_shard)}
+        (folder / "sizes.json").write_text(json.dumps(sizes))
+        (folder / "manifest.json").write_text(json.dumps({"total_samples": n}))
+        # the run dir a curation job would have written for these records: its entry_counts
+        (run_dir / "entry_counts" / "lang=en").mkdir(parents=True, exist_ok=True)
+        entry_ids = sorted(counts)
+        table = pa.table(
+            {
+                "entry_id": pa.array(entry_ids, pa.int32()),
+                "count": pa.array([counts[e] for e in entry_ids], pa.int64()),
+            }
+        )
+        pq.write_table(table, run_dir / "entry_counts" / "lang=en" / "part-0.parquet")
+        (run_dir / "run.json").write_text(json.dumps({"config": {"t_en": 100, "seed": 0}}))
+    urls = data.expand_urls(str(folder))
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    online = OnlineCuration(str(run_dir))
+
+    def consume(balancer):
+        ds_ = data.ShardBatches(urls, tokenizer, 32, 224, shuffle_buffer=100, online=balancer)
+        delivered, state = 0, {}
+        for batch, state in ds_:
+            delivered += len(batch["tokens"])
+            if state["visit"] >= len(urls):  # one pass read
+                break
+        return delivered
+
+    runs = {"without": [], "with": []}
+    for _ in range(3):  # alternating, best of 3 (CPU time)
+        for name, balancer in (("without", None), ("with", online)):
+            runs[name].append(_cpu_seconds(lambda b=balancer: consume(b)))
+    rates = {name: (r[1] / r[0], r[1]) for name, r in ((k, min(v)) for k, v in runs.items())}
+    print(f"== online curation: {n} pool samples at 256 px, one pass, batches of 32, 1 thread")
+    for name, (rate, delivered) in rates.items():
+        print(
+            f"  {name:7s} balancing: {rate:7.0f} delivered samples/s/core ({delivered} delivered)"
+        )
+    print(f"  with / without: {rates['with'][0] / rates['without'][0]:.2f}x delivered samples/s "
+          f"(skipped samples are read, not decoded)")  # fmt: skip
+
+
 def main():
     args = parse_args()
     sections = set(args.sections.split(","))
@@ -338,6 +418,8 @@ def main():
             bench_loader(args, workdir)
         if "resume" in sections:
             bench_resume(args, workdir)
+        if "online" in sections:
+            bench_online(args, workdir)
         if "train" in sections:
             bench_train(args, workdir)
 

@@ -460,3 +460,41 @@ def test_job_serve_local_demo_mode_and_idempotent_rerun(site, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == tars
     assert (out / "manifest.json").read_text() == first
     assert json.loads(first)["total_samples"] == 3
+
+
+def test_pool_export_carries_every_candidate_of_every_matched_image(site, tmp_path):
+    """--pool matched: one sample per image of the run's matches/ with at least one matched
+    text, KEY.json listing all of them; unmatched records and texts are left out."""
+    with shards.serve_directory(site, lifetime_s=60) as base:
+        rows = [r for r in curated_rows(base) if r["url"].endswith(tuple(GOOD))]
+        run_dir = tmp_path / "run"
+        write_curated(rows, run_dir / "curated")
+        matches = [{**r, "page_url": None} for r in rows]
+        matches += [{**rows[0], "page_url": None, "text": "another alt-text", "entry_ids": [7]}]
+        matches += [{**rows[1], "page_url": None, "text": "no entry here", "entry_ids": []}]
+        matches += [{**rows[2], "page_url": None, "uid": "nomatch", "entry_ids": []}]
+        table = pa.Table.from_pylist(
+            [{k: m[k] for k in ("uid", "url", "page_url", "text", "lang", "entry_ids")}
+             for m in matches],
+            schema=pa.schema([("uid", pa.string()), ("url", pa.string()),
+                              ("page_url", pa.string()), ("text", pa.string()),
+                              ("lang", pa.string()), ("entry_ids", pa.list_(pa.int32()))]),
+        )  # fmt: skip
+        ds.write_dataset(
+            table, run_dir / "matches", format="parquet", partitioning=["lang"],
+            partitioning_flavor="hive",
+        )  # fmt: skip
+        out = tmp_path / "pool"
+        manifest, _ = shards.export_shards(
+            config_for(str(run_dir / "curated"), out, pool="matched")
+        )
+    samples = read_tars(out)
+    assert set(samples) == {r["uid"] for r in rows}  # "nomatch" has no matched text
+    first = json.loads(samples[rows[0]["uid"]]["json"]["candidates"])
+    assert [c["text"] for c in first] == sorted([rows[0]["text"], "another alt-text"])
+    second = json.loads(samples[rows[1]["uid"]]["json"]["candidates"])
+    assert second == [{"text": rows[1]["text"], "lang": rows[1]["lang"],
+                       "entry_ids": rows[1]["entry_ids"]}]  # fmt: skip
+    assert manifest["source"]["pool"] == "matched"
+    assert manifest["source"]["run_dir"] == str(run_dir)
+    assert manifest["total_samples"] == len(rows)

@@ -38,7 +38,7 @@ def test_train_extra_covers_every_trainer_import():
     )
     providers = packages_distributions()
     modules = imported_top_level_modules(ROOT / "trainer") - set(sys.stdlib_module_names)
-    modules -= {"trainer", "__future__"}
+    modules -= {"trainer", "curation", "__future__"}  # the project's own, in the same wheel
     assert {"torch", "open_clip", "webdataset", "braceexpand", "fsspec"} <= modules
     missing = {}
     for module in sorted(modules):
@@ -49,3 +49,17 @@ def test_train_extra_covers_every_trainer_import():
     # --tokenizer needs transformers: its own extra, not forced on every trainer install
     multilingual = requirement_names(project["optional-dependencies"]["multilingual"])
     assert "transformers" in multilingual and "transformers" not in declared
+
+
+def test_the_trainer_imports_curation_without_spark():
+    """--online-curation imports curation.online (and through it curation.curate): a
+    trainer-only install has no pyspark, so none of that may import it."""
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['pyspark'] = None\n"
+        "import curation.online, trainer.data, trainer.train\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
