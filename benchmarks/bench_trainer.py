@@ -392,20 +392,31 @@ def bench_online(args, workdir: Path) -> None:
             delivered += len(batch["tokens"])
             if state["visit"] >= len(urls):  # one pass read
                 break
-        return delivered
+        return delivered, state["position"]  # delivered, drawn from the shuffle buffer
 
     runs = {"without": [], "with": []}
-    for _ in range(3):  # alternating, best of 3 (CPU time)
+    for _ in range(5):  # alternating, median of 5 (CPU time)
         for name, balancer in (("without", None), ("with", online)):
             runs[name].append(_cpu_seconds(lambda b=balancer: consume(b)))
-    rates = {name: (r[1] / r[0], r[1]) for name, r in ((k, min(v)) for k, v in runs.items())}
-    print(f"== online curation: {n} pool samples at 256 px, one pass, batches of 32, 1 thread")
-    for name, (rate, delivered) in rates.items():
+    rates = {}
+    for name, results in runs.items():
+        seconds = statistics.median(r[0] for r in results)
+        delivered, drawn = results[0][1]
+        rates[name] = (drawn / seconds, delivered / seconds, delivered, drawn)
+    print(
+        f"== online curation: {n} pool samples at 256 px, one pass, batches of 32, 1 thread, "
+        "CPU time (median of 5, alternating)"
+    )
+    for name, (drawn_rate, rate, delivered, drawn) in rates.items():
         print(
-            f"  {name:7s} balancing: {rate:7.0f} delivered samples/s/core ({delivered} delivered)"
+            f"  {name:7s} balancing: {drawn_rate:6.0f} pool samples/s/core drawn, {rate:6.0f} "
+            f"delivered ({delivered} of {drawn} drawn kept)"
         )
-    print(f"  with / without: {rates['with'][0] / rates['without'][0]:.2f}x delivered samples/s "
-          f"(skipped samples are read, not decoded)")  # fmt: skip
+    w, wo = rates["with"], rates["without"]
+    print(
+        f"  with / without: {w[0] / wo[0]:.2f}x pool samples/s, {w[1] / wo[1]:.2f}x delivered "
+        "samples/s (a skipped sample is read and decided, not decoded)"
+    )
 
 
 def main():
