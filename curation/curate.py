@@ -257,6 +257,9 @@ class CurationJob:
         metadata_langs = self.metadata_languages()
         records, observed = self.load_records(metadata_langs)
         fingerprint = self.input_fingerprint()
+        from curation.spark import size_shuffle_partitions
+
+        size_shuffle_partitions(self.spark, self.input_bytes)  # unless the user set them
         fp = self.stage("matches", fingerprint, lambda: self.write_matches(records, observed))
         if "input_records" not in self.report.counts:  # matches skipped: counted by the last run
             self.report_input_counts(json.loads(self.fs.read_text(self.input_counts_uri())))

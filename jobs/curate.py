@@ -121,14 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config, master = parse_args(argv)
-        from curation.spark import get_spark, size_shuffle_partitions
-        from curation.tables import HadoopFS
+        from curation.spark import get_spark
 
         spark = get_spark("curate", master=master)
         context = spark.sparkContext
-        fs = HadoopFS(spark)
-        input_bytes = fs.content_summary(config.input)[0] if fs.exists(config.input) else 0
-        size_shuffle_partitions(spark, input_bytes)
         if context.master.startswith("local"):
             # a laptop run: file scans cut into enough tasks that the cores finish together
             key = "spark.sql.files.minPartitionNum"

@@ -199,3 +199,11 @@ def test_epoch_size_from_sizes_json(shards, tmp_path):
     (tmp_path / "00000.tar").write_bytes((shards / "00000.tar").read_bytes())
     with pytest.raises(ValueError, match="--train-num-samples"):
         data.count_samples([str(tmp_path / "00000.tar")])
+
+
+def test_a_checkpoint_of_the_previous_data_format_is_refused_clearly(shards, tokenizer):
+    old = {"batches": 3, "num_workers": 0, "slots": {"0": {"position": 12, "dropped": {}}}}
+    with pytest.raises(ValueError, match="older trainer"):
+        loader(shards, tokenizer, workers=0, state=old)
+    with pytest.raises(ValueError, match="older trainer"):
+        loader(shards, tokenizer, workers=1, elastic=([old], 1))

@@ -632,6 +632,12 @@ class ResumableLoader:
                 f"{num_workers}: pass it as elastic=(all ranks' states, world size)"
             )
         state = state or {"batches": 0, "layout_batches": 0, "slots": {}, "dropped_before": {}}
+        for given in [state] if elastic is None else elastic[0]:
+            if given is not None and any("visit" not in s for s in given["slots"].values()):
+                raise ValueError(
+                    "this checkpoint's data position was written by an older trainer (a "
+                    "replayed stream position): resume it with that version, or start a new run"
+                )
         if elastic is not None:
             old_states, old_world = elastic
             old_workers = max(old_states[0]["num_workers"], 1)
