@@ -150,9 +150,12 @@ class OnlineCuration:
         )
 
 
-def pool_from_matches(run_dir: str) -> list[tuple[str, list[Candidate]]]:
-    """(uid, candidates) of every matched image of a run, from its `matches/` table: what the
-    pool shards hold, in uid order."""
+def matched_images(
+    run_dir: str, languages: Sequence[str] | None = None
+) -> list[tuple[str, str, list[Candidate]]]:
+    """(uid, url, candidates) of every image with a matched text in a run's `matches/`, in uid
+    order: its smallest url and its distinct matched texts in text order. What pool shards hold
+    (`curation.shards.read_pool`) and what the trainer's epoch length is computed from."""
     import pyarrow.dataset as ds
 
     filesystem, path = tables._filesystem(f"{run_dir.rstrip('/')}/matches")
@@ -160,11 +163,22 @@ def pool_from_matches(run_dir: str) -> list[tuple[str, list[Candidate]]]:
         path, filesystem=filesystem, format="parquet", partitioning="hive",
         ignore_prefixes=[".", "_"],
     )  # fmt: skip
-    table = dataset.to_table(columns=["uid", "text", "lang", "entry_ids"])
-    by_uid: dict[str, dict[str, Candidate]] = {}
-    for uid, text, lang, ids in zip(
-        *(table.column(c).to_pylist() for c in ("uid", "text", "lang", "entry_ids")), strict=True
+    row_filter = ds.field("lang").isin(list(languages)) if languages else None
+    columns = ["uid", "url", "text", "lang", "entry_ids"]
+    table = dataset.to_table(columns=columns, filter=row_filter)
+    by_uid: dict[str, tuple[str, dict[str, Candidate]]] = {}
+    for uid, url, text, lang, ids in zip(
+        *(table.column(c).to_pylist() for c in columns), strict=True
     ):
-        if ids:
-            by_uid.setdefault(uid, {})[text] = Candidate(text, str(lang), tuple(ids))
-    return [(uid, [c[t] for t in sorted(c)]) for uid, c in sorted(by_uid.items())]
+        if not ids or text is None or url is None:
+            continue
+        known = by_uid.get(uid)
+        texts = known[1] if known else {}
+        texts[text] = Candidate(text, str(lang), tuple(ids))
+        by_uid[uid] = (min(known[0], url) if known else url, texts)
+    return [(uid, url, [c[t] for t in sorted(c)]) for uid, (url, c) in sorted(by_uid.items())]
+
+
+def pool_from_matches(run_dir: str) -> list[tuple[str, list[Candidate]]]:
+    """(uid, candidates) of every matched image of a run (`matched_images` without urls)."""
+    return [(uid, candidates) for uid, _, candidates in matched_images(run_dir)]

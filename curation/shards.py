@@ -131,31 +131,17 @@ def read_pool(
     if not fs.exists(matches):
         raise ExportError(f"--pool matched needs the run's matches/ table, not found: {matches}")
     run = _read_run(fs, posixpath.join(run_dir, "curated"), require_success)
-    import pyarrow.dataset as ds
+    from curation.online import matched_images
 
-    dataset = ds.dataset(
-        matches, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=True
-    )
-    row_filter = ds.field("lang").isin(list(languages)) if languages else None
-    table = _normalize_types(
-        dataset.to_table(columns=["uid", "url", "text", "lang", "entry_ids"], filter=row_filter)
-    )
-    by_uid: dict[str, dict] = {}
-    for uid, url, text, lang, ids in zip(
-        *(table.column(c).to_pylist() for c in ("uid", "url", "text", "lang", "entry_ids")),
-        strict=True,
-    ):
-        if not ids or text is None or url is None:
-            continue
-        image = by_uid.setdefault(uid, {"url": url, "texts": {}})
-        image["url"] = min(image["url"], url)
-        image["texts"][text] = {"text": text, "lang": lang, "entry_ids": list(ids)}
-    uids = sorted(by_uid)
-    candidates = [[by_uid[u]["texts"][t] for t in sorted(by_uid[u]["texts"])] for u in uids]
+    images = matched_images(curated_uri.rstrip("/").rsplit("/", 1)[0], languages)
+    candidates = [
+        [{"text": c.text, "lang": c.lang, "entry_ids": list(c.entry_ids)} for c in cands]
+        for _, _, cands in images
+    ]
     pool = pa.table(
         {
-            "uid": pa.array(uids, pa.string()),
-            "url": pa.array([by_uid[u]["url"] for u in uids], pa.string()),
+            "uid": pa.array([uid for uid, _, _ in images], pa.string()),
+            "url": pa.array([url for _, url, _ in images], pa.string()),
             "text": pa.array([c[0]["text"] for c in candidates], pa.string()),
             "lang": pa.array([c[0]["lang"] for c in candidates], pa.string()),
             "entry_ids": pa.array([c[0]["entry_ids"] for c in candidates], pa.list_(pa.int32())),

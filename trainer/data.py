@@ -50,7 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard")
+DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard", "not_a_pool_sample")
 # open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
 CROP_SCALE = (0.9, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -602,6 +602,15 @@ class ShardBatches(IterableDataset):
             images, texts, keys = [], [], []
 
 
+def sum_online_counts(parts) -> dict[str, dict[str, int]]:
+    """{"kept": {lang: n}, "skipped": {lang: n}} summed over streams (or ranks)."""
+    total = {"kept": Counter(), "skipped": Counter()}
+    for part in parts:
+        for kind, counts in part.items():
+            total[kind].update(counts)
+    return {kind: dict(sorted(c.items())) for kind, c in total.items()}
+
+
 class ResumableLoader:
     """Iterates a rank's batches and remembers where every slot stands.
 
@@ -691,11 +700,7 @@ class ResumableLoader:
 
     def online_counts(self) -> dict[str, dict[str, int]]:
         """Online curation: kept and skipped samples per language, over this rank's streams."""
-        total = {"kept": Counter(), "skipped": Counter()}
-        for s in self.slots.values():
-            for kind, counts in s.get("online", {}).items():
-                total[kind].update(counts)
-        return {kind: dict(sorted(c.items())) for kind, c in total.items()}
+        return sum_online_counts(s.get("online", {}) for s in self.slots.values())
 
     def dropped(self) -> dict[str, int]:
         total = Counter(self.dropped_before)

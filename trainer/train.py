@@ -393,7 +393,7 @@ def main(argv=None) -> dict:
             lr = optimizer.param_groups[0]["lr"]
             dropped = sum(loader.dropped().values())
             if online is not None:
-                online_counts = merge_counts(
+                online_counts = data.sum_online_counts(
                     distributed.all_gather_json(loader.online_counts(), dist_info)
                 )
             if is_main:
@@ -476,15 +476,6 @@ def online_curation(args, urls):
     )
     pool = pool_from_matches(run_dir)
     return online, len(pool), online.expected_kept(pool)
-
-
-def merge_counts(per_rank: list[dict]) -> dict:
-    total = {"kept": {}, "skipped": {}}
-    for counts in per_rank:
-        for kind, by_lang in counts.items():
-            for lang, n in by_lang.items():
-                total[kind][lang] = total[kind].get(lang, 0) + n
-    return {kind: dict(sorted(v.items())) for kind, v in total.items()}
 
 
 def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir):
