@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import free_port, shared_path
 from tests.curation_fixtures import wit_entries, write_metadata
 
 pytestmark = pytest.mark.cluster
@@ -28,12 +27,6 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("no Java: a Spark cluster cannot start here", allow_module_level=True)
 pyspark = pytest.importorskip("pyspark")
 SPARK_HOME = Path(pyspark.__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -66,11 +59,11 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float
 def cluster(tmp_path_factory):
     """spark://127.0.0.1:PORT with one 2-core worker; stopped (process groups) afterwards."""
     root = tmp_path_factory.mktemp("cluster")
-    port = _free_port()
+    port = free_port()
     master_log, worker_log = root / "master.log", root / "worker.log"
     master = _start(
         ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-         "--webui-port", str(_free_port())],
+         "--webui-port", str(free_port())],
         master_log,
     )  # fmt: skip
     processes = [master]
@@ -80,7 +73,7 @@ def cluster(tmp_path_factory):
         worker = _start(
             ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2",
              "--memory", "6g", "--work-dir", str(root / "work"), "--webui-port",
-             str(_free_port()), url],
+             str(free_port()), url],
             worker_log,
         )  # fmt: skip
         processes.append(worker)

@@ -3,13 +3,14 @@ in one process and on 2 gloo ranks under DDP (the loss sees all K x batch x worl
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from tests.conftest import free_port
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -77,12 +78,6 @@ def test_accumulated_step_has_the_full_batch_gradient(loss_kind):
     assert got["logit_scale"].abs() > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, port: int, loss_kind: str, results):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
@@ -101,7 +96,7 @@ def _rank_main(rank: int, port: int, loss_kind: str, results):
 @pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
 def test_two_rank_accumulated_step_has_the_full_batch_gradient(loss_kind):
     results = mp.Manager().dict()
-    mp.spawn(_rank_main, args=(_free_port(), loss_kind, results), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(free_port(), loss_kind, results), nprocs=WORLD, join=True)
 
     model = tiny_model(loss_kind)
     model.visual.patch_dropout = torch.nn.Identity()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port
 from trainer.losses import clip_loss, siglip_loss
 
 N, D, WORLD = 6, 5, 2
@@ -69,12 +69,6 @@ def test_siglip_loss_matches_formula_at_its_initialisation():
     assert got > math.log(2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, port: int, results):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
@@ -99,7 +93,7 @@ def _rank_main(rank: int, port: int, results):
 
 def test_two_rank_gather_equals_full_batch_loss_and_gradient():
     results = mp.Manager().dict()
-    mp.spawn(_rank_main, args=(_free_port(), results), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(free_port(), results), nprocs=WORLD, join=True)
 
     images, texts = features(2, N * WORLD)
     for name in ("clip", "siglip"):
