@@ -1,9 +1,106 @@
-"""Image-text retrieval recall@k on held-out pairs (the i-th image belongs with the i-th text)."""
+"""Zero-shot classification and image-text retrieval on CLIP_benchmark's WebDataset layout.
+
+    python -m trainer.evaluate --checkpoint runs/x/checkpoints/step_00001000.pt \
+        --task zeroshot_classification --dataset data/digits/zeroshot --output results.json
+    torchrun --nproc_per_node=8 -m trainer.evaluate --model-dir exported/ --task retrieval ...
+
+A dataset folder is what `clip_benchmark_export_wds` writes (test/{0..n-1}.tar, test/nshards.txt,
+classnames.txt, zeroshot_classification_templates.txt, dataset_type.txt), so the same folders
+serve both tools. Two additions, both optional: classnames.LANG.txt and
+zeroshot_classification_templates.LANG.txt give a classification set in more languages (each
+language classifies every image with its own names and templates), and a `json` member with
+`lang` per sample splits retrieval by the caption's language (each language ranks among its
+own samples, as per-language Crossmodal-3600 does).
+
+Metrics are computed with torch and returned as Python floats (`.item()`): no `float()` of a
+NumPy array, which numpy >= 2.4 refuses and which breaks CLIP_benchmark's and open_clip_train's
+`accuracy()`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer import augment, data, distributed  # noqa: E402
+
+TASKS = ("zeroshot_classification", "retrieval")
+DEFAULT_LANGUAGE = "en"  # what classnames.txt / templates without a suffix are in
+ALL = "all"  # the retrieval result over every sample
+
+
+# -- metrics on embeddings ------------------------------------------------------------------------
+
+
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """acc@k for each k not above the number of classes."""
+    ks = [k for k in ks if k <= logits.shape[1]]
+    top = logits.topk(max(ks), dim=1).indices
+    hit = top == target[:, None]
+    return {f"acc{k}": hit[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def mean_per_class_recall(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over the classes present in `target` of the fraction of their samples predicted
+    right (scikit-learn's balanced_accuracy_score)."""
+    classes = target.unique()
+    recalls = torch.stack([(pred[target == c] == c).float().mean() for c in classes])
+    return recalls.mean().item()
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    out = topk_accuracy(logits, target)
+    out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(dim=1), target)
+    return out
+
+
+def retrieval_metrics(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor, ks=(1, 5, 10)
+) -> dict[str, float]:
+    """CLIP-paper recall@k with several texts per image (text t describes image text_image[t]):
+    text->image, a text is a hit when its image is among its k best images
+    (`image_retrieval_recall@k`, CLIP_benchmark's name); image->text, an image is a hit when any
+    of its texts is among its k best texts (`text_retrieval_recall@k`)."""
+    scores = text_emb @ image_emb.T  # texts x images
+    n_texts, n_images = scores.shape
+    out = {}
+    for k in ks:
+        kt = min(k, n_images)
+        best_images = scores.topk(kt, dim=1).indices
+        out[f"image_retrieval_recall@{k}"] = (
+            (best_images == text_image[:, None]).any(dim=1).float().mean().item()
+        )
+        ki = min(k, n_texts)
+        best_texts = scores.T.topk(ki, dim=1).indices  # images x k text indices
+        hit = text_image[best_texts] == torch.arange(n_images, device=scores.device)[:, None]
+        out[f"text_retrieval_recall@{k}"] = hit.any(dim=1).float().mean().item()
+    return out
+
+
+def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """The i-th image belongs with the i-th text (the trainer's held-out --val-data pairs)."""
+    scores = image_emb @ text_emb.T
+    truth = torch.arange(len(scores), device=scores.device)
+    out = {}
+    for direction, s in (("image_to_text", scores), ("text_to_image", scores.T)):
+        # rank of the true match = how many candidates score strictly higher
+        true_scores = s[truth, truth].unsqueeze(1)
+        ranks = (s > true_scores).sum(dim=1)
+        for k in ks:
+            out[f"{direction}_R@{k}"] = (ranks < k).float().mean().item()
+    return out
 
 
 @torch.no_grad()
@@ -17,14 +114,342 @@ def embed(model, batches, transform, device, autocast) -> tuple[torch.Tensor, to
     return F.normalize(torch.cat(images), dim=-1), F.normalize(torch.cat(texts), dim=-1)
 
 
-def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    scores = image_emb @ text_emb.T
-    truth = torch.arange(len(scores), device=scores.device)
-    out = {}
-    for direction, s in (("image_to_text", scores), ("text_to_image", scores.T)):
-        # rank of the true match = how many candidates score strictly higher
-        true_scores = s[truth, truth].unsqueeze(1)
-        ranks = (s > true_scores).sum(dim=1)
-        for k in ks:
-            out[f"{direction}_R@{k}"] = (ranks < k).float().mean().item()
+# -- datasets in CLIP_benchmark's layout ---------------------------------------------------------
+
+
+@dataclass
+class BenchmarkSet:
+    root: Path
+    task: str
+    urls: list[str]
+    classnames: dict[str, list[str]] = field(default_factory=dict)
+    templates: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def open_benchmark(root: str | Path, task: str | None = None, split: str = "test") -> BenchmarkSet:
+    """The shards, task and (for classification) class names and templates per language."""
+    root = Path(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise ValueError(f"{root}: no {split}/ folder (CLIP_benchmark's WebDataset layout)")
+    nshards = split_dir / "nshards.txt"
+    if nshards.is_file():
+        urls = [str(split_dir / f"{i}.tar") for i in range(int(nshards.read_text().strip()))]
+        missing = [u for u in urls if not Path(u).is_file()]
+        if missing:
+            raise ValueError(f"{root}: nshards.txt lists {len(urls)} shards, {missing[0]} missing")
+    else:
+        urls = sorted(str(p) for p in split_dir.glob("*.tar"))
+    if not urls:
+        raise ValueError(f"{split_dir}: no .tar shards")
+    type_file = root / "dataset_type.txt"
+    kind = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
+    found = "retrieval" if kind == "retrieval" else "zeroshot_classification"
+    if kind == "multilabel":
+        raise ValueError(f"{root}: multilabel classification is not supported")
+    if task is not None and task != found:
+        raise ValueError(f"{root} is a {found} set (dataset_type.txt), not {task}")
+    bench = BenchmarkSet(root, found, urls)
+    if found == "zeroshot_classification":
+        files = sorted(root.glob("classnames*.txt"), key=lambda f: (f.name != "classnames.txt", f))
+        for path in files:
+            lang = path.name[len("classnames.") : -len(".txt")] or DEFAULT_LANGUAGE
+            templates = root / f"zeroshot_classification_templates{path.name[10:-4]}.txt"
+            if not templates.is_file():
+                raise ValueError(f"{path} has no {templates.name} beside it")
+            if lang in bench.classnames:
+                continue  # classnames.en.txt beside classnames.txt
+            bench.classnames[lang] = _read_lines(path)
+            bench.templates[lang] = _read_lines(templates)
+        if not bench.classnames:
+            raise ValueError(f"{root}: no classnames.txt for zero-shot classification")
+        sizes = {lang: len(names) for lang, names in bench.classnames.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{root}: class name files differ in length: {sizes}")
+    return bench
+
+
+@dataclass
+class Samples:
+    """Everything but the pixels, for every sample of the set (each rank holds all of it)."""
+
+    labels: list[int] = field(default_factory=list)
+    captions: list[list[str]] = field(default_factory=list)
+    langs: list[str | None] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+
+def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_samples=None):
+    """(Samples, images): every sample's label or captions and language, and this rank's share
+    of the pixels as (index, H x W x 3 uint8, or None when the bytes do not decode). Every rank
+    reads every sample's bytes but decodes only every world_size-th; samples without an image,
+    label or caption are dropped here, counted, on all ranks alike."""
+    samples, images, counters = Samples(), [], Counter()
+    for url in bench.urls:
+        for _, sample in data.read_shard(url, lambda k: True, counters):
+            if max_samples is not None and len(samples.langs) >= max_samples:
+                break
+            raw = data.image_bytes(sample)
+            if raw is None:
+                samples.dropped["missing_image"] += 1
+                continue
+            if bench.task == "retrieval":
+                text = sample.get("txt", b"").decode("utf-8", errors="replace")
+                caps = [c.strip() for c in text.splitlines() if c.strip()]
+                if not caps:
+                    samples.dropped["missing_text"] += 1
+                    continue
+                samples.captions.append(caps)
+            else:
+                try:
+                    samples.labels.append(int(sample.get("cls", b"").decode().strip()))
+                except ValueError:
+                    samples.dropped["missing_label"] += 1
+                    continue
+            try:
+                lang = json.loads(sample.get("json") or b"{}").get("lang")
+            except (ValueError, AttributeError):
+                lang = None
+            index = len(samples.langs)
+            samples.langs.append(lang)
+            if index % world_size == rank:
+                images.append((index, data.decode_image(raw)))
+    if counters["bad_shard"]:
+        samples.dropped["bad_shard"] += counters["bad_shard"]
+    return samples, images
+
+
+def _subset(samples: Samples, keep: list[int]) -> Samples:
+    return Samples(
+        labels=[samples.labels[i] for i in keep] if samples.labels else [],
+        captions=[samples.captions[i] for i in keep] if samples.captions else [],
+        langs=[samples.langs[i] for i in keep],
+        dropped=samples.dropped,
+    )
+
+
+def _image_batch(images: list[torch.Tensor]) -> dict:
+    pixels, sizes = data.pad_to_canvas(images)
+    boxes, flips = data.crop_params(sizes, 0, train=False, hflip=False)
+    return {"pixels": pixels, "sizes": sizes, "boxes": boxes, "flips": flips}
+
+
+def gather_rows(indices: list[int], rows: torch.Tensor, n: int, info) -> torch.Tensor:
+    """The n x D tensor of every rank's rows placed at their global indices."""
+    out = torch.zeros(n, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    idx = torch.tensor(indices, dtype=torch.long, device=rows.device)
+    out[idx] = rows
+    if info is not None and info.enabled:
+        dist.all_reduce(out)  # each row is non-zero on exactly one rank
     return out
+
+
+# -- the evaluation ------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """One dataset, evaluated on every rank's share of it; results are identical on all ranks."""
+
+    def __init__(self, bench: BenchmarkSet, languages=None, batch_size=256, max_samples=None):
+        self.bench, self.batch_size, self.max_samples = bench, batch_size, max_samples
+        if bench.task == "zeroshot_classification":
+            available = list(bench.classnames)
+            self.languages = list(languages) if languages else available
+            unknown = [lang for lang in self.languages if lang not in bench.classnames]
+            if unknown:
+                raise ValueError(
+                    f"{bench.root}: no class names for {unknown} (has {', '.join(available)})"
+                )
+        else:
+            self.languages = list(languages) if languages else None
+        self._cache = None
+
+    def _data(self, info):
+        if self._cache is None:  # read once, reused at every periodic evaluation
+            rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+            self._cache = read_samples(self.bench, rank, world, self.max_samples)
+        return self._cache
+
+    @torch.no_grad()
+    def image_embeddings(self, model, transform, autocast, info) -> tuple[torch.Tensor, list]:
+        """(n x D normalised embeddings of every sample, the indices whose image decoded)."""
+        samples, images = self._data(info)
+        ok = [(i, p) for i, p in images if p is not None]
+        rows = []
+        for s in range(0, len(ok), self.batch_size):
+            chunk = ok[s : s + self.batch_size]
+            with autocast():
+                emb = model.encode_image(transform(_image_batch([p for _, p in chunk])))
+            rows.append(F.normalize(emb.float(), dim=-1))
+        if not rows:  # fewer decodable samples than ranks: still join the all_reduce
+            blank = torch.zeros(1, 3, transform.size, transform.size, device=transform.device)
+            rows.append(model.encode_image(blank).float()[:0])
+        n = len(samples.langs)
+        emb = gather_rows([i for i, _ in ok], torch.cat(rows), n, info)
+        decoded = torch.zeros(n, 1, device=transform.device)
+        decoded[[i for i, _ in ok]] = 1
+        decoded = gather_rows(list(range(n)), decoded, n, info)  # sums the ranks' flags
+        return emb, [i for i in range(n) if decoded[i, 0] > 0]
+
+    @torch.no_grad()
+    def text_embeddings(self, model, tokenizer, texts, autocast, device, info=None):
+        """Normalised embeddings of `texts`; with `info`, each rank encodes its share."""
+        rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+        mine = list(range(rank, len(texts), world))
+        rows = []
+        for s in range(0, len(mine), self.batch_size):
+            tokens = tokenizer([texts[i] for i in mine[s : s + self.batch_size]]).to(device)
+            with autocast():
+                rows.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        if not rows:  # fewer texts than ranks
+            rows.append(model.encode_text(tokenizer(["x"]).to(device)).float()[:0])
+        return gather_rows(mine, torch.cat(rows), len(texts), info)
+
+    def classifier(self, model, tokenizer, lang, autocast, device) -> torch.Tensor:
+        """classes x D: the mean of each class's normalised template embeddings, renormalised."""
+        names, templates = self.bench.classnames[lang], self.bench.templates[lang]
+        texts = [t.replace("{c}", name) for name in names for t in templates]
+        emb = self.text_embeddings(model, tokenizer, texts, autocast, device)
+        emb = emb.view(len(names), len(templates), -1).mean(dim=1)
+        return F.normalize(emb, dim=-1)
+
+    def run(self, model, tokenizer, transform, autocast=contextlib.nullcontext, info=None):
+        """{"task", "dataset", "samples", "dropped", "metrics": {language: {metric: value}}}."""
+        was_training = model.training
+        model.eval()
+        try:
+            samples, _ = self._data(info)
+            if not samples.langs:
+                raise ValueError(f"{self.bench.root}: no usable samples ({dict(samples.dropped)})")
+            device = transform.device
+            images, decoded = self.image_embeddings(model, transform, autocast, info)
+            dropped = Counter(samples.dropped)
+            if len(decoded) < len(samples.langs):
+                dropped["bad_image"] += len(samples.langs) - len(decoded)
+                images, samples = images[decoded], _subset(samples, decoded)
+            if self.bench.task == "zeroshot_classification":
+                target = torch.tensor(samples.labels, device=device)
+                n_classes = len(next(iter(self.bench.classnames.values())))
+                if int(target.max()) >= n_classes or int(target.min()) < 0:
+                    raise ValueError(f"{self.bench.root}: a label is outside 0..{n_classes - 1}")
+                metrics = {}
+                for lang in self.languages:
+                    weights = self.classifier(model, tokenizer, lang, autocast, device)
+                    metrics[lang] = classification_metrics(100.0 * images @ weights.T, target)
+            else:
+                texts = [c for caps in samples.captions for c in caps]
+                owner = [i for i, caps in enumerate(samples.captions) for _ in caps]
+                text_emb = self.text_embeddings(model, tokenizer, texts, autocast, device, info)
+                metrics = {ALL: _retrieval(images, text_emb, owner, samples.langs, None)}
+                langs = sorted({lang for lang in samples.langs if lang})
+                for lang in self.languages or langs:
+                    if lang in langs:
+                        metrics[lang] = _retrieval(images, text_emb, owner, samples.langs, lang)
+            return {
+                "task": self.bench.task,
+                "dataset": str(self.bench.root),
+                "samples": len(samples.langs),
+                "dropped": dict(dropped),
+                "metrics": metrics,
+            }
+        finally:
+            model.train(was_training)
+
+
+def _retrieval(images, text_emb, owner, langs, lang) -> dict[str, float]:
+    """Retrieval among the samples whose caption language is `lang` (all when None)."""
+    keep = [i for i, sample_lang in enumerate(langs) if lang is None or sample_lang == lang]
+    position = {i: p for p, i in enumerate(keep)}
+    text_rows = [t for t, i in enumerate(owner) if i in position]
+    text_image = torch.tensor([position[owner[t]] for t in text_rows], device=images.device)
+    out = retrieval_metrics(images[keep], text_emb[text_rows], text_image)
+    out["images"], out["texts"] = len(keep), len(text_rows)
+    return out
+
+
+def flat_metrics(name: str, result: dict) -> dict[str, float]:
+    """{"NAME/METRIC": v} for the first language (classification) or all samples (retrieval),
+    and {"NAME/LANG/METRIC": v} for every language: the keys of metrics.jsonl and TensorBoard."""
+    out = {}
+    for i, (lang, metrics) in enumerate(result["metrics"].items()):
+        for metric, value in metrics.items():
+            if i == 0:
+                out[f"{name}/{metric}"] = value
+            out[f"{name}/{lang}/{metric}"] = value
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.evaluate",
+        description="Zero-shot classification or retrieval of a trainer checkpoint or an open_clip "
+        "local-dir model, on a dataset in CLIP_benchmark's WebDataset layout.",
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a step_*.pt written by trainer/train.py")
+    model.add_argument("--model-dir", help="an open_clip local-dir folder (trainer.export)")
+    p.add_argument("--task", choices=TASKS, help="default: the dataset_type.txt")
+    p.add_argument("--dataset", required=True, help="folder with test/*.tar (CLIP_benchmark)")
+    p.add_argument("--split", default="test", help="sub-folder of the shards")
+    p.add_argument(
+        "--languages",
+        help="comma list: classification languages (default: every classnames[.LANG].txt), or "
+        "the caption languages to report for retrieval (default: all the samples carry)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts per forward")
+    p.add_argument("--max-samples", type=int, help="only the first N samples")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
+    p.add_argument("--output", help="results JSON (default: print only)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    from trainer import models
+
+    args = parse_args(argv)
+    languages = [x.strip() for x in args.languages.split(",")] if args.languages else None
+    bench = open_benchmark(args.dataset, args.task, args.split)
+    evaluator = Evaluator(bench, languages, args.batch_size, args.max_samples)
+    info = distributed.init_distributed(args.device)
+    if args.checkpoint:
+        model, tokenizer, _ = models.load_checkpoint_model(args.checkpoint)
+    else:
+        model, tokenizer = models.load_model_dir(args.model_dir)
+    model.to(info.device)
+    transform = augment.DeviceTransform.for_model(model, info.device)
+
+    def autocast():
+        if args.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+
+    result = evaluator.run(model, tokenizer, transform, autocast, info)
+    result["model"] = args.checkpoint or args.model_dir
+    if info.is_main:
+        text = json.dumps(result, indent=2)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(text, flush=True)
+    distributed.cleanup(info)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -24,13 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init: never reach for a m
 if __package__ in (None, ""):  # `python trainer/train.py` / `torchrun trainer/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import open_clip  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from trainer import accumulate, augment, checkpoint, data, distributed, evaluate  # noqa: E402
-
-MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"  # adds e.g. `tiny-clip`
+from trainer import accumulate, augment, checkpoint, data, distributed, evaluate, models  # noqa: E402
+from trainer.losses import compute_loss  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,6 +87,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="write the keys each rank trained on to OUTPUT_DIR/samples_rank{R}.txt",
     )
+    g = p.add_argument_group("evaluation during training (points for a scaling-law fit)")
+    g.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="DIR[:TASK]",
+        help="a dataset in CLIP_benchmark's WebDataset layout (python -m trainer.datasets "
+        "writes some); TASK zeroshot_classification or retrieval, default from its "
+        "dataset_type.txt; repeatable. Evaluated on all ranks' shares at --eval-every and at "
+        "the end; results go to metrics.jsonl and TensorBoard as eval/NAME/METRIC (NAME: the "
+        "folder's name) with samples_seen and train_flops",
+    )
+    g.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)"
+    )
+    g.add_argument(
+        "--eval-languages", help="comma list of languages to evaluate (default: all the set has)"
+    )
+    g.add_argument("--eval-max-samples", type=int, help="cap on samples per eval set")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-32", help="any open_clip model name (random init)")
     g.add_argument(
@@ -151,7 +168,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--log-every", type=int, default=10, help="progress line every N steps")
     g.add_argument("--exit-after", type=int, help="stop after this step (as a preempted job would)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eval_every < 0:
+        p.error("--eval-every must be >= 0")
+    if args.eval_every and not args.eval:
+        p.error("--eval-every needs at least one --eval DIR")
+    return args
+
+
+def eval_sets(args) -> list[tuple[str, evaluate.Evaluator]]:
+    """(name, Evaluator) per --eval DIR[:TASK]; names are the folders' names, made unique."""
+    languages = args.eval_languages.split(",") if args.eval_languages else None
+    out, names = [], set()
+    for spec in args.eval:
+        root, task = spec, None
+        head, sep, tail = spec.rpartition(":")
+        if sep and tail in evaluate.TASKS:
+            root, task = head, tail
+        bench = evaluate.open_benchmark(root, task)
+        name, n = bench.name, 2
+        while name in names:
+            name, n = f"{bench.name}{n}", n + 1
+        names.add(name)
+        out.append((name, evaluate.Evaluator(bench, languages, 256, args.eval_max_samples)))
+    return out
+
+
+def flops_per_sample(model, loss: str, size: int, context_length: int, device) -> int:
+    """Training FLOPs of one sample (forward, loss and backward of a 2-sample batch, halved),
+    counted by torch.utils.flop_counter: the x axis of a compute scaling plot."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = torch.zeros(2, 3, size, size, device=device)
+    tokens = torch.zeros(2, context_length, dtype=torch.long, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with FlopCounterMode(display=False) as counter:
+            out = model(images, tokens)
+            compute_loss(loss, out).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() // 2
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
@@ -205,25 +260,16 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
     torch.backends.cudnn.allow_tf32 = True
-    open_clip.add_model_config(MODEL_CONFIGS)
-    extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
-    raw_model = open_clip.create_model(
-        args.model,
-        pretrained=None,
-        pretrained_image=False,
-        pretrained_text=False,
-        output_dict=True,
-        **(extra if args.loss == "siglip" else {}),
-    )
+    raw_model = models.build_model(args.model, args.loss)
     raw_model.to(device)
     if args.grad_checkpointing:
         raw_model.set_grad_checkpointing(True)
-    if args.tokenizer:
-        tokenizer = open_clip.tokenizer.HFTokenizer(
-            args.tokenizer, context_length=raw_model.context_length
-        )
-    else:
-        tokenizer = open_clip.get_tokenizer(args.model)
+    tokenizer = models.build_tokenizer(args.model, args.tokenizer, raw_model.context_length)
+    evals = eval_sets(args)
+    image_size = models.image_size(raw_model)
+    sample_flops = flops_per_sample(
+        raw_model, args.loss, image_size, raw_model.context_length, device
+    )
 
     # optimisation
     global_batch = args.batch_size * dist_info.world_size * args.accum_steps
@@ -290,9 +336,6 @@ def main(argv=None) -> dict:
     if args.compile:
         model = torch.compile(model, backend=args.compile_backend)
 
-    image_size = raw_model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, tuple) else image_size
-
     def make_dataset(**resume):
         return data.ShardBatches(
             urls,
@@ -352,6 +395,7 @@ def main(argv=None) -> dict:
         keys_file = (out_dir / f"samples_rank{dist_info.rank}.txt").open("a", encoding="utf-8")
 
     # the loop
+    eval_row = None
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
     while step < total_steps:
@@ -407,13 +451,24 @@ def main(argv=None) -> dict:
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/samples_per_s", rate, step)
                 writer.add_scalar("train/logit_scale", raw_model.logit_scale.exp().item(), step)
-                row = {"step": step, "loss": mean_loss, "lr": lr}
+                row = {
+                    "step": step,
+                    "samples_seen": step * global_batch,
+                    "train_flops": step * global_batch * sample_flops,
+                    "loss": mean_loss,
+                    "lr": lr,
+                }
                 if online is not None:
                     row["online"] = online_counts  # kept / skipped per language, all ranks
                 with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
             last_time, last_step, loss_sum = now, step, 0.0
 
+        if evals and (step == total_steps or (args.eval_every and step % args.eval_every == 0)):
+            eval_row = run_evals(
+                evals, raw_model, tokenizer, transform, autocast, dist_info, step,
+                step * global_batch, sample_flops, writer, out_dir,
+            )  # fmt: skip
         if step % args.save_every == 0 or step == total_steps:
             save_checkpoint(
                 args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir
@@ -430,7 +485,10 @@ def main(argv=None) -> dict:
         "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_memory_gib": peak_memory_gib(device),
         "dropped": loader.dropped(),
+        "flops_per_sample": sample_flops,
     }
+    if eval_row is not None:
+        summary["eval"] = eval_row["eval"]
     if step == total_steps and args.val_data and is_main:
         raw_model.eval()
         batches = data.eval_batches(
@@ -452,6 +510,34 @@ def main(argv=None) -> dict:
         print(f"done: {json.dumps(summary)}", flush=True)
     distributed.cleanup(dist_info)
     return summary
+
+
+def run_evals(
+    evals, model, tokenizer, transform, autocast, dist_info, step, samples_seen, sample_flops,
+    writer, out_dir,
+) -> dict:  # fmt: skip
+    """Every --eval set on all ranks; rank 0 logs one metrics.jsonl row and the scalars."""
+    row = {
+        "step": step,
+        "samples_seen": samples_seen,
+        "train_flops": samples_seen * sample_flops,
+        "eval": {},
+    }
+    started = time.perf_counter()
+    for name, evaluator in evals:
+        result = evaluator.run(model, tokenizer, transform, autocast, dist_info)
+        row["eval"].update(evaluate.flat_metrics(name, result))
+    if dist_info.is_main:
+        for key, value in row["eval"].items():
+            writer.add_scalar(f"eval/{key}", value, step)
+        with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = {k: round(v, 4) for k, v in row["eval"].items() if k.count("/") == 1}
+        print(
+            f"eval at step {step} ({time.perf_counter() - started:.1f} s): {json.dumps(shown)}",
+            flush=True,
+        )
+    return row
 
 
 def online_curation(args, urls):

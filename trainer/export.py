@@ -1,0 +1,66 @@
+"""A trainer checkpoint as an open_clip `local-dir:` folder.
+
+    python -m trainer.export runs/x/checkpoints/step_00010000.pt exported/x
+
+writes open_clip_config.json ({"model_cfg", "preprocess_cfg"}) and open_clip_model.safetensors,
+which `open_clip.create_model_from_pretrained('local-dir:exported/x')`, `trainer.evaluate
+--model-dir` and CLIP_benchmark (`--model local-dir:exported/x`) load. Exports the model weights
+only (no optimizer or data state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer import models  # noqa: E402
+
+WEIGHTS = "open_clip_model.safetensors"
+CONFIG = "open_clip_config.json"
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    model, _, args = models.load_checkpoint_model(checkpoint)
+    cfg = models.model_config(args["model"])
+    if args.get("tokenizer"):
+        # open_clip builds an HFTokenizer from text_cfg.hf_tokenizer_name
+        cfg.setdefault("text_cfg", {})["hf_tokenizer_name"] = str(Path(args["tokenizer"]).resolve())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    config = {
+        "model_cfg": cfg,
+        "preprocess_cfg": dict(model.visual.preprocess_cfg),
+        "trainer": {"checkpoint": str(Path(checkpoint).resolve()), "model": args["model"]},
+    }
+    (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.export",
+        description="Write a trainer checkpoint as an open_clip local-dir folder.",
+    )
+    p.add_argument("checkpoint", help="a step_*.pt written by trainer/train.py")
+    p.add_argument("out_dir", help="folder for open_clip_config.json + weights")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.checkpoint, args.out_dir)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {args.checkpoint} to {out} (load with 'local-dir:{out}')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
