@@ -19,6 +19,7 @@ help:
 	@echo "make train  - a few steps of a tiny CLIP model on \$$(OUT)/shards (stage 5 smoke run)"
 	@echo "make pack-env - dist/curation-env.tar.gz, the executors' Python for a Spark cluster"
 	@echo "make train-online - pool shards of the demo run + a few steps with online curation"
+	@echo "make sweep  - CPU scaling sweep on the digits set: 3 models x 3 durations, power-law fit"
 
 # Reruns are no-ops until pyproject.toml changes.
 .venv: $(STAMP)
@@ -116,3 +117,26 @@ REPORT_ARGS ?=
 .PHONY: report
 report: .venv
 	$(PY) -m curation.report $(OUT) --html $(OUT)/report.html $(REPORT_ARGS)
+
+# A CPU scaling sweep on the digits set (python -m trainer.datasets digits): every model of
+# SWEEP_MODELS trained for every duration of SWEEP_STEPS, zero-shot evaluated every
+# SWEEP_EVAL_EVERY steps, then E = beta * C^alpha fitted on the Pareto front (trainer.scaling):
+# $(SWEEP_OUT)/fit.json and fit.png. About 6 minutes on 2 cores.
+SWEEP_OUT ?= out/sweep
+SWEEP_MODELS ?= tiny-clip-w32 tiny-clip tiny-clip-w128
+SWEEP_STEPS ?= 60 120 240
+SWEEP_EVAL_EVERY ?= 20
+SWEEP_ARGS ?= --batch-size 64 --lr 2e-3 --precision fp32 --workers 1 --log-every 20
+.PHONY: sweep
+sweep: .venv
+	$(PY) -m trainer.datasets digits $(SWEEP_OUT)/digits
+	rm -rf $(SWEEP_OUT)/runs
+	@for m in $(SWEEP_MODELS); do for s in $(SWEEP_STEPS); do \
+	  echo "== $$m, $$s steps"; \
+	  $(PY) trainer/train.py --train-data $(SWEEP_OUT)/digits/train --model $$m --steps $$s \
+	    --warmup $$((s / 10)) --save-every $$s --keep-checkpoints 1 $(SWEEP_ARGS) \
+	    --eval $(SWEEP_OUT)/digits/zeroshot --eval-every $(SWEEP_EVAL_EVERY) --eval-languages en \
+	    --output-dir $(SWEEP_OUT)/runs/$$m-$$s | grep -E "^eval at step $$s " || exit 1; \
+	done; done
+	$(PY) -m trainer.scaling $(SWEEP_OUT)/runs/* --metric zeroshot/acc1 \
+	  --x train_flops,samples_seen --output $(SWEEP_OUT)/fit.json --plot $(SWEEP_OUT)/fit.png

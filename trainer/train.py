@@ -467,7 +467,7 @@ def main(argv=None) -> dict:
         if evals and (step == total_steps or (args.eval_every and step % args.eval_every == 0)):
             eval_row = run_evals(
                 evals, raw_model, tokenizer, transform, autocast, dist_info, step,
-                step * global_batch, sample_flops, writer, out_dir,
+                step * global_batch, sample_flops, writer, out_dir, args.model,
             )  # fmt: skip
         if step % args.save_every == 0 or step == total_steps:
             save_checkpoint(
@@ -514,11 +514,12 @@ def main(argv=None) -> dict:
 
 def run_evals(
     evals, model, tokenizer, transform, autocast, dist_info, step, samples_seen, sample_flops,
-    writer, out_dir,
+    writer, out_dir, model_name,
 ) -> dict:  # fmt: skip
     """Every --eval set on all ranks; rank 0 logs one metrics.jsonl row and the scalars."""
     row = {
         "step": step,
+        "model": model_name,
         "samples_seen": samples_seen,
         "train_flops": samples_seen * sample_flops,
         "eval": {},

@@ -1,0 +1,385 @@
+"""Evaluation: metrics on fixed embeddings, CLIP_benchmark-layout folders, per-language splits,
+a learning test on scikit-learn's real digits, periodic evaluation on 2 gloo ranks, export,
+and the power-law fit of trainer.scaling."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("open_clip")
+pytest.importorskip("sklearn")
+
+from trainer import augment, evaluate, models, scaling  # noqa: E402
+from trainer.datasets import CLASSNAMES, build_digits  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 200
+
+
+# -- metrics against hand-computed values ---------------------------------------------------------
+
+
+def test_topk_accuracy_and_mean_per_class_recall_by_hand():
+    logits = torch.tensor(
+        [
+            [0.9, 0.05, 0.03, 0.02],  # true 0: top-1 hit
+            [0.5, 0.3, 0.1, 0.1],  # true 1: second -> top-2 hit only
+            [0.1, 0.2, 0.3, 0.4],  # true 2: second
+            [0.4, 0.3, 0.2, 0.1],  # true 3: last
+            [0.1, 0.1, 0.7, 0.1],  # true 2: hit
+        ]
+    )
+    target = torch.tensor([0, 1, 2, 3, 2])
+    acc = evaluate.topk_accuracy(logits, target, ks=(1, 2, 5))
+    assert acc == {"acc1": pytest.approx(2 / 5), "acc2": pytest.approx(4 / 5)}  # k=5 > 4 classes
+    # per class recall: class 0 1/1, class 1 0/1, class 2 1/2, class 3 0/1 -> mean 0.375
+    assert evaluate.mean_per_class_recall(logits.argmax(1), target) == pytest.approx(0.375)
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert balanced_accuracy_score(target, logits.argmax(1)) == pytest.approx(0.375)
+
+
+def test_retrieval_recall_with_several_captions_per_image_by_hand():
+    # 3 images on the axes; 4 texts: t0, t1 describe image 0, t2 image 1, t3 image 2
+    images = torch.eye(3)
+    texts = F.normalize(
+        torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.0], [0.0, 1.0, 0.3], [0.0, 0.9, 1.0]]), dim=-1
+    )
+    owner = torch.tensor([0, 0, 1, 2])
+    m = evaluate.retrieval_metrics(images, texts, owner, ks=(1, 2))
+    # text->image best: t0 -> 0 (hit), t1 -> 1 (miss), t2 -> 1 (hit), t3 -> 2 (hit)
+    assert m["image_retrieval_recall@1"] == pytest.approx(3 / 4)
+    # t1's second best is image 0 -> hit at 2; all hit
+    assert m["image_retrieval_recall@2"] == pytest.approx(1.0)
+    # image->text best: image 0 -> t0 (hit), image 1 -> t1 (score .995, t1 is image 0's: miss),
+    # image 2 -> t3 (hit); at 2: image 1 gets t2 (hit)
+    assert m["text_retrieval_recall@1"] == pytest.approx(2 / 3)
+    assert m["text_retrieval_recall@2"] == pytest.approx(1.0)
+
+
+def test_numpy_scalar_conversion_is_not_needed():
+    """numpy >= 2.4 refuses float() of a 1-element array, which CLIP_benchmark's accuracy()
+    does; our metrics are plain floats from torch."""
+    acc = evaluate.topk_accuracy(torch.eye(3), torch.arange(3))
+    assert type(acc["acc1"]) is float and acc["acc1"] == 1.0
+    if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4):
+        with pytest.raises(TypeError):
+            float(np.array([1.0]))
+
+
+# -- the digits set in CLIP_benchmark's layout ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("digits")
+    build_digits(out, languages=("en", "de"))
+    return out
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+
+
+def test_digits_layout_split_and_determinism(digits, tmp_path):
+    summary = json.loads((digits / "digits.json").read_text())
+    assert summary["train_samples"] + summary["test_samples"] == 1797
+    assert (digits / "zeroshot" / "test" / "nshards.txt").read_text().strip() == "1"
+    assert (digits / "retrieval" / "dataset_type.txt").read_text().strip() == "retrieval"
+    train_sources = set()
+    sizes = json.loads((digits / "train" / "sizes.json").read_text())
+    for name in sizes:
+        for member, data in _members(digits / "train" / name).items():
+            if member.endswith(".json"):
+                train_sources.add(json.loads(data)["source_index"])
+    assert len(train_sources) == summary["train_samples"] == sum(sizes.values())
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    test_members = _members(digits / "zeroshot" / "test" / "0.tar")
+    test_labels = [int(v) for k, v in test_members.items() if k.endswith(".cls")]
+    test_sources = set(range(1797)) - train_sources
+    assert sorted(test_labels) == sorted(int(labels[i]) for i in test_sources)  # held out, all
+    # every class held out in proportion
+    assert all(abs(test_labels.count(c) - 0.2 * (labels == c).sum()) <= 1 for c in range(10))
+    again = tmp_path / "again"
+    build_digits(again, languages=("en", "de"))
+    for rel in ("train/00000.tar", "zeroshot/test/0.tar", "retrieval/test/0.tar"):
+        assert (again / rel).read_bytes() == (digits / rel).read_bytes()
+
+
+def test_open_benchmark_reads_languages_and_refuses_bad_folders(digits, tmp_path):
+    bench = evaluate.open_benchmark(digits / "zeroshot")
+    assert bench.task == "zeroshot_classification"
+    assert list(bench.classnames)[0] == "en"  # classnames.txt is the first language
+    assert set(bench.classnames) == set(CLASSNAMES)
+    assert bench.classnames["de"][5] == "fünf"
+    with pytest.raises(ValueError, match="is a retrieval set"):
+        evaluate.open_benchmark(digits / "retrieval", "zeroshot_classification")
+    with pytest.raises(ValueError, match="no test/ folder"):
+        evaluate.open_benchmark(tmp_path)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "nshards.txt").write_text("2\n")
+    with pytest.raises(ValueError, match="lists 2 shards"):
+        evaluate.open_benchmark(tmp_path)
+
+
+# -- a trained model --------------------------------------------------------------------------
+
+
+def train(digits: Path, out: Path, *extra: str, ranks: int = 1, steps: int = STEPS):
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+    cmd = [
+        *launcher, str(ROOT / "trainer" / "train.py"),
+        "--train-data", str(digits / "train"),
+        "--model", "tiny-clip",
+        "--batch-size", "64",
+        "--steps", str(steps),
+        "--warmup", "20",
+        "--lr", "2e-3",
+        "--precision", "fp32",
+        "--workers", "1",
+        "--log-every", "50",
+        "--output-dir", str(out),
+        *extra,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if ranks > 1:
+        env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def eval_rows(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows if "eval" in row}
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("digits_run")
+    train(
+        digits, out,
+        "--eval", str(digits / "zeroshot"),
+        "--eval", f"{digits / 'retrieval'}:retrieval",
+        "--eval-every", "100",
+        "--save-every", "100",
+        "--keep-checkpoints", "0",
+    )  # fmt: skip
+    return out
+
+
+def test_learning_on_digits_zero_shot_beats_chance(trained):
+    rows = eval_rows(trained)
+    assert sorted(rows) == [100, STEPS]
+    final = rows[STEPS]
+    assert final["samples_seen"] == STEPS * 64
+    assert (
+        final["train_flops"]
+        == STEPS * 64 * json.loads((trained / "summary.json").read_text())["flops_per_sample"]
+    )
+    acc = final["eval"]["zeroshot/acc1"]
+    assert acc >= 0.5, f"zero-shot top-1 {acc} after {STEPS} steps (chance 0.1)"
+    assert final["eval"]["zeroshot/acc1"] == final["eval"]["zeroshot/en/acc1"]
+    assert "zeroshot/de/acc1" in final["eval"]
+    assert rows[100]["eval"]["zeroshot/acc1"] <= acc  # still learning at the end
+    # retrieval split by caption language: en and de samples, each ranked among its own
+    assert final["eval"]["retrieval/en/images"] + final["eval"]["retrieval/de/images"] == 359
+    assert final["eval"]["retrieval/all/images"] == 359
+
+
+def test_evaluate_cli_and_export_agree_with_training_eval(trained, digits, tmp_path):
+    ckpt = trained / "checkpoints" / f"step_{STEPS:08d}.pt"
+    logged = eval_rows(trained)[STEPS]["eval"]
+    out = tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", "--checkpoint", str(ckpt), "--task",
+         "zeroshot_classification", "--dataset", str(digits / "zeroshot"), "--output", str(out)],
+        check=True, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["samples"] == 359 and list(result["metrics"])[0] == "en"
+    assert result["metrics"]["en"]["acc1"] == pytest.approx(logged["zeroshot/acc1"], abs=1e-9)
+    assert result["metrics"]["de"]["acc1"] == pytest.approx(logged["zeroshot/de/acc1"], abs=1e-9)
+
+    from trainer import export
+
+    exported = export.export(ckpt, tmp_path / "exported")
+    import open_clip
+
+    model_ckpt, tokenizer, _ = models.load_checkpoint_model(ckpt)
+    model_dir, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{exported}")
+    model_dir.eval()
+    images = torch.rand(4, 3, 32, 32)
+    tokens = tokenizer(["the digit three.", "a handwritten seven.", "x", "null"])
+    with torch.no_grad():
+        assert torch.equal(model_ckpt.encode_image(images), model_dir.encode_image(images))
+        assert torch.equal(model_ckpt.encode_text(tokens), model_dir.encode_text(tokens))
+    bench = evaluate.open_benchmark(digits / "retrieval")
+    result = evaluate.Evaluator(bench).run(
+        model_dir, open_clip.get_tokenizer(f"local-dir:{exported}"),
+        augment.DeviceTransform.for_model(model_dir, torch.device("cpu")),
+    )  # fmt: skip
+    assert result["metrics"]["all"]["image_retrieval_recall@5"] == pytest.approx(
+        logged["retrieval/image_retrieval_recall@5"], abs=1e-9
+    )
+
+
+def test_per_language_retrieval_is_retrieval_on_that_language_alone(trained, digits):
+    model, tokenizer, _ = models.load_checkpoint_model(
+        trained / "checkpoints" / f"step_{STEPS:08d}.pt"
+    )
+    transform = augment.DeviceTransform.for_model(model, torch.device("cpu"))
+    bench = evaluate.open_benchmark(digits / "retrieval")
+    result = evaluate.Evaluator(bench).run(model, tokenizer, transform)
+    samples, images = evaluate.read_samples(bench)
+    de = [i for i, lang in enumerate(samples.langs) if lang == "de"]
+    assert 0 < len(de) < len(samples.langs)
+    with torch.no_grad():
+        batch = evaluate._image_batch([images[i][1] for i in de])
+        img = F.normalize(model.encode_image(transform(batch)), dim=-1)
+        tokens = tokenizer([samples.captions[i][0] for i in de])
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
+    by_hand = evaluate.retrieval_metrics(img, txt, torch.arange(len(de)))
+    for metric, value in by_hand.items():
+        assert result["metrics"]["de"][metric] == pytest.approx(value, abs=1e-6), metric
+    assert result["metrics"]["de"]["images"] == len(de)
+
+
+def test_bad_image_and_label_are_counted_and_the_rest_evaluated(trained, digits, tmp_path):
+    root = tmp_path / "broken"
+    (root / "test").mkdir(parents=True)
+    for name in ("classnames.txt", "zeroshot_classification_templates.txt"):
+        (root / name).write_bytes((digits / "zeroshot" / name).read_bytes())
+    members = _members(digits / "zeroshot" / "test" / "0.tar")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for name, data in sorted(members.items()):
+            if name in ("s0000000.png", "s0000001.cls"):
+                data = b"not a png" if name.endswith(".png") else b"three"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    model, tokenizer, _ = models.load_checkpoint_model(
+        trained / "checkpoints" / f"step_{STEPS:08d}.pt"
+    )
+    transform = augment.DeviceTransform.for_model(model, torch.device("cpu"))
+    result = evaluate.Evaluator(evaluate.open_benchmark(root)).run(model, tokenizer, transform)
+    assert result["samples"] == 357
+    assert result["dropped"] == {"bad_image": 1, "missing_label": 1}
+
+
+def test_eval_flags_fail_with_one_clear_line(digits, tmp_path):
+    from trainer.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--train-data", str(digits / "train"), "--eval-every", "10"])
+    cmd = [sys.executable, str(ROOT / "trainer" / "train.py")]
+    cmd += ["--train-data", str(digits / "train")]
+    cmd += ["--model", "tiny-clip", "--eval", str(tmp_path), "--output-dir", str(tmp_path / "o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "no test/ folder" in result.stderr
+
+
+def test_periodic_eval_on_two_ranks_equals_one_rank(digits, tmp_path):
+    out = tmp_path / "ddp"
+    train(
+        digits, out,
+        "--eval", str(digits / "zeroshot"),
+        "--eval", f"{digits / 'retrieval'}:retrieval",
+        "--eval-every", "10",
+        "--save-every", "10",
+        "--keep-checkpoints", "0",
+        "--batch-size", "16",
+        ranks=2, steps=20,
+    )  # fmt: skip
+    rows = eval_rows(out)
+    assert sorted(rows) == [10, 20]
+    for step in (10, 20):
+        ckpt = out / "checkpoints" / f"step_{step:08d}.pt"
+        for name, task in (("zeroshot", "zeroshot_classification"), ("retrieval", "retrieval")):
+            res = tmp_path / f"{name}_{step}.json"
+            subprocess.run(
+                [sys.executable, "-m", "trainer.evaluate", "--checkpoint", str(ckpt), "--task",
+                 task, "--dataset", str(digits / name), "--output", str(res)],
+                check=True, cwd=ROOT, capture_output=True,
+            )  # fmt: skip
+            one_rank = evaluate.flat_metrics(name, json.loads(res.read_text()))
+            two_ranks = {k: v for k, v in rows[step]["eval"].items() if k.startswith(name + "/")}
+            assert one_rank.keys() == two_ranks.keys()
+            for key, value in one_rank.items():
+                assert two_ranks[key] == pytest.approx(value, abs=1e-9), (step, key)
+
+
+# -- scaling-law fit ------------------------------------------------------------------------------
+
+
+def test_pareto_front_by_hand():
+    pts = [
+        {"x": 1.0, "error": 0.9},
+        {"x": 2.0, "error": 0.95},  # worse than a cheaper point: off the front
+        {"x": 2.0, "error": 0.7},
+        {"x": 4.0, "error": 0.7},  # not strictly better
+        {"x": 8.0, "error": 0.4},
+    ]
+    assert [(p["x"], p["error"]) for p in scaling.pareto_front(pts)] == [
+        (1.0, 0.9),
+        (2.0, 0.7),
+        (8.0, 0.4),
+    ]
+
+
+def test_power_law_fit_recovers_alpha_and_beta(tmp_path):
+    alpha, beta = -0.35, 40.0
+    rng = np.random.default_rng(0)
+    runs = []
+    for r, scale in enumerate((1.0, 1.15, 1.4)):  # the first run is on the front
+        run = tmp_path / f"run{r}"
+        run.mkdir()
+        rows = []
+        for step, c in enumerate(np.geomspace(1e9, 1e13, 12)):
+            err = scale * beta * c**alpha * math.exp(rng.normal(0, 0.02))
+            rows.append({"step": step, "samples_seen": step, "train_flops": float(c),
+                         "eval": {"zeroshot/acc1": 1 - err}})  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        runs.append(str(run))
+    result = scaling.main(
+        [*runs, "--metric", "zeroshot/acc1", "--output", str(tmp_path / "fit.json"),
+         "--plot", str(tmp_path / "fit.png"), "--bootstrap", "200"]
+    )  # fmt: skip
+    f = result["fits"]["train_flops"]
+    assert f["alpha"] == pytest.approx(alpha, rel=0.05)
+    assert f["beta"] == pytest.approx(beta, rel=0.05)
+    assert f["alpha_ci95"][0] <= f["alpha"] <= f["alpha_ci95"][1]
+    assert {p["run"] for p in f["front"]} <= {"run0", "run1"}
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+    written = json.loads((tmp_path / "fit.json").read_text())
+    assert written["fits"]["train_flops"]["alpha"] == f["alpha"]
+
+
+def test_fit_needs_three_front_points(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "train_flops": 1.0, "samples_seen": 1, "eval": {"z/acc1": 0.2}})
+        + "\n"
+    )
+    with pytest.raises(ValueError, match="at least 3"):
+        scaling.main([str(tmp_path), "--metric", "z/acc1", "--output", str(tmp_path / "f.json")])
+    with pytest.raises(ValueError, match="no evaluation rows"):
+        scaling.main([str(tmp_path), "--metric", "other", "--output", str(tmp_path / "f.json")])
