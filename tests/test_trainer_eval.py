@@ -346,8 +346,12 @@ def test_pareto_front_by_hand():
     ]
 
 
-def test_power_law_fit_recovers_alpha_and_beta(tmp_path):
-    alpha, beta = -0.35, 40.0
+ALPHA, BETA = -0.35, 40.0
+
+
+def synthetic_fit(tmp_path) -> dict:
+    """Three runs' points on E = BETA * C^ALPHA (x 1, 1.15, 1.4; 2% log-normal noise), fitted."""
+    alpha, beta = ALPHA, BETA
     rng = np.random.default_rng(0)
     runs = []
     for r, scale in enumerate((1.0, 1.15, 1.4)):  # the first run is on the front
@@ -360,10 +364,15 @@ def test_power_law_fit_recovers_alpha_and_beta(tmp_path):
                          "eval": {"zeroshot/acc1": 1 - err}})  # fmt: skip
         (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         runs.append(str(run))
-    result = scaling.main(
+    return scaling.main(
         [*runs, "--metric", "zeroshot/acc1", "--output", str(tmp_path / "fit.json"),
          "--plot", str(tmp_path / "fit.png"), "--bootstrap", "200"]
     )  # fmt: skip
+
+
+def test_power_law_fit_recovers_alpha_and_beta(tmp_path):
+    alpha, beta = ALPHA, BETA
+    result = synthetic_fit(tmp_path)
     f = result["fits"]["train_flops"]
     assert f["alpha"] == pytest.approx(alpha, rel=0.05)
     assert f["beta"] == pytest.approx(beta, rel=0.05)
@@ -383,3 +392,23 @@ def test_fit_needs_three_front_points(tmp_path):
         scaling.main([str(tmp_path), "--metric", "z/acc1", "--output", str(tmp_path / "f.json")])
     with pytest.raises(ValueError, match="no evaluation rows"):
         scaling.main([str(tmp_path), "--metric", "other", "--output", str(tmp_path / "f.json")])
+
+
+def test_scaling_notebook_runs_headless_and_draws_the_fit(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    synthetic_fit(tmp_path)  # writes tmp_path/fit.json
+    path = ROOT / "notebooks" / "scaling.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+    monkeypatch.setenv("SCALING_FIT", str(tmp_path / "fit.json"))
+    NotebookClient(
+        notebook, kernel_name="python3", timeout=240,
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()  # fmt: skip
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})]
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert tables and "-0.3" in tables[0]  # the fitted alpha of the synthetic runs
