@@ -7,6 +7,9 @@ all of them (open_clip_train's `accum_freq` scheme).
    that micro-batch's share of the full-batch gradient, so the K backward passes add up to the
    gradient of one step on all K x batch x world samples.
 
+A caption loss (`caption`, `siglip+caption`) is per sample: each micro-batch adds its own
+caption loss / K in its gradient pass, and `caption` alone skips the cached pass.
+
 The temperature (and SigLIP bias) take part with gradient in the last micro-step only: the loss
 depends on them once, not K times (open_clip_train adds their gradient K times). The RNG state
 of each no-gradient forward is replayed for its gradient forward, so patch dropout and the like
@@ -20,7 +23,8 @@ import contextlib
 
 import torch
 
-from trainer.losses import compute_loss
+from trainer.caption import caption_loss
+from trainer.losses import compute_loss, contrastive_loss, loss_parts
 
 FEATURE_KEYS = ("image_features", "text_features")
 SHARED_KEYS = ("logit_scale", "logit_bias")
@@ -52,6 +56,7 @@ def forward_backward(
     autocast=contextlib.nullcontext,
     backward=lambda loss: loss.backward(),
     no_sync=None,
+    caption_weight: float = 1.0,
 ) -> torch.Tensor:
     """Forward + backward of one step; returns the (detached) loss of the whole step.
 
@@ -62,37 +67,49 @@ def forward_backward(
         images, tokens = micro_batches[0]
         with autocast():
             out = model(images, tokens)
-        loss = compute_loss(loss_kind, {key: _upcast(v) for key, v in out.items()})
+        loss = compute_loss(loss_kind, {key: _upcast(v) for key, v in out.items()}, caption_weight)
         backward(loss)
         return loss.detach()
 
+    contrastive, caption = loss_parts(loss_kind)
     device = micro_batches[0][0].device
     cached, rng = [], []
-    with torch.no_grad():
-        for images, tokens in micro_batches:
-            rng.append(_rng_state(device))
-            with autocast():
-                out = model(images, tokens)
-            cached.append({key: _upcast(out[key]) for key in FEATURE_KEYS})
+    if contrastive:
+        with torch.no_grad():
+            for images, tokens in micro_batches:
+                rng.append(_rng_state(device))
+                with autocast():
+                    out = model(images, tokens)
+                cached.append({key: _upcast(out[key]) for key in FEATURE_KEYS})
 
+    total = 0.0
     for j, (images, tokens) in enumerate(micro_batches):
         last = j == k - 1
-        _set_rng_state(rng[j], device)
+        if contrastive:
+            _set_rng_state(rng[j], device)
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
                 out = model(images, tokens)
-            inputs = {
-                key: torch.cat(
-                    [c[key] for c in cached[:j]]
-                    + [_upcast(out[key])]
-                    + [c[key] for c in cached[j + 1 :]]
-                )
-                for key in FEATURE_KEYS
-            }
-            for key in SHARED_KEYS:
-                if key in out:
-                    inputs[key] = _upcast(out[key]) if last else _upcast(out[key]).detach()
-            loss = compute_loss(loss_kind, inputs)
+            loss = 0.0
+            if contrastive:
+                inputs = {
+                    key: torch.cat(
+                        [c[key] for c in cached[:j]]
+                        + [_upcast(out[key])]
+                        + [c[key] for c in cached[j + 1 :]]
+                    )
+                    for key in FEATURE_KEYS
+                }
+                for key in SHARED_KEYS:
+                    if key in out:
+                        inputs[key] = _upcast(out[key]) if last else _upcast(out[key]).detach()
+                loss = contrastive_loss(contrastive, inputs)
+                if last:
+                    total = total + loss.detach()  # the full-batch contrastive loss
+            if caption:
+                part = caption_weight * caption_loss(out["caption_logits"], out["caption_labels"])
+                loss = loss + part / k
+                total = total + part.detach() / k
             backward(loss)
-    return loss.detach()
+    return total

@@ -1,5 +1,8 @@
 """Zero-shot classification and image-text retrieval on CLIP_benchmark's WebDataset layout.
 
+A caption-only model (`--loss caption`) classifies by caption likelihood: the class whose
+templates have the highest mean log p(template(class) | image) under its decoder.
+
     python -m trainer.evaluate --checkpoint runs/x/checkpoints/step_00001000.pt \
         --task zeroshot_classification --dataset data/digits/zeroshot --output results.json
     torchrun --nproc_per_node=8 -m trainer.evaluate --model-dir exported/ --task retrieval ...
@@ -279,25 +282,49 @@ class Evaluator:
         return self._cache
 
     @torch.no_grad()
-    def image_embeddings(self, model, transform, autocast, info) -> tuple[torch.Tensor, list]:
-        """(n x D normalised embeddings of every sample, the indices whose image decoded)."""
+    def per_image(self, fn, transform, autocast, info) -> tuple[torch.Tensor, list]:
+        """(n x D rows fn(images) of every sample, the indices whose image decoded): each rank
+        computes its share, batched, and the rows are summed into place across ranks."""
         samples, images = self._data(info)
         ok = [(i, p) for i, p in images if p is not None]
         rows = []
         for s in range(0, len(ok), self.batch_size):
             chunk = ok[s : s + self.batch_size]
             with autocast():
-                emb = model.encode_image(transform(_image_batch([p for _, p in chunk])))
-            rows.append(F.normalize(emb.float(), dim=-1))
+                rows.append(fn(transform(_image_batch([p for _, p in chunk]))).float())
         if not rows:  # fewer decodable samples than ranks: still join the all_reduce
             blank = torch.zeros(1, 3, transform.size, transform.size, device=transform.device)
-            rows.append(model.encode_image(blank).float()[:0])
+            rows.append(fn(blank).float()[:0])
         n = len(samples.langs)
-        emb = gather_rows([i for i, _ in ok], torch.cat(rows), n, info)
+        out = gather_rows([i for i, _ in ok], torch.cat(rows), n, info)
         decoded = torch.zeros(n, 1, device=transform.device)
         decoded[[i for i, _ in ok]] = 1
         decoded = gather_rows(list(range(n)), decoded, n, info)  # sums the ranks' flags
-        return emb, [i for i in range(n) if decoded[i, 0] > 0]
+        return out, [i for i in range(n) if decoded[i, 0] > 0]
+
+    def image_embeddings(self, model, transform, autocast, info) -> tuple[torch.Tensor, list]:
+        """(n x D normalised embeddings of every sample, the indices whose image decoded)."""
+        return self.per_image(
+            lambda x: F.normalize(model.encode_image(x), dim=-1), transform, autocast, info
+        )
+
+    def likelihood_scores(self, model, tokenizer, transform, autocast, info):
+        """({language: n x classes mean over templates of log p(template(class) | image)},
+        decoded indices): zero-shot classification of a caption-only model."""
+        texts, spans = [], {}
+        for lang in self.languages:
+            names, templates = self.bench.classnames[lang], self.bench.templates[lang]
+            start = len(texts)
+            texts += [t.replace("{c}", name) for name in names for t in templates]
+            spans[lang] = (start, len(texts), len(names), len(templates))
+        tokens = tokenizer(texts).to(transform.device)
+        scores, decoded = self.per_image(
+            lambda x: model.log_likelihood(x, tokens), transform, autocast, info
+        )
+        out = {}
+        for lang, (start, end, n_classes, n_templates) in spans.items():
+            out[lang] = scores[:, start:end].view(-1, n_classes, n_templates).mean(dim=2)
+        return out, decoded
 
     @torch.no_grad()
     def text_embeddings(self, model, tokenizer, texts, autocast, device, info=None):
@@ -330,11 +357,26 @@ class Evaluator:
             if not samples.langs:
                 raise ValueError(f"{self.bench.root}: no usable samples ({dict(samples.dropped)})")
             device = transform.device
-            images, decoded = self.image_embeddings(model, transform, autocast, info)
+            by_likelihood = not getattr(model, "has_text_tower", True)
+            if by_likelihood and self.bench.task == "retrieval":
+                raise ValueError(
+                    "a caption-only model has no text embeddings for retrieval; evaluate it "
+                    "with zero-shot classification (caption likelihood)"
+                )
+            if by_likelihood:
+                likelihood, decoded = self.likelihood_scores(
+                    model, tokenizer, transform, autocast, info
+                )
+            else:
+                images, decoded = self.image_embeddings(model, transform, autocast, info)
             dropped = Counter(samples.dropped)
             if len(decoded) < len(samples.langs):
                 dropped["bad_image"] += len(samples.langs) - len(decoded)
-                images, samples = images[decoded], _subset(samples, decoded)
+                samples = _subset(samples, decoded)
+                if by_likelihood:
+                    likelihood = {lang: v[decoded] for lang, v in likelihood.items()}
+                else:
+                    images = images[decoded]
             if self.bench.task == "zeroshot_classification":
                 target = torch.tensor(samples.labels, device=device)
                 n_classes = len(next(iter(self.bench.classnames.values())))
@@ -342,8 +384,12 @@ class Evaluator:
                     raise ValueError(f"{self.bench.root}: a label is outside 0..{n_classes - 1}")
                 metrics = {}
                 for lang in self.languages:
-                    weights = self.classifier(model, tokenizer, lang, autocast, device)
-                    metrics[lang] = classification_metrics(100.0 * images @ weights.T, target)
+                    if by_likelihood:
+                        logits = likelihood[lang]
+                    else:
+                        weights = self.classifier(model, tokenizer, lang, autocast, device)
+                        logits = 100.0 * images @ weights.T
+                    metrics[lang] = classification_metrics(logits, target)
             else:
                 texts = [c for caps in samples.captions for c in caps]
                 owner = [i for i, caps in enumerate(samples.captions) for _ in caps]

@@ -18,6 +18,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import open_clip  # noqa: E402
+
 from trainer import models  # noqa: E402
 
 WEIGHTS = "open_clip_model.safetensors"
@@ -28,6 +30,11 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     model, _, args = models.load_checkpoint_model(checkpoint)
+    if not isinstance(model, open_clip.CLIP):
+        raise ValueError(
+            f"{checkpoint} is a --loss {args.get('loss')} model, which open_clip cannot build "
+            "from a config; evaluate it with python -m trainer.evaluate --checkpoint"
+        )
     cfg = models.model_config(args["model"])
     if args.get("tokenizer"):
         # open_clip builds an HFTokenizer from text_cfg.hf_tokenizer_name

@@ -66,11 +66,34 @@ def siglip_loss(
     return -F.logsigmoid(signs * logits).sum() / n
 
 
-def compute_loss(kind: str, out: dict) -> torch.Tensor:
+LOSSES = ("clip", "siglip", "caption", "clip+caption", "siglip+caption")
+
+
+def loss_parts(kind: str) -> tuple[str | None, bool]:
+    """(contrastive loss or None, whether a caption loss is added) of a --loss value."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r} (choose {', '.join(LOSSES)})")
+    contrastive, _, caption = kind.partition("+")
+    if contrastive == "caption":
+        return None, True
+    return contrastive, caption == "caption"
+
+
+def contrastive_loss(kind: str, out: dict) -> torch.Tensor:
     if kind == "clip":
         return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-    if kind == "siglip":
-        return siglip_loss(
-            out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
-        )
-    raise ValueError(f"unknown loss {kind!r} (choose clip or siglip)")
+    return siglip_loss(
+        out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
+    )
+
+
+def compute_loss(kind: str, out: dict, caption_weight: float = 1.0) -> torch.Tensor:
+    """The --loss `kind` of a model's output dict: contrastive, caption, or their sum with the
+    caption term weighted."""
+    from trainer.caption import caption_loss
+
+    contrastive, caption = loss_parts(kind)
+    loss = contrastive_loss(contrastive, out) if contrastive else 0.0
+    if caption:
+        loss = loss + caption_weight * caption_loss(out["caption_logits"], out["caption_labels"])
+    return loss

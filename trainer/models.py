@@ -12,37 +12,99 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"  # adds e.g. `tiny-clip`
-_registered = False
+# our configs' keys that open_clip's CLIP(**cfg) does not take: the caption decoder's size, notes
+_EXTRA_KEYS = ("decoder_cfg", "_assumed")
+_extras: dict[str, dict] = {}
 
 
 def register_configs() -> None:
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(MODEL_CONFIGS)
-        _registered = True
+    """Add trainer/model_configs to open_clip's registry, keeping their decoder_cfg aside."""
+    if _extras:
+        return
+    open_clip.add_model_config(MODEL_CONFIGS)
+    registry = open_clip.factory._MODEL_CONFIGS
+    for path in MODEL_CONFIGS.glob("*.json"):
+        cfg = registry.get(path.stem, {})
+        _extras[path.stem] = {k: cfg.pop(k) for k in _EXTRA_KEYS if k in cfg}
 
 
 def model_config(name: str) -> dict:
+    """open_clip's config of `name`, with its decoder_cfg when it has one."""
     register_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(f"unknown model {name!r}: not an open_clip config nor in {MODEL_CONFIGS}")
-    return cfg
+    return {**cfg, **_extras.get(name, {})}
 
 
-def build_model(name: str, loss: str = "clip") -> torch.nn.Module:
-    """Random init of open_clip model `name` (output_dict=True); SigLIP's scale and bias init
-    for `siglip`."""
+def decoder_config(name: str, loss: str) -> dict:
+    """The caption decoder's width/layers/heads: the config's decoder_cfg, else (only beside a
+    text tower, SigLIP 2's choice) the text tower's width and heads with half its layers."""
+    cfg = model_config(name)
+    if "decoder_cfg" in cfg:
+        return dict(cfg["decoder_cfg"])
+    if loss == "caption":
+        with_decoder = sorted(k for k, v in _extras.items() if "decoder_cfg" in v)
+        raise ValueError(
+            f"--loss caption needs a model config with a decoder_cfg; {name} has none "
+            f"(configs with one: {', '.join(with_decoder)})"
+        )
+    text = cfg["text_cfg"]
+    return {"width": text["width"], "layers": max(1, text["layers"] // 2), "heads": text["heads"]}
+
+
+def build_model(
+    name: str, loss: str = "clip", image_size: int | None = None, visual_token_keep: float = 1.0
+) -> torch.nn.Module:
+    """Random init of model `name` for --loss `loss`: an open_clip CLIP (output_dict=True;
+    SigLIP's scale and bias init for siglip losses), or a `trainer.caption.CaptionModel` for
+    the caption losses. `image_size` overrides the config's (open_clip's force_image_size)."""
+    from trainer.caption import CaptionDecoder, CaptionModel
+    from trainer.losses import loss_parts
+
     register_configs()
-    extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
-    return open_clip.create_model(
-        name,
-        pretrained=None,
-        pretrained_image=False,
-        pretrained_text=False,
-        output_dict=True,
-        **(extra if loss == "siglip" else {}),
+    contrastive, caption = loss_parts(loss)
+    clip = None
+    if contrastive:
+        extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
+        clip = open_clip.create_model(
+            name,
+            pretrained=None,
+            pretrained_image=False,
+            pretrained_text=False,
+            output_dict=True,
+            force_image_size=image_size,
+            **(extra if contrastive == "siglip" else {}),
+        )
+        if not caption:
+            return clip
+    cfg = model_config(name)
+    vision_cfg = dict(cfg["vision_cfg"], image_size=image_size or cfg["vision_cfg"]["image_size"])
+    if clip is not None:
+        visual = clip.visual
+        del clip.visual  # the CaptionModel owns it; clip keeps the text tower and logit scale
+    else:
+        from dataclasses import asdict
+
+        from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
+        from open_clip.transform import PreprocessCfg
+
+        visual = _build_vision_tower(cfg["embed_dim"], open_clip.model.CLIPVisionCfg(**vision_cfg))
+        visual.proj = None  # no pooled embedding without a contrastive loss: no unused weights
+        size = vision_cfg["image_size"]
+        set_model_preprocess_cfg(visual, asdict(PreprocessCfg(size=(size, size))))
+    text_cfg = cfg["text_cfg"]
+    dec = decoder_config(name, loss)
+    decoder = CaptionDecoder(
+        vocab_size=text_cfg.get("vocab_size", 49408),
+        context_length=text_cfg.get("context_length", 77),
+        width=dec["width"],
+        layers=dec["layers"],
+        heads=dec["heads"],
+        vision_width=vision_cfg["width"],
+        mlp_ratio=dec.get("mlp_ratio", 4.0),
     )
+    return CaptionModel(visual, decoder, clip, visual_token_keep, text_cfg.get("pad_id", 0))
 
 
 def build_tokenizer(name: str, tokenizer_dir: str | None, context_length: int):
@@ -64,7 +126,12 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of trainer/train.py")
     args = ckpt["args"]
-    model = build_model(args["model"], args.get("loss", "clip"))
+    model = build_model(
+        args["model"],
+        args.get("loss", "clip"),
+        args.get("image_size"),
+        args.get("visual_token_keep") or 1.0,
+    )
     model.load_state_dict(ckpt["model"])
     tokenizer = build_tokenizer(args["model"], args.get("tokenizer"), model.context_length)
     return model.eval(), tokenizer, args

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from trainer import accumulate, augment, checkpoint, data, distributed, evaluate, models  # noqa: E402
-from trainer.losses import compute_loss  # noqa: E402
+from trainer.losses import LOSSES, compute_loss, loss_parts  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,9 +115,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument(
         "--loss",
-        choices=["clip", "siglip"],
+        choices=LOSSES,
         default="clip",
-        help="clip: InfoNCE (softmax); siglip: pairwise sigmoid with learnable bias",
+        help="clip: InfoNCE (softmax); siglip: pairwise sigmoid with learnable bias; caption: "
+        "OpenVision 2, a vision tower + caption decoder trained on the caption loss alone (no "
+        "text tower; needs a model config with a decoder_cfg, e.g. tiny-caption, "
+        "openvision2-ViT-B-16); siglip+caption: SigLIP 2, sigmoid loss + a caption decoder on the "
+        "un-pooled visual tokens; clip+caption: the same with InfoNCE (CoCa-like)",
+    )
+    g.add_argument(
+        "--visual-token-keep",
+        type=float,
+        help="caption losses: the fraction of visual tokens each sample's decoder sees in "
+        "training, a random subset in original order (default 0.3 for caption, 1.0 = all for "
+        "the +caption losses); evaluation always sees all",
+    )
+    g.add_argument(
+        "--caption-loss-weight",
+        type=float,
+        default=1.0,
+        help="weight of the caption term in siglip+caption / clip+caption",
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        help="input resolution, overriding the model config (open_clip's force_image_size)",
+    )
+    g.add_argument(
+        "--init-from",
+        help="start from this checkpoint's weights only (no optimizer, schedule or data "
+        "position), position embeddings resized to --image-size: stage 2 of a low-then-high "
+        "resolution run; a preempted stage restarts with --resume alone",
     )
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
@@ -169,6 +197,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--log-every", type=int, default=10, help="progress line every N steps")
     g.add_argument("--exit-after", type=int, help="stop after this step (as a preempted job would)")
     args = p.parse_args(argv)
+    contrastive, caption = loss_parts(args.loss)
+    if not caption and args.visual_token_keep is not None:
+        p.error(f"--visual-token-keep needs a caption loss, not --loss {args.loss}")
+    if args.visual_token_keep is None:
+        args.visual_token_keep = 0.3 if args.loss == "caption" else 1.0
+    if not 0 < args.visual_token_keep <= 1:
+        p.error("--visual-token-keep must be in (0, 1]")
+    if (not caption or not contrastive) and args.caption_loss_weight != 1.0:
+        p.error("--caption-loss-weight weighs the caption term of siglip+caption / clip+caption")
+    if args.init_from and args.resume:
+        p.error("--init-from starts a stage from weights; restart a preempted stage with --resume")
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if args.eval_every and not args.eval:
@@ -194,19 +233,45 @@ def eval_sets(args) -> list[tuple[str, evaluate.Evaluator]]:
     return out
 
 
-def flops_per_sample(model, loss: str, size: int, context_length: int, device) -> int:
-    """Training FLOPs of one sample (forward, loss and backward of a 2-sample batch, halved),
-    counted by torch.utils.flop_counter: the x axis of a compute scaling plot."""
+def flops_per_sample(model, loss: str, images, tokens) -> int:
+    """Training FLOPs of one sample (forward, loss and backward of the first two samples of a
+    real batch, halved; caption decoders run on its trimmed caption length), counted by
+    torch.utils.flop_counter: the x axis of a compute scaling plot."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    images = torch.zeros(2, 3, size, size, device=device)
-    tokens = torch.zeros(2, context_length, dtype=torch.long, device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         with FlopCounterMode(display=False) as counter:
-            out = model(images, tokens)
-            compute_loss(loss, out).backward()
+            compute_loss(loss, model(images[:2], tokens[:2])).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() // 2
+
+
+def init_from(model, path: str, verbose: bool) -> None:
+    """Weights of checkpoint `path` into `model`, the vision position embeddings resized
+    (open_clip's resize_pos_embed) when the resolution changed; parameters the checkpoint lacks
+    (another loss's heads) keep their init, and the log says which."""
+    from open_clip.model import resize_pos_embed
+
+    state = checkpoint.load(Path(path))["model"]
+    before = state.get("visual.positional_embedding")
+    resize_pos_embed(state, model)
+    result = model.load_state_dict(state, strict=False)
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise ValueError(f"--init-from {path}: no parameter of {path} fits this model")
+    if verbose:
+        after = state.get("visual.positional_embedding")
+        resized = (
+            f", position embeddings {tuple(before.shape)} -> {tuple(after.shape)}"
+            if before is not None and before.shape != after.shape
+            else ""
+        )
+        print(
+            f"initialised from {path}: {loaded} tensors{resized}; kept init: "
+            f"{len(result.missing_keys)}, not used: {len(result.unexpected_keys)}",
+            flush=True,
+        )
 
 
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
@@ -260,16 +325,17 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
     torch.backends.cudnn.allow_tf32 = True
-    raw_model = models.build_model(args.model, args.loss)
+    raw_model = models.build_model(args.model, args.loss, args.image_size, args.visual_token_keep)
+    if args.init_from:
+        init_from(raw_model, args.init_from, is_main)
     raw_model.to(device)
     if args.grad_checkpointing:
         raw_model.set_grad_checkpointing(True)
     tokenizer = models.build_tokenizer(args.model, args.tokenizer, raw_model.context_length)
+    has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
     image_size = models.image_size(raw_model)
-    sample_flops = flops_per_sample(
-        raw_model, args.loss, image_size, raw_model.context_length, device
-    )
+    sample_flops = None  # counted on the first batch
 
     # optimisation
     global_batch = args.batch_size * dist_info.world_size * args.accum_steps
@@ -334,6 +400,8 @@ def main(argv=None) -> dict:
         )
     ddp = model
     if args.compile:
+        if hasattr(raw_model, "trim_multiple"):
+            raw_model.trim_multiple = 8  # caption lengths in steps of 8: few recompilations
         model = torch.compile(model, backend=args.compile_backend)
 
     def make_dataset(**resume):
@@ -406,6 +474,8 @@ def main(argv=None) -> dict:
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in loader.last_keys))
             tokens = batch["tokens"].to(device, non_blocking=True)
             micro_batches.append((transform(batch), tokens))
+        if sample_flops is None:
+            sample_flops = flops_per_sample(raw_model, args.loss, *micro_batches[0])
         loss_sum += accumulate.forward_backward(
             model,
             micro_batches,
@@ -413,6 +483,7 @@ def main(argv=None) -> dict:
             autocast=autocast,
             backward=lambda loss: scaler.scale(loss).backward(),
             no_sync=ddp.no_sync if dist_info.enabled else None,
+            caption_weight=args.caption_loss_weight,
         )
         if args.grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -421,7 +492,7 @@ def main(argv=None) -> dict:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        if args.loss == "clip":
+        if loss_parts(args.loss)[0] == "clip":
             with torch.no_grad():
                 raw_model.logit_scale.clamp_(0, math.log(100))
         step += 1
@@ -450,7 +521,9 @@ def main(argv=None) -> dict:
                 writer.add_scalar("train/loss", mean_loss, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/samples_per_s", rate, step)
-                writer.add_scalar("train/logit_scale", raw_model.logit_scale.exp().item(), step)
+                if has_text_tower:
+                    scale = raw_model.logit_scale.exp().item()
+                    writer.add_scalar("train/logit_scale", scale, step)
                 row = {
                     "step": step,
                     "samples_seen": step * global_batch,
@@ -489,7 +562,9 @@ def main(argv=None) -> dict:
     }
     if eval_row is not None:
         summary["eval"] = eval_row["eval"]
-    if step == total_steps and args.val_data and is_main:
+    if step == total_steps and args.val_data and is_main and not has_text_tower:
+        print("--val-data: a caption-only model has no text embeddings to retrieve", flush=True)
+    elif step == total_steps and args.val_data and is_main:
         raw_model.eval()
         batches = data.eval_batches(
             data.expand_urls(args.val_data),

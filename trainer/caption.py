@@ -1,0 +1,207 @@
+"""Captioning objectives built from open_clip parts.
+
+- OpenVision 2 (`--loss caption`): an open_clip vision tower with `output_tokens=True`, a
+  projector, and a causal text decoder that cross-attends to the visual tokens (open_clip's
+  `MultimodalTransformer`), trained with the caption loss alone. No text encoder is built.
+  During training each sample keeps a random round(R * N) of its N visual tokens, in their
+  original order (`--visual-token-keep R`): the encoder sees the whole image, the decoder the
+  kept tokens.
+- SigLIP 2 / CoCa-like (`--loss siglip+caption`, `clip+caption`): an open_clip CLIP model (both
+  towers, pooled embeddings for the contrastive loss) plus the same decoder on the un-pooled
+  visual tokens, LocCa-style.
+
+Zero-shot classification of a model without a text tower scores a class by the caption
+likelihood of its templates (`log_likelihood`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import MultimodalTransformer
+from torch import nn
+
+
+def keep_visual_tokens(tokens: torch.Tensor, keep: float) -> torch.Tensor:
+    """B x N x D -> B x round(keep * N) x D: a random subset per sample, original order kept."""
+    if keep >= 1.0:
+        return tokens
+    b, n, d = tokens.shape
+    k = max(1, round(keep * n))
+    chosen = torch.rand(b, n, device=tokens.device).argsort(dim=1)[:, :k].sort(dim=1).values
+    return tokens.gather(1, chosen[..., None].expand(b, k, d))
+
+
+IGNORE = -100  # label of the positions after a text's end
+
+
+def text_lengths(text: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Tokens up to and including the last non-pad one. (open_clip's tokenizer pads with id 0,
+    which is also the token '!': a count of non-pad ids would miss those inside a text.)"""
+    nonpad = text != pad_id
+    last = text.shape[1] - 1 - nonpad.flip(1).int().argmax(dim=1)
+    return torch.where(nonpad.any(dim=1), last + 1, torch.zeros_like(last))
+
+
+def trim_padding(text: torch.Tensor, pad_id: int, multiple: int = 1) -> torch.Tensor:
+    """Drop trailing all-pad columns (the length rounded up to a multiple: under torch.compile
+    8 keeps the number of shapes small)."""
+    longest = int(text_lengths(text, pad_id).max())
+    length = min(text.shape[1], max(2, -(-longest // multiple) * multiple))
+    return text[:, :length]
+
+
+def shifted_labels(text: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """text[:, 1:], with IGNORE after each text's end: the targets of decoder(text[:, :-1])."""
+    labels = text[:, 1:]
+    position = torch.arange(1, text.shape[1], device=text.device)
+    return labels.masked_fill(position[None, :] >= text_lengths(text, pad_id)[:, None], IGNORE)
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labels that are not IGNORE (CoCaLoss's caption
+    term); logits ... x vocab, labels of the same leading shape."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE
+    )
+
+
+class CaptionDecoder(nn.Module):
+    """Token + position embeddings, a projector of the visual tokens to the decoder width,
+    open_clip's MultimodalTransformer (causal self-attention, cross-attention to the visual
+    tokens; its output projection is the vocabulary head, applied by the caller to the
+    positions that have a target only: `hidden` + `head`)."""
+
+    def __init__(
+        self, vocab_size, context_length, width, layers, heads, vision_width, mlp_ratio=4.0
+    ):
+        super().__init__()
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.projector = nn.Sequential(
+            nn.Linear(vision_width, width), nn.GELU(), nn.Linear(width, width)
+        )
+        self.transformer = MultimodalTransformer(
+            width=width,
+            layers=layers,
+            heads=heads,
+            context_length=context_length,
+            mlp_ratio=mlp_ratio,
+            output_dim=vocab_size,
+        )
+        # its output projection becomes the vocabulary head, applied by the caller
+        self.vocab_head = nn.Parameter(self.transformer.text_projection.detach().clone())
+        self.transformer.text_projection = None
+        self._init(width, layers)
+
+    def _init(self, width: int, layers: int) -> None:
+        # open_clip's text-tower scheme (MultimodalTransformer.init_parameters is not usable)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        for block in [*self.transformer.resblocks, *self.transformer.cross_attn]:
+            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.vocab_head, std=width**-0.5)
+
+    def hidden(self, projected: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """B x L x width: the decoder state after each of text_in's tokens, given the visual
+        tokens already projected (`projector`)."""
+        x = self.token_embedding(text_in) + self.positional_embedding[: text_in.shape[1]]
+        return self.transformer(projected, x)  # ln_final applied; no projection
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.vocab_head
+
+    def forward(self, visual_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """B x L x vocab logits of the token after each of text_in's L tokens."""
+        return self.head(self.hidden(self.projector(visual_tokens), text_in))
+
+
+class CaptionModel(nn.Module):
+    """Vision tower + caption decoder, and with `clip` (open_clip CLIP without its vision tower)
+    the text tower and logit scale/bias of a contrastive objective."""
+
+    def __init__(self, visual, decoder: CaptionDecoder, clip=None, visual_token_keep=1.0, pad_id=0):
+        super().__init__()
+        visual.output_tokens = True
+        self.visual = visual
+        self.decoder = decoder
+        self.text = clip
+        self.visual_token_keep = visual_token_keep
+        self.pad_id = pad_id
+        self.context_length = decoder.context_length
+        self.trim_multiple = 1  # 8 under torch.compile (train.py): fewer distinct shapes
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.text is not None
+
+    @property
+    def logit_scale(self):
+        return self.text.logit_scale
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.decoder.transformer.set_grad_checkpointing(enable)
+        if self.text is not None:
+            self.text.transformer.grad_checkpointing = enable
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        pooled, _ = self.visual(image)
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if self.text is None:
+            raise ValueError("a caption-only model has no text tower (no text embeddings)")
+        return self.text.encode_text(text, normalize=normalize)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict:
+        pooled, tokens = self.visual(image)
+        if self.training:
+            tokens = keep_visual_tokens(tokens, self.visual_token_keep)
+        short = trim_padding(text, self.pad_id, self.trim_multiple)
+        labels = shifted_labels(short, self.pad_id)
+        hidden = self.decoder.hidden(self.decoder.projector(tokens), short[:, :-1])
+        target = labels != IGNORE  # the vocabulary head runs where there is a next token only
+        out = {
+            "caption_logits": self.decoder.head(hidden[target]),
+            "caption_labels": labels[target],
+        }
+        if self.text is not None:
+            out["image_features"] = F.normalize(pooled, dim=-1)
+            out["text_features"] = self.text.encode_text(text, normalize=True)
+            out["logit_scale"] = self.text.logit_scale.exp()
+            if getattr(self.text, "logit_bias", None) is not None:
+                out["logit_bias"] = self.text.logit_bias
+        return out
+
+    @torch.no_grad()
+    def log_likelihood(self, image: torch.Tensor, texts: torch.Tensor, chunk_tokens=1 << 22):
+        """B x T: sum over each text's non-pad tokens of log p(token | earlier tokens, image),
+        all visual tokens kept. Computed in chunks of (image, text) pairs so that the logits of
+        one chunk stay near `chunk_tokens` x vocab floats."""
+        _, tokens = self.visual(image)
+        visual = self.decoder.projector(tokens)  # B x N x W, projected once
+        texts = trim_padding(texts, self.pad_id, multiple=1)
+        text_in, labels = texts[:, :-1], shifted_labels(texts, self.pad_id)
+        b, t = len(image), len(texts)
+        vocab = self.decoder.vocab_head.shape[1]
+        per_chunk = max(1, chunk_tokens // (labels.shape[1] * vocab))
+        pairs = torch.cartesian_prod(torch.arange(b), torch.arange(t)).to(image.device)
+        scores = torch.empty(b * t, device=image.device)
+        for s in range(0, len(pairs), per_chunk):
+            i, j = pairs[s : s + per_chunk].unbind(1)
+            lab = labels[j]
+            target = lab != IGNORE
+            hidden = self.decoder.hidden(visual[i], text_in[j])[target]
+            logp = self.decoder.head(hidden).float().log_softmax(dim=-1)
+            picked = logp.gather(1, lab[target][:, None]).squeeze(1)
+            pair = torch.arange(len(i), device=image.device)[:, None].expand_as(lab)[target]
+            scores[s : s + len(i)] = torch.zeros(len(i), device=image.device).index_add(
+                0, pair, picked
+            )
+        return scores.view(b, t)
