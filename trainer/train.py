@@ -335,7 +335,6 @@ def main(argv=None) -> dict:
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
     image_size = models.image_size(raw_model)
-    sample_flops = None  # counted on the first batch
 
     # optimisation
     global_batch = args.batch_size * dist_info.world_size * args.accum_steps
@@ -359,7 +358,7 @@ def main(argv=None) -> dict:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     # resume
-    step, data_state, elastic = 0, None, None
+    step, data_state, elastic, rng_state = 0, None, None, None
     resume_path = checkpoint.resolve(args.resume, ckpt_dir) if args.resume else None
     if resume_path is not None:
         ckpt = checkpoint.load(resume_path)
@@ -380,29 +379,14 @@ def main(argv=None) -> dict:
             and ckpt["data"][0]["num_workers"] == args.workers
         )
         if same_layout:
-            checkpoint.set_rng_state(ckpt["rng"][dist_info.rank])
+            rng_state = ckpt["rng"][dist_info.rank]
             data_state = ckpt["data"][dist_info.rank]
         else:
             elastic = (ckpt["data"], ckpt["world_size"])
-            torch.manual_seed(args.seed + 1000 * step + dist_info.rank)
         if is_main:
             print(f"resumed from {resume_path} at step {step}", flush=True)
     elif args.resume and is_main:
         print(f"no checkpoint in {ckpt_dir} yet: starting from scratch", flush=True)
-
-    model = raw_model
-    if dist_info.enabled:
-        model = DistributedDataParallel(
-            raw_model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
-            static_graph=args.accum_steps == 1,  # every parameter is used in every backward
-        )
-    ddp = model
-    if args.compile:
-        if hasattr(raw_model, "trim_multiple"):
-            raw_model.trim_multiple = 8  # caption lengths in steps of 8: few recompilations
-        model = torch.compile(model, backend=args.compile_backend)
 
     def make_dataset(**resume):
         return data.ShardBatches(
@@ -437,7 +421,36 @@ def main(argv=None) -> dict:
     )
     if loader.note and is_main:
         print(loader.note, flush=True)
+    # the RNG of the model (patch dropout, visual-token masking) is restored after the loader
+    # exists: starting its worker processes draws from the same generator
+    if rng_state is not None:
+        checkpoint.set_rng_state(rng_state)
+    elif elastic is not None:
+        torch.manual_seed(args.seed + 1000 * step + dist_info.rank)
     transform = augment.DeviceTransform.for_model(raw_model, device)
+
+    # FLOPs per sample, counted on the first batch before DDP wraps the model (a backward
+    # through the bare model would fire DDP's gradient hooks); that batch is then trained on
+    pending, sample_flops = [], None
+    if step < total_steps:
+        batch = next(loader)
+        pending.append((batch, loader.last_keys))
+        sample_flops = flops_per_sample(
+            raw_model, args.loss, transform(batch), batch["tokens"].to(device)
+        )
+    model = raw_model
+    if dist_info.enabled:
+        model = DistributedDataParallel(
+            raw_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
+            static_graph=args.accum_steps == 1,  # every parameter is used in every backward
+        )
+    ddp = model
+    if args.compile:
+        if hasattr(raw_model, "trim_multiple"):
+            raw_model.trim_multiple = 8  # caption lengths in steps of 8: few recompilations
+        model = torch.compile(model, backend=args.compile_backend)
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -469,13 +482,11 @@ def main(argv=None) -> dict:
     while step < total_steps:
         micro_batches = []
         for _ in range(args.accum_steps):
-            batch = next(loader)
+            batch, keys = pending.pop() if pending else (next(loader), loader.last_keys)
             if keys_file:
-                keys_file.write("".join(f"{step + 1}\t{k}\n" for k in loader.last_keys))
+                keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
             tokens = batch["tokens"].to(device, non_blocking=True)
             micro_batches.append((transform(batch), tokens))
-        if sample_flops is None:
-            sample_flops = flops_per_sample(raw_model, args.loss, *micro_batches[0])
         loss_sum += accumulate.forward_backward(
             model,
             micro_batches,
