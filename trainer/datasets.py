@@ -50,7 +50,7 @@ def digit_images(image_size: int) -> tuple[list[bytes], list[int]]:
     digits = load_digits()
     pngs = []
     for pixels in digits.images:
-        gray = Image.fromarray(np.round(pixels * (255 / 16)).astype(np.uint8), mode="L")
+        gray = Image.fromarray(np.round(pixels * (255 / 16)).astype(np.uint8))  # 8 x 8, mode L
         image = gray.resize((image_size, image_size), Image.BICUBIC).convert("RGB")
         buf = io.BytesIO()
         image.save(buf, format="PNG")
