@@ -19,6 +19,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_trainer(out: Path, *args: str, ranks: int = 1):
+    """trainer/train.py with `args` and --output-dir out (under torchrun with gloo when ranks >
+    1, one intra-op thread per rank); asserts it succeeded and returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+    cmd = [*launcher, str(PROJECT_ROOT / "trainer" / "train.py"), *args, "--output-dir", str(out)]
+    env = dict(os.environ)
+    if ranks > 1:
+        env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

@@ -4,7 +4,6 @@ sigmoid + caption loss, caption-likelihood zero-shot, and two-stage resolution t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
+
+from conftest import run_trainer  # noqa: E402
 
 from trainer import caption, models  # noqa: E402
 from trainer.datasets import build_digits  # noqa: E402
@@ -151,26 +152,16 @@ def digits(tmp_path_factory) -> Path:
     return out
 
 
-def train(digits: Path, out: Path, *extra: str, ranks: int = 1, check: bool = True):
-    launcher = [sys.executable]
-    if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
-    cmd = [
-        *launcher, str(ROOT / "trainer" / "train.py"),
+def train(digits: Path, out: Path, *extra: str, ranks: int = 1):
+    return run_trainer(
+        out,
         "--train-data", str(digits / "train"),
         "--model", "tiny-caption",
         "--precision", "fp32",
         "--workers", "1",
-        "--output-dir", str(out),
         *extra,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    if ranks > 1:
-        env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+        ranks=ranks,
+    )  # fmt: skip
 
 
 def losses(out: Path) -> dict[int, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import tarfile
@@ -20,6 +19,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
+
+from conftest import run_trainer  # noqa: E402
 
 from trainer import augment, evaluate, models, scaling  # noqa: E402
 from trainer.datasets import CLASSNAMES, build_digits  # noqa: E402
@@ -141,11 +142,8 @@ def test_open_benchmark_reads_languages_and_refuses_bad_folders(digits, tmp_path
 
 
 def train(digits: Path, out: Path, *extra: str, ranks: int = 1, steps: int = STEPS):
-    launcher = [sys.executable]
-    if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
-    cmd = [
-        *launcher, str(ROOT / "trainer" / "train.py"),
+    return run_trainer(
+        out,
         "--train-data", str(digits / "train"),
         "--model", "tiny-clip",
         "--batch-size", "64",
@@ -155,15 +153,9 @@ def train(digits: Path, out: Path, *extra: str, ranks: int = 1, steps: int = STE
         "--precision", "fp32",
         "--workers", "1",
         "--log-every", "50",
-        "--output-dir", str(out),
         *extra,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    if ranks > 1:
-        env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+        ranks=ranks,
+    )  # fmt: skip
 
 
 def eval_rows(out: Path) -> dict[int, dict]:
