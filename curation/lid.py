@@ -12,10 +12,31 @@ from __future__ import annotations
 
 import mmap
 import re
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 _LABEL_PREFIX = "__label__"
 ENGINES = ("numba", "fasttext")
+SECOND_OPINIONS = ("none", "py3langid")
+# paths that decide a text's language (the `lid_path` column of alt_text/)
+PATH_LID176, PATH_FUSED, PATH_PRIOR, PATH_QUOTED = "lid176", "fused", "prior", "quoted"
+# lid.176 labels below this probability are left out of the fused distribution
+_FUSION_FLOOR = 1e-3
+
+
+@dataclass
+class LIDResult:
+    """Per text: lid.176's raw top label and score, the second detector's top label and score
+    (None where it was not asked), the path that decided, and the routed wiki code."""
+
+    labels: list[str]
+    scores: list[float]
+    second_labels: list[str | None]
+    second_scores: list[float | None]
+    paths: list[str]
+    langs: list[str]
 
 
 def default_model_path() -> Path:
@@ -53,6 +74,14 @@ class FastTextLID:
     meant, while a confident prediction of another language (an English caption on a Danish page)
     is kept. A Wikipedia subdomain is a reliable declaration (`prior_weight`); `<html lang>` and
     Content-Language are often template defaults (`declared_prior_weight`, lower).
+
+    Second opinion (lid.176 only, before the prior): when lid.176's top probability is below
+    `gate` and py3langid knows that label (`schemas/py3langid_labels.csv`, `gate` column), the
+    answer is the argmax over the labels both detectors know of
+    `(1 - second_weight) * p_lid176 + second_weight * p_py3langid`. lid.176's compressed model
+    confuses close pairs (id/ms, zh/ja, da/no/nn, hr/sr/bs) on clean text with no page to lean
+    on; a confident lid.176 answer, or a label py3langid lacks (~67 of lid.176's languages), is
+    never touched. `second_opinion=None` picks py3langid for lid.176 and none for other models.
     """
 
     def __init__(
@@ -62,6 +91,9 @@ class FastTextLID:
         prior_weight: float = 10.0,
         declared_prior_weight: float = 3.0,
         engine: str = "numba",
+        second_opinion: str | None = None,
+        gate: float = 0.8,
+        second_weight: float = 0.4,
     ):
         from curation.languages import label_table
 
@@ -78,13 +110,31 @@ class FastTextLID:
         self.table = label_table(self.model)
         self.weights = {None: prior_weight, "wikipedia": prior_weight}
         self.weights["declared"] = declared_prior_weight
+        # per label index, and the last entry for "no prediction" (index -1)
+        self._labels = labels + [""]
+        self._langs = [self.route(label) for label in self._labels]
+        self._label_index = {label: i for i, label in enumerate(labels)}
         if engine == "numba":
             self._predict = self._model_predict
-            # per label index, and the last entry for "no prediction" (index -1)
-            self._labels = labels + [""]
-            self._langs = [self.route(label) for label in self._labels]
         else:
             self._predict = _load_predict(self.model_path)
+        if second_opinion is None:
+            second_opinion = "py3langid" if self.model == "lid176" else "none"
+        if second_opinion not in SECOND_OPINIONS:
+            raise ValueError(
+                f"second opinion must be one of {SECOND_OPINIONS}, not {second_opinion!r}"
+            )
+        if second_opinion != "none" and self.model != "lid176":
+            raise ValueError(
+                f"the {second_opinion} second opinion is mapped onto lid.176's labels; "
+                f"use none with a {self.model} model"
+            )
+        if not (0.0 <= gate <= 1.0 and 0.0 <= second_weight <= 1.0):
+            raise ValueError("the second-opinion gate and weight must be within [0, 1]")
+        self.second_opinion, self.gate, self.second_weight = second_opinion, gate, second_weight
+        if second_opinion == "py3langid":
+            self._second, self._shared, self._gated = _load_second_opinion(labels)
+            self._shared_position = {labels[c]: i for i, c in enumerate(self._shared[0])}
 
     def route(self, label: str) -> str:
         from curation.languages import OTHER, lid_label_to_lang
@@ -98,43 +148,116 @@ class FastTextLID:
         page_langs: list[str | None] | None = None,
         prior_sources: list[str | None] | None = None,
     ) -> tuple[list[str], list[float], list[str]]:
-        """(raw labels, raw scores, routed wiki codes) for a batch; each distinct text once.
+        """(lid.176's raw labels, raw scores, routed wiki codes) for a batch; see `identify`."""
+        result = self.identify(texts, page_langs, prior_sources)
+        return result.labels, result.scores, result.langs
 
-        `prior_sources[i]` is "wikipedia" or "declared" (None: treated as "wikipedia").
-        """
+    def identify(
+        self,
+        texts: list[str],
+        page_langs: list[str | None] | None = None,
+        prior_sources: list[str | None] | None = None,
+    ) -> LIDResult:
+        """Languages of a batch, each distinct text scored once (so the answer for a text does
+        not depend on the batch it comes in). `prior_sources[i]` is "wikipedia" or "declared"
+        (None: treated as "wikipedia")."""
         lines = [_one_line(text) for text in texts]
         index = dict.fromkeys(lines)
-        tops = self._top1(list(index))
-        for k, line in enumerate(index):
+        distinct = list(index)
+        for k, line in enumerate(distinct):
             index[line] = k
-        picked = [tops[index[line]] for line in lines]
-        labels = [top[0] for top in picked]
-        scores = [top[1] for top in picked]
-        langs = [top[2] for top in picked]
+        tops = self._top1(distinct)
+        second = self._second_opinions(distinct, tops)
+        rows = [index[line] for line in lines]
+        n = len(texts)
+        result = LIDResult(
+            [tops[k][0] for k in rows], [tops[k][1] for k in rows], [None] * n, [None] * n,
+            [PATH_LID176] * n, [tops[k][2] for k in rows],
+        )  # fmt: skip
+        decided = [(tops[k][1], None) for k in rows]  # (score, distribution) the prior weighs
+        for i, k in enumerate(rows):
+            if k in second:
+                label2, score2, lang, score, dist = second[k]
+                result.second_labels[i], result.second_scores[i] = label2, score2
+                result.paths[i], result.langs[i], decided[i] = PATH_FUSED, lang, (score, dist)
         if page_langs is None:
-            return labels, scores, langs
-        sources = prior_sources or [None] * len(texts)
+            return result
+        sources = prior_sources or [None] * n
         for i, page_lang in enumerate(page_langs):
-            langs[i] = self._apply_prior(lines[i], scores[i], langs[i], page_lang, sources[i])
-        self._quotes_second_chance(texts, page_langs, sources, langs)
-        return labels, scores, langs
+            score, dist = decided[i]
+            lang = self._apply_prior(lines[i], score, result.langs[i], page_lang, sources[i], dist)
+            if lang != result.langs[i]:
+                result.langs[i], result.paths[i] = lang, PATH_PRIOR
+        self._quotes_second_chance(texts, page_langs, sources, result)
+        return result
 
-    def _apply_prior(self, line: str, score: float, lang: str, page_lang, source) -> str:
-        """The answer once the page's language may weigh in (unchanged when it cannot)."""
+    def _second_opinions(self, lines: list[str], tops) -> dict[int, tuple]:
+        """{line index: (py3langid label, its probability, fused wiki code, fused probability,
+        fused distribution)} for the lines the gate lets through."""
+        if self.second_opinion == "none":
+            return {}
+        asked = [
+            k
+            for k, (label, score, _) in enumerate(tops)
+            if score < self.gate and label in self._gated
+        ]
+        if not asked:
+            return {}
+        second = self._second.probabilities([lines[k][:-1] for k in asked])
+        first = self._dense([lines[k] for k in asked]) * (1.0 - self.second_weight)
+        lid_columns, second_columns = self._shared
+        fused = first[:, lid_columns] + self.second_weight * second[:, second_columns]
+        best = fused.argmax(axis=1)
+        # a tie keeps lid.176's own answer where the fusion may answer it (wuu, yue: not)
+        own = np.array([self._shared_position.get(tops[k][0], -1) for k in asked])
+        rows = np.arange(len(asked))
+        keep = (own >= 0) & (fused[rows, own] >= fused[rows, best])
+        best[keep] = own[keep]
+        second_best = second.argmax(axis=1)
+        answers = {}
+        for row, k in enumerate(asked):
+            column = lid_columns[best[row]]
+            label2 = self._second.labels[second_best[row]]
+            dist = first[row].copy()
+            dist[lid_columns] = fused[row]
+            answers[k] = (
+                label2, float(second[row, second_best[row]]), self._langs[column],
+                float(fused[row, best[row]]), dist,
+            )  # fmt: skip
+        return answers
+
+    def _dense(self, lines: list[str]) -> np.ndarray:
+        """lid.176's probabilities (>= the fusion floor, else 0), columns in label order."""
+        if self.engine == "numba":
+            return self._model.predict_dense(lines, _FUSION_FLOOR)
+        probs = np.zeros((len(lines), len(self._label_index)), dtype=np.float32)
+        for row, line in enumerate(lines):
+            for p, label in self._predict(line, -1, _FUSION_FLOOR):
+                probs[row, self._label_index[label[9:]]] = p
+        return probs
+
+    def _apply_prior(self, line: str, score: float, lang: str, page_lang, source, dist=None):
+        """The answer once the page's language may weigh in (unchanged when it cannot).
+        `dist`: the fused distribution where the second opinion decided, else lid.176's."""
         if not page_lang or lang == page_lang:
             return lang
         weight = self.weights.get(source, 0.0)
         # the prior can only change the answer when p_top < w * (1 - p_top)
-        if score * (1.0 + weight) < weight:
-            return self._with_prior(line, score, page_lang, lang, weight)
-        return lang
+        if score * (1.0 + weight) >= weight:
+            return lang
+        if dist is not None:
+            floor = score / weight
+            hit = any(self._langs[i] == page_lang for i in np.flatnonzero(dist >= floor))
+            return page_lang if hit else lang
+        return self._with_prior(line, score, page_lang, lang, weight)
 
-    def _quotes_second_chance(self, texts, page_langs, sources, langs) -> None:
+    def _quotes_second_chance(self, texts, page_langs, sources, result: LIDResult) -> None:
         """A caption that quotes a title in another language ('Harju kreis, Ludwig August Mellini
         kaardil, "Atlas von Liefland, oder von den beyden Gouvernementern..."') is often called
         the title's language. When the text outside the quotes is long enough and is the page's
         language (prior included), the page's language wins. Only ever moves an answer toward
         the declared language, so text without a page language is unaffected."""
+        langs = result.langs
         todo = []
         for i, page_lang in enumerate(page_langs):
             if page_lang and langs[i] != page_lang and _QUOTE_CHARS.intersection(texts[i]):
@@ -145,7 +268,7 @@ class FastTextLID:
             return
         for (i, line), (_, score, lang) in zip(todo, self._top1([line for _, line in todo])):
             if self._apply_prior(line, score, lang, page_langs[i], sources[i]) == page_langs[i]:
-                langs[i] = page_langs[i]
+                langs[i], result.paths[i] = page_langs[i], PATH_QUOTED
 
     def _top1(self, lines: list[str]) -> list[tuple[str, float, str]]:
         """(label, score, routed code) per distinct line."""
@@ -241,6 +364,35 @@ def _load_predict(model_path: str):
             raise RuntimeError(f"unexpected fastText predict output {probe!r}")
         _PREDICTORS[model_path] = predict
     return predict
+
+
+_SECOND: dict[str, object] = {}
+
+
+def _load_second_opinion(lid_labels: list[str]):
+    """(scorer, (lid.176 columns, py3langid columns) of the labels the fusion may answer, the
+    lid.176 labels the gate lets it revise); one model load per process."""
+    from curation.second_opinion import Py3LangID, load_mapping
+
+    scorer = _SECOND.get("py3langid")
+    if scorer is None:
+        scorer = _SECOND["py3langid"] = Py3LangID()
+        scorer.probabilities(["warm up"])  # compile or load the cached kernel now
+    known = set(lid_labels)
+    mapping = {row.label: row for row in load_mapping()}
+    missing = sorted(set(scorer.labels) - set(mapping))
+    if missing:
+        raise ValueError(f"py3langid labels missing from schemas/py3langid_labels.csv: {missing}")
+    lid_columns, second_columns, gated = [], [], set()
+    for column, label in enumerate(scorer.labels):
+        row = mapping[label]
+        if row.gate and row.lid176_label in known:
+            gated.add(row.lid176_label)
+        if row.answer and row.lid176_label in known:
+            lid_columns.append(lid_labels.index(row.lid176_label))
+            second_columns.append(column)
+    shared = (np.array(lid_columns), np.array(second_columns))
+    return scorer, shared, frozenset(gated)
 
 
 _IDENTIFIERS: dict[tuple, FastTextLID] = {}

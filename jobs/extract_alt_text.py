@@ -94,6 +94,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "often a template default (default 3)",
     )
     parser.add_argument(
+        "--lid-second-opinion",
+        choices=("py3langid", "none"),
+        help="a second detector for uncertain lid.176 answers, fused with lid.176 before the "
+        "page prior (close pairs such as id/ms, zh/ja, da/no/nn, hr/sr/bs); default py3langid "
+        "with lid.176 and none with another --lid-model",
+    )
+    parser.add_argument(
+        "--lid-second-opinion-gate",
+        type=float,
+        default=0.8,
+        help="ask the second detector only when lid.176's top probability is below this "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--lid-second-opinion-weight",
+        type=float,
+        default=0.4,
+        help="the second detector's share of the fused distribution (default %(default)s)",
+    )
+    parser.add_argument(
         "--max-alt-chars",
         type=int,
         default=Limits.max_alt_chars,
@@ -149,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         page_prior=not args.no_page_prior,
         prior_weight=args.prior_weight,
         declared_prior_weight=args.declared_prior_weight,
+        second_opinion=args.lid_second_opinion,
+        second_opinion_gate=args.lid_second_opinion_gate,
+        second_opinion_weight=args.lid_second_opinion_weight,
     )
     from pyspark.sql import SparkSession
 

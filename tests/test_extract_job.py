@@ -69,7 +69,14 @@ def test_job_writes_alt_text_partitioned_by_lang(first_run):
     by_text = {row["text"]: row for row in rows}
     escudo = by_text["Escudo d'armas"]
     assert escudo["url"].startswith("https://upload.wikimedia.org/wikipedia/commons/")
-    assert (escudo["lid_label"], escudo["lang"]) == ("ca", "an")  # raw label kept, page prior
+    assert (escudo["lid_label"], escudo["lang"]) == ("ca", "an")  # raw label kept
+    # lid.176 is unsure (0.14), py3langid knows `an`: the fusion decides before the prior
+    assert (escudo["lid2_label"], escudo["lid_path"]) == ("an", "fused")
+    assert {row["lid_path"] for row in rows} <= {"lid176", "fused", "prior", "quoted"}
+    for row in rows:
+        assert (row["lid2_label"] is None) == (row["lid2_score"] is None)
+        assert row["lid2_label"] is None or row["lid_score"] < 0.8  # the gate
+        assert row["lid_path"] != "fused" or row["lid2_label"] is not None
     assert escudo["source_offset"] == 1023
     assert by_text["En hund i sneen"]["lang"] == "da"
     assert by_text["En hund i sneen"]["page_url"] == "https://example.dk/a"
