@@ -526,7 +526,7 @@ def throughput(lid: FastTextLID, fused: FastTextLID, records: int) -> dict:
         print(
             f"LID + second opinion, {name}, all distinct: {figures['fused_texts_per_s']:.0f} "
             f"texts/s vs {figures['alone_texts_per_s']:.0f} lid.176 alone "
-            f"(x{1 / figures['ratio']:.2f}; py3langid asked on {figures['asked']:.1%}); "
+            f"({figures['ratio']:.2f}x its rate; py3langid asked on {figures['asked']:.1%}); "
             "CPU time, one process"
         )
     per_text = 1 / results["second opinion WIT captions"]["fused_texts_per_s"]
