@@ -91,6 +91,45 @@ def _rank_main(rank: int, port: int, results):
     dist.destroy_process_group()
 
 
+def _chunked_main(rank: int, world: int, port: int, results):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    images, texts = features(3, N * world)
+    rows = slice(rank * N, (rank + 1) * N)
+    out = {}
+    for exchange in ("gather", "bidir", "shift"):
+        local_images = images[rows].clone().requires_grad_()
+        local_texts = texts[rows].clone().requires_grad_()
+        scale = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+        bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        loss = siglip_loss(local_images, local_texts, scale, bias, exchange)
+        loss.backward()
+        out[exchange] = (loss.item(), local_images.grad, local_texts.grad, scale.grad, bias.grad)
+    results[rank] = out
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_chunked_siglip_equals_the_all_gather_form(world):
+    """Neighbour exchange (bidir: both directions, shift: a ring) gives the all-gather loss and
+    every gradient to float64 rounding, at 2 and 4 ranks (4 = one bidir round + one shift)."""
+    results = mp.Manager().dict()
+    mp.spawn(_chunked_main, args=(world, free_port(), results), nprocs=world, join=True)
+    images, texts = features(3, N * world)
+    by_formula = siglip_by_formula(images, texts, 4.0, -2.0)
+    for rank in range(world):
+        gathered = results[rank]["gather"]
+        for exchange in ("bidir", "shift"):
+            chunked = results[rank][exchange]
+            assert chunked[0] == pytest.approx(gathered[0], rel=1e-12)
+            for got, expected in zip(chunked[1:], gathered[1:]):
+                torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert sum(results[r]["bidir"][0] for r in range(world)) / world == pytest.approx(by_formula)
+    with pytest.raises(ValueError, match="exchange"):
+        siglip_loss(images, texts, torch.tensor(1.0), torch.tensor(0.0), "ring")
+
+
 def test_two_rank_gather_equals_full_batch_loss_and_gradient():
     results = mp.Manager().dict()
     mp.spawn(_rank_main, args=(free_port(), results), nprocs=WORLD, join=True)

@@ -57,6 +57,7 @@ def forward_backward(
     backward=lambda loss: loss.backward(),
     no_sync=None,
     caption_weight: float = 1.0,
+    siglip_exchange: str = "auto",
 ) -> torch.Tensor:
     """Forward + backward of one step; returns the (detached) loss of the whole step.
 
@@ -67,7 +68,8 @@ def forward_backward(
         images, tokens = micro_batches[0]
         with autocast():
             out = model(images, tokens)
-        loss = compute_loss(loss_kind, {key: _upcast(v) for key, v in out.items()}, caption_weight)
+        outputs = {key: _upcast(v) for key, v in out.items()}
+        loss = compute_loss(loss_kind, outputs, caption_weight, siglip_exchange)
         backward(loss)
         return loss.detach()
 
@@ -104,7 +106,7 @@ def forward_backward(
                 for key in SHARED_KEYS:
                     if key in out:
                         inputs[key] = _upcast(out[key]) if last else _upcast(out[key]).detach()
-                loss = contrastive_loss(contrastive, inputs)
+                loss = contrastive_loss(contrastive, inputs, siglip_exchange)
                 if last:
                     total = total + loss.detach()  # the full-batch contrastive loss
             if caption:

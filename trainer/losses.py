@@ -3,6 +3,11 @@
 Every rank gathers the other ranks' features *with* gradient and scores its local
 rows against the whole global batch. The mean of the per-rank losses equals the
 full-batch loss, and DDP's gradient averaging then yields the full-batch gradient.
+
+SigLIP's loss is a sum over (image, text) blocks, so it also has the chunked form of the SigLIP
+paper: each rank scores its images against its own texts, then passes text features to its
+neighbours world - 1 times (open_clip's `SigLipLoss`, `bidir`: both directions at once, or
+`shift`: one ring), never holding the global batch's texts. It is the default when world > 1.
 """
 
 from __future__ import annotations
@@ -50,13 +55,30 @@ def clip_loss(
     return (image_loss + text_loss) / 2
 
 
+SIGLIP_EXCHANGES = ("auto", "gather", "bidir", "shift")
+
+
 def siglip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
+    exchange: str = "auto",
 ) -> torch.Tensor:
-    """Pairwise sigmoid loss: local images against every text, normalised by local batch size."""
+    """Pairwise sigmoid loss: local images against every text, normalised by local batch size.
+    `exchange`: how texts reach the other ranks (auto: bidir when distributed)."""
+    if exchange not in SIGLIP_EXCHANGES:
+        raise ValueError(f"unknown SigLIP exchange {exchange!r} (choose {SIGLIP_EXCHANGES})")
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and exchange != "gather":
+        from open_clip.loss import SigLipLoss
+
+        chunked = SigLipLoss(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            dist_impl="bidir" if exchange == "auto" else exchange,
+        )
+        return chunked(image_features, text_features, logit_scale, logit_bias)
     all_texts, offset = gather_with_grad(text_features)
     n = image_features.shape[0]
     logits = logit_scale * image_features @ all_texts.T + logit_bias
@@ -79,21 +101,27 @@ def loss_parts(kind: str) -> tuple[str | None, bool]:
     return contrastive, caption == "caption"
 
 
-def contrastive_loss(kind: str, out: dict) -> torch.Tensor:
+def contrastive_loss(kind: str, out: dict, siglip_exchange: str = "auto") -> torch.Tensor:
     if kind == "clip":
         return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
     return siglip_loss(
-        out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
+        out["image_features"],
+        out["text_features"],
+        out["logit_scale"],
+        out["logit_bias"],
+        siglip_exchange,
     )
 
 
-def compute_loss(kind: str, out: dict, caption_weight: float = 1.0) -> torch.Tensor:
+def compute_loss(
+    kind: str, out: dict, caption_weight: float = 1.0, siglip_exchange: str = "auto"
+) -> torch.Tensor:
     """The --loss `kind` of a model's output dict: contrastive, caption, or their sum with the
     caption term weighted."""
     from trainer.caption import caption_loss
 
     contrastive, caption = loss_parts(kind)
-    loss = contrastive_loss(contrastive, out) if contrastive else 0.0
+    loss = contrastive_loss(contrastive, out, siglip_exchange) if contrastive else 0.0
     if caption:
         loss = loss + caption_weight * caption_loss(out["caption_logits"], out["caption_labels"])
     return loss

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from trainer import accumulate, augment, checkpoint, data, distributed, evaluate, models  # noqa: E402
-from trainer.losses import LOSSES, compute_loss, loss_parts  # noqa: E402
+from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,6 +122,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "text tower; needs a model config with a decoder_cfg, e.g. tiny-caption, "
         "openvision2-ViT-B-16); siglip+caption: SigLIP 2, sigmoid loss + a caption decoder on the "
         "un-pooled visual tokens; clip+caption: the same with InfoNCE (CoCa-like)",
+    )
+    p.add_argument(
+        "--siglip-exchange",
+        choices=SIGLIP_EXCHANGES,
+        default="auto",
+        help="how the sigmoid loss sees the other ranks' texts: bidir/shift pass them between "
+        "neighbours world-1 times (the SigLIP paper's chunked form, open_clip's SigLipLoss; "
+        "never holds the global batch's texts), gather all-gathers them; auto: bidir when "
+        "distributed. Same loss and gradients either way",
     )
     g.add_argument(
         "--visual-token-keep",
@@ -495,6 +504,7 @@ def main(argv=None) -> dict:
             backward=lambda loss: scaler.scale(loss).backward(),
             no_sync=ddp.no_sync if dist_info.enabled else None,
             caption_weight=args.caption_loss_weight,
+            siglip_exchange=args.siglip_exchange,
         )
         if args.grad_clip > 0:
             scaler.unscale_(optimizer)
