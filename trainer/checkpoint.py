@@ -1,16 +1,31 @@
-"""Atomic checkpoints: write to a temp file in the same directory, fsync, rename."""
+"""Atomic checkpoints: write to a temp name in the same directory, fsync, rename.
+
+Two kinds, both found by `--resume latest`:
+- `step_N.pt`: one file, rank 0 writes the whole state (DDP);
+- `step_N.dcp/`: a `torch.distributed.checkpoint` folder, every rank writes its own shards
+  (FSDP), asynchronously: the state is staged to host memory, training goes on, and a
+  background thread writes it into `.step_N.dcp.tmp/`. Rank 0 renames the folder once DCP's
+  `.metadata` (written after every rank's shards) and our `trainer_state.json` (step, data
+  positions, RNG, scheduler: JSON) are in it, so a killed writer leaves only a temp folder.
+  DCP reshards on load: a checkpoint saved at one world size resumes at another, with or
+  without FSDP.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.(pt|dcp)$")
+TRAINER_STATE = "trainer_state.json"
 
 
 def rng_state() -> dict:
@@ -58,8 +73,14 @@ def save(state: dict, directory: Path, step: int, keep: int = 0) -> Path:
         os.close(dir_fd)
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
-            old.unlink(missing_ok=True)
+            _remove(old)
     return final
+
+
+def is_complete(path: Path) -> bool:
+    if path.suffix == ".dcp":
+        return (path / ".metadata").is_file() and (path / TRAINER_STATE).is_file()
+    return path.is_file()
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -68,7 +89,8 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [(CHECKPOINT_RE.match(p.name), p) for p in directory.iterdir()]
-    return [p for _, p in sorted((int(m.group(1)), p) for m, p in found if m)]
+    steps = sorted((int(m.group(1)), p.suffix == ".dcp", p) for m, p in found if m)
+    return [p for _, _, p in steps if is_complete(p)]
 
 
 def resolve(resume: str, directory: Path) -> Path | None:
@@ -77,10 +99,125 @@ def resolve(resume: str, directory: Path) -> Path | None:
         found = list_checkpoints(directory)
         return found[-1] if found else None
     path = Path(resume)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    if not is_complete(path):
+        raise ValueError(f"--resume {resume}: an incomplete checkpoint folder (no .metadata)")
     return path
 
 
 def load(path: Path) -> dict:
+    """The checkpoint's state; for a DCP folder its trainer_state.json (model and optimizer
+    are loaded into live objects by `load_sharded`)."""
+    path = Path(path)
+    if path.is_dir():
+        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_sharded(path: Path, model, optimizer=None) -> None:
+    """Model (and optimizer) state of a DCP folder into `model`, whatever its sharding."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    with warnings.catch_warnings():
+        # one process reading every rank's shards is what we mean here
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        if optimizer is None:
+            state = {"model": model.state_dict()}
+            dcp.load(state, checkpoint_id=str(path))
+            model.load_state_dict(state["model"])
+            return
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+
+
+class ShardedCheckpointer:
+    """DCP checkpoints written by every rank; at most one write in flight."""
+
+    def __init__(self, directory: Path, keep: int, is_main: bool, use_async: bool = True):
+        import torch.distributed as dist
+
+        self.directory, self.keep, self.is_main = Path(directory), keep, is_main
+        distributed = dist.is_available() and dist.is_initialized()
+        self.use_async = use_async and distributed
+        # a gloo group of its own: the background writer's collectives must not interleave
+        # with the training collectives of the default group
+        self.group = dist.new_group(backend="gloo") if self.use_async else None
+        self.pending = None  # (future, temp folder, final folder)
+
+    def save(self, model, optimizer, trainer_state: dict, step: int) -> Path:
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        self.wait()
+        final = self.directory / f"step_{step:08d}.dcp"
+        tmp = self.directory / f".{final.name}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftovers
+            tmp.mkdir(parents=True)
+            _write_json(tmp / TRAINER_STATE, trainer_state)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        if self.use_async:
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
+            self.pending = (future, tmp, final)
+        else:
+            dcp.save(state, checkpoint_id=str(tmp))
+            self.pending = (None, tmp, final)
+            self.wait()
+        return final
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight is on disk, then publish it (rank 0)."""
+        if self.pending is None:
+            return None
+        future, tmp, final = self.pending
+        self.pending = None
+        if future is not None:
+            future.result()
+        if self.is_main:
+            _publish(tmp, final)
+            if self.keep > 0:
+                for old in list_checkpoints(self.directory)[: -self.keep]:
+                    _remove(old)
+            print(f"saved {final}", flush=True)
+        return final
+
+
+def _write_json(path: Path, obj) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    for name in os.listdir(tmp):
+        fd = os.open(tmp / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if final.exists():  # a rerun of the same step
+        _remove(final)
+    os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """A trainer checkpoint as an open_clip `local-dir:` folder.
 
     python -m trainer.export runs/x/checkpoints/step_00010000.pt exported/x
+    python -m trainer.export runs/x/checkpoints/step_00010000.dcp exported/x   # --fsdp runs
 
 writes open_clip_config.json ({"model_cfg", "preprocess_cfg"}) and open_clip_model.safetensors,
 which `open_clip.create_model_from_pretrained('local-dir:exported/x')`, `trainer.evaluate
@@ -57,7 +58,9 @@ def main(argv=None) -> int:
         prog="python -m trainer.export",
         description="Write a trainer checkpoint as an open_clip local-dir folder.",
     )
-    p.add_argument("checkpoint", help="a step_*.pt written by trainer/train.py")
+    p.add_argument(
+        "checkpoint", help="a step_*.pt file or step_*.dcp folder written by trainer/train.py"
+    )
     p.add_argument("out_dir", help="folder for open_clip_config.json + weights")
     args = p.parse_args(argv)
     try:

@@ -121,9 +121,18 @@ def image_size(model) -> int:
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
-    """(model in eval mode on CPU, tokenizer, the run's args) from a trainer checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+    """(model in eval mode on CPU, tokenizer, the run's args) from a trainer checkpoint: a
+    step_N.pt file or a step_N.dcp folder (sharded; read here in one process)."""
+    from trainer import checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        if not checkpoint.is_complete(path):
+            raise ValueError(f"{path} is not a complete DCP checkpoint of trainer/train.py")
+        ckpt = checkpoint.load(path)
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "args" not in ckpt or not (path.is_dir() or "model" in ckpt):
         raise ValueError(f"{path} is not a checkpoint of trainer/train.py")
     args = ckpt["args"]
     model = build_model(
@@ -132,7 +141,10 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
         args.get("image_size"),
         args.get("visual_token_keep") or 1.0,
     )
-    model.load_state_dict(ckpt["model"])
+    if path.is_dir():
+        checkpoint.load_sharded(path, model)
+    else:
+        model.load_state_dict(ckpt["model"])
     tokenizer = build_tokenizer(args["model"], args.get("tokenizer"), model.context_length)
     return model.eval(), tokenizer, args
 

@@ -27,7 +27,16 @@ if __package__ in (None, ""):  # `python trainer/train.py` / `torchrun trainer/t
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from trainer import accumulate, augment, checkpoint, data, distributed, evaluate, models  # noqa: E402
+from trainer import (  # noqa: E402
+    accumulate,
+    augment,
+    checkpoint,
+    data,
+    distributed,
+    evaluate,
+    models,
+    sharding,
+)
 from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
 
 
@@ -159,6 +168,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
     )
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2, "
+        "one fully_shard unit per transformer block; bf16 parameters with fp32 gradient "
+        "reduction under --precision bf16), for models that do not fit one GPU under DDP; "
+        "checkpoints become sharded DCP folders",
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
         "--compile-backend",
@@ -197,6 +214,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output-dir", default="runs/clip", help="checkpoints, metrics, tensorboard")
     g.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
+    g.add_argument(
+        "--checkpoint-format",
+        choices=["auto", "pt", "dcp"],
+        default="auto",
+        help="pt: one step_N.pt written by rank 0; dcp: a step_N.dcp folder of "
+        "torch.distributed.checkpoint shards written by every rank, resumable at any world "
+        "size; auto: dcp with --fsdp, else pt",
+    )
+    g.add_argument(
+        "--sync-checkpoint",
+        action="store_true",
+        help="write dcp checkpoints before training goes on (default: in a background thread "
+        "after staging to host memory; a checkpoint appears only once complete)",
+    )
     g.add_argument(
         "--resume",
         help="'latest' (newest in OUTPUT_DIR/checkpoints) or a path; the data position is "
@@ -340,6 +371,16 @@ def main(argv=None) -> dict:
     raw_model.to(device)
     if args.grad_checkpointing:
         raw_model.set_grad_checkpointing(True)
+    replicated = []
+    if args.fsdp:
+        if not dist_info.enabled:
+            raise ValueError("--fsdp shards over ranks: launch with torchrun --nproc_per_node N")
+        replicated = sharding.shard_model(raw_model, args.precision)
+    checkpoint_format = args.checkpoint_format
+    if checkpoint_format == "auto":
+        checkpoint_format = "dcp" if args.fsdp else "pt"
+    if args.fsdp and checkpoint_format != "dcp":
+        raise ValueError("--fsdp writes dcp checkpoints (rank 0 cannot hold the whole state)")
     tokenizer = models.build_tokenizer(args.model, args.tokenizer, raw_model.context_length)
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
@@ -371,8 +412,13 @@ def main(argv=None) -> dict:
     resume_path = checkpoint.resolve(args.resume, ckpt_dir) if args.resume else None
     if resume_path is not None:
         ckpt = checkpoint.load(resume_path)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if resume_path.is_dir():
+            checkpoint.load_sharded(resume_path, raw_model, optimizer)
+        elif args.fsdp:
+            raise ValueError(f"{resume_path} is a single-file checkpoint: resume it without --fsdp")
+        else:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         step = ckpt["step"]
@@ -439,7 +485,8 @@ def main(argv=None) -> dict:
     transform = augment.DeviceTransform.for_model(raw_model, device)
 
     # FLOPs per sample, counted on the first batch before DDP wraps the model (a backward
-    # through the bare model would fire DDP's gradient hooks); that batch is then trained on
+    # through the bare model would fire DDP's gradient hooks; FSDP's run on every rank alike);
+    # that batch is then trained on
     pending, sample_flops = [], None
     if step < total_steps:
         batch = next(loader)
@@ -448,14 +495,23 @@ def main(argv=None) -> dict:
             raw_model, args.loss, transform(batch), batch["tokens"].to(device)
         )
     model = raw_model
-    if dist_info.enabled:
+    if dist_info.enabled and not args.fsdp:
         model = DistributedDataParallel(
             raw_model,
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
             static_graph=args.accum_steps == 1,  # every parameter is used in every backward
         )
-    ddp = model
+    no_sync = None
+    if args.fsdp:
+        no_sync = lambda: sharding.no_gradient_sync(raw_model)  # noqa: E731
+    elif dist_info.enabled:
+        no_sync = model.no_sync
+    checkpointer = None
+    if checkpoint_format == "dcp":
+        checkpointer = checkpoint.ShardedCheckpointer(
+            ckpt_dir, args.keep_checkpoints, is_main, use_async=not args.sync_checkpoint
+        )
     if args.compile:
         if hasattr(raw_model, "trim_multiple"):
             raw_model.trim_multiple = 8  # caption lengths in steps of 8: few recompilations
@@ -488,6 +544,8 @@ def main(argv=None) -> dict:
     eval_row = None
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
+    stalls = []  # seconds the training loop waited for each checkpoint
+    state_bytes = None
     while step < total_steps:
         micro_batches = []
         for _ in range(args.accum_steps):
@@ -502,15 +560,19 @@ def main(argv=None) -> dict:
             args.loss,
             autocast=autocast,
             backward=lambda loss: scaler.scale(loss).backward(),
-            no_sync=ddp.no_sync if dist_info.enabled else None,
+            no_sync=no_sync,
             caption_weight=args.caption_loss_weight,
             siglip_exchange=args.siglip_exchange,
         )
+        if replicated:
+            sharding.sync_replicated_grads(replicated)
         if args.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if state_bytes is None:  # parameters, gradients and AdamW state held by this rank
+            state_bytes = sharding.training_state_bytes(raw_model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if loss_parts(args.loss)[0] == "clip":
@@ -564,17 +626,24 @@ def main(argv=None) -> dict:
                 step * global_batch, sample_flops, writer, out_dir, args.model,
             )  # fmt: skip
         if step % args.save_every == 0 or step == total_steps:
+            started = time.perf_counter()
             save_checkpoint(
-                args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir
-            )
+                args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir,
+                checkpointer,
+            )  # fmt: skip
+            stalls.append(time.perf_counter() - started)
         if args.exit_after is not None and step >= args.exit_after and step < total_steps:
             if is_main:
                 print(f"stopping after step {step} (--exit-after)", flush=True)
             break
 
+    if checkpointer is not None:
+        checkpointer.wait()
     if keys_file:
         keys_file.close()
     summary = {
+        "checkpoint_stall_s": stalls,
+        "state_bytes_per_rank": state_bytes,
         "steps": step,
         "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_memory_gib": peak_memory_gib(device),
@@ -585,7 +654,8 @@ def main(argv=None) -> dict:
         summary["eval"] = eval_row["eval"]
     if step == total_steps and args.val_data and is_main and not has_text_tower:
         print("--val-data: a caption-only model has no text embeddings to retrieve", flush=True)
-    elif step == total_steps and args.val_data and is_main:
+    elif step == total_steps and args.val_data and (is_main or args.fsdp):
+        # rank 0 alone, or under FSDP every rank (each block's forward gathers from all)
         raw_model.eval()
         batches = data.eval_batches(
             data.expand_urls(args.val_data),
@@ -597,9 +667,10 @@ def main(argv=None) -> dict:
         image_emb, text_emb = evaluate.embed(raw_model, batches, transform, device, autocast)
         summary["retrieval"] = evaluate.recall_at_k(image_emb, text_emb)
         summary["retrieval"]["pairs"] = len(image_emb)
-        for name, value in summary["retrieval"].items():
-            writer.add_scalar(f"val/{name}", value, step)
-        print(f"held-out retrieval: {json.dumps(summary['retrieval'])}", flush=True)
+        if is_main:
+            for name, value in summary["retrieval"].items():
+                writer.add_scalar(f"val/{name}", value, step)
+            print(f"held-out retrieval: {json.dumps(summary['retrieval'])}", flush=True)
     if is_main:
         writer.close()
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -661,11 +732,26 @@ def online_curation(args, urls):
     return online, len(pool), online.expected_kept(pool)
 
 
-def save_checkpoint(args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir):
-    """Rank 0 writes; every rank contributes its RNG and data position."""
+def save_checkpoint(
+    args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir, checkpointer
+):
+    """Every rank contributes its RNG and data position; rank 0 writes a .pt, or every rank its
+    shards of a DCP folder (`checkpointer`)."""
     per_rank = distributed.all_gather_json(
         {"rng": checkpoint.rng_state(), "data": loader.state_dict()}, dist_info
     )
+    if checkpointer is not None:
+        state = {
+            "step": step,
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": [r["rng"] for r in per_rank],
+            "data": [r["data"] for r in per_rank],
+            "world_size": dist_info.world_size,
+            "args": dict(vars(args)),
+        }
+        checkpointer.save(model, optimizer, state, step)
+        return
     if not dist_info.is_main:
         return
     state = {
