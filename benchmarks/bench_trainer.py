@@ -19,10 +19,16 @@ Two more sections, CPU-only figures measured in the same run:
   resume  time to first batch after resuming at 0, 10 and 100 shards into a pass, against the
           previous trainer's replay (reading every sample since step 0 without decoding).
   online  loader samples/s/core on the same pool shards with and without online balancing.
+  fsdp    per-rank bytes of parameters + gradients + AdamW state under DDP and --fsdp, measured
+          for a tiny model on 2 gloo ranks and computed for ViT-H-14-worldwide (built on the
+          meta device: exact parameter counts, no memory) at 8 ranks; the training loop's stall
+          per checkpoint: DDP's rank-0 torch.save, --fsdp --sync-checkpoint (DCP, every rank
+          writes its shard) and --fsdp (DCP async: staged, written in the background).
 
     python benchmarks/bench_trainer.py                 # CPU: tiny model, fp32
     python benchmarks/bench_trainer.py --models ViT-B-32,ViT-B-16 --batch-size 256  # GPU, bf16
     python benchmarks/bench_trainer.py --sections loader,resume
+    python benchmarks/bench_trainer.py --sections fsdp --fsdp-model tiny-clip-w128
 """
 
 from __future__ import annotations
@@ -85,8 +91,14 @@ def parse_args():
         "--peak-tflops", type=float, help="accelerator peak for MFU (default: known GPUs)"
     )
     p.add_argument("--workdir", help="keep shards and logs here (default: a temp dir)")
-    p.add_argument("--sections", default="loader,resume,train", help="any of loader, resume, train")
+    p.add_argument(
+        "--sections",
+        default="loader,resume,train",
+        help="any of loader, resume, online, fsdp, train",
+    )
     p.add_argument("--loader-images", type=int, default=400, help="images per loader path")
+    p.add_argument("--fsdp-model", default="tiny-clip-w128", help="model of the fsdp section")
+    p.add_argument("--fsdp-ranks", type=int, default=2, help="gloo ranks of the fsdp section")
     return p.parse_args()
 
 
@@ -431,8 +443,86 @@ def main():
             bench_resume(args, workdir)
         if "online" in sections:
             bench_online(args, workdir)
+        if "fsdp" in sections:
+            bench_fsdp(args, workdir)
         if "train" in sections:
             bench_train(args, workdir)
+
+
+GIB = 1024**3
+
+
+def bench_fsdp(args, workdir: Path) -> None:
+    data, n = make_data(workdir, 400, 32, 4)
+    runs = {
+        "DDP (step_N.pt, rank 0 writes)": [],
+        "FSDP, DCP sync": ["--fsdp", "--sync-checkpoint"],
+        "FSDP, DCP async": ["--fsdp"],
+    }
+    print(
+        f"\nfsdp: {args.fsdp_model}, {args.fsdp_ranks} gloo ranks, fp32, batch 16 per rank, "
+        "checkpoint every 2 steps (8 steps)"
+    )
+    print("| run | params | grads | AdamW state | total per rank | checkpoint stall (median) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, extra in runs.items():
+        out = workdir / f"fsdp_{len(extra)}"
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.fsdp_ranks}",
+            "--standalone", str(ROOT / "trainer" / "train.py"),
+            "--train-data", data, "--train-num-samples", str(n), "--model", args.fsdp_model,
+            "--batch-size", "16", "--steps", "8", "--precision", "fp32", "--workers", "1",
+            "--save-every", "2", "--keep-checkpoints", "2", "--log-every", "4",
+            "--output-dir", str(out), *extra,
+        ]  # fmt: skip
+        run(cmd, workdir / f"fsdp_{len(extra)}.log", 1)
+        summary = json.loads((out / "summary.json").read_text())
+        state = summary["state_bytes_per_rank"]
+        stall = statistics.median(summary["checkpoint_stall_s"])
+        mib = {k: v / 2**20 for k, v in state.items()}
+        print(
+            f"| {name} | {mib['params']:.2f} MiB | {mib['grads']:.2f} MiB | "
+            f"{mib['optimizer']:.2f} MiB | {sum(mib.values()):.2f} MiB | {1000 * stall:.1f} ms |"
+        )
+    h14_memory(ranks=8)
+
+
+def h14_memory(ranks: int, model_name: str = "ViT-H-14-worldwide") -> None:
+    """Per-rank training state of MetaCLIP 2's model under DDP and FSDP, from exact counts."""
+    import open_clip
+
+    from trainer.sharding import embeddings, transformer_blocks
+
+    with torch.device("meta"):
+        model = open_clip.create_model(model_name, device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    units = [*embeddings(model), *transformer_blocks(model)]
+    sizes = sorted((sum(p.numel() for p in u.parameters()) for u in units), reverse=True)
+    embedding = sizes[0]  # the XLM-V token embedding is the largest unit
+    # fp32 parameter + fp32 gradient + two fp32 AdamW moments = 16 bytes per parameter
+    ddp = 16 * total
+    fsdp = 16 * total / ranks
+    # transient under FSDP (bf16): the largest unit's gathered bf16 copy and its unsharded
+    # gradient in fp32 before the reduce-scatter, plus the next unit prefetched
+    transient = (2 + 4) * sizes[0] + 2 * sizes[1]
+    print(
+        f"\n{model_name}: {total / 1e9:.3f} B parameters ({embedding / 1e9:.3f} B in the token "
+        f"embedding, largest transformer block {sizes[1] / 1e6:.1f} M); per rank at {ranks} "
+        "ranks, fp32 AdamW, before activations:"
+    )
+    print("| | parameters + gradients + AdamW | transient (FSDP: gathered unit) "
+          "| gradient sync per step | checkpoint written per rank |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    print(
+        f"| DDP | {ddp / GIB:.1f} GiB | - | {4 * total / GIB:.1f} GiB fp32 all-reduced "
+        f"({4 * embedding / GIB:.1f} GiB of it the embedding) | {12 * total / GIB:.1f} GiB on "
+        "rank 0, synchronous |"
+    )
+    print(
+        f"| FSDP | {fsdp / GIB:.1f} GiB | {transient / GIB:.1f} GiB (the embedding, during its "
+        f"lookup and its backward) | {4 * total / GIB:.1f} GiB fp32 reduce-scattered, 1/{ranks} "
+        f"kept | {12 * total / ranks / GIB:.1f} GiB on every rank, async |"
+    )
 
 
 def bench_train(args, workdir: Path) -> None:

@@ -1,7 +1,7 @@
 """FSDP2 for models that do not fit one GPU under DDP (`--fsdp`).
 
-Every transformer block (vision tower, text tower, caption decoder) becomes one
-`fully_shard` unit, and the root takes what is left (embeddings, projections, norms). A
+Every transformer block (vision tower, text tower, caption decoder) and every token embedding
+becomes one `fully_shard` unit, and the root takes what is left (projections, norms). A
 rank holds 1/world of every parameter, gradient and AdamW moment; a block's parameters are
 all-gathered just before its forward and backward and freed after. With bf16 the gathered
 copies are bf16 and gradients are reduced in fp32 (`MixedPrecisionPolicy`).
@@ -33,6 +33,12 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
+def embeddings(model: torch.nn.Module) -> list[torch.nn.Embedding]:
+    """Token embeddings, each its own unit: XLM-V's is half of ViT-H-14-worldwide, and as a
+    unit it is gathered only around the lookup, not for the root's whole forward."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+
+
 def shard_model(model: torch.nn.Module, precision: str) -> list[torch.nn.Parameter]:
     """Apply fully_shard in place; returns the parameters left replicated."""
     from torch.distributed.fsdp import (
@@ -49,8 +55,8 @@ def shard_model(model: torch.nn.Module, precision: str) -> list[torch.nn.Paramet
     blocks = transformer_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no transformer blocks to shard")
-    for block in blocks:
-        fully_shard(block, mp_policy=policy)
+    for unit in [*embeddings(model), *blocks]:
+        fully_shard(unit, mp_policy=policy)
     replicated = [p for p in model.parameters() if p.dim() == 0]
     fully_shard(model, mp_policy=policy, ignored_params=set(replicated))
     # evaluation calls these instead of forward: they must gather the root's parameters too
