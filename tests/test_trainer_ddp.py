@@ -20,12 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trainer_shards")
+def run_shards(root: Path) -> Path:
+    """4 train shards of 100 (with broken samples) and a held-out shard of 64."""
     make_shards(root / "train", num_shards=4, per_shard=100, broken=True)
     make_shards(root / "val", num_shards=1, per_shard=64, seed=1, first_index=100)
     return root
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return run_shards(tmp_path_factory.mktemp("trainer_shards"))
 
 
 def torchrun(shards: Path, out: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_ddp import losses, torchrun
-from trainer_shards import make_shards
+from test_trainer_ddp import losses, run_shards, torchrun
 
 pytest.importorskip("open_clip")
 pytest.importorskip("skimage")
@@ -23,10 +22,7 @@ STEPS = ("--steps", "6", "--save-every", "3")
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fsdp_shards")
-    make_shards(root / "train", num_shards=4, per_shard=100, broken=True)
-    make_shards(root / "val", num_shards=1, per_shard=64, seed=1, first_index=100)
-    return root
+    return run_shards(tmp_path_factory.mktemp("fsdp_shards"))
 
 
 @pytest.fixture(scope="module")

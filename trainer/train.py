@@ -740,24 +740,8 @@ def save_checkpoint(
     per_rank = distributed.all_gather_json(
         {"rng": checkpoint.rng_state(), "data": loader.state_dict()}, dist_info
     )
-    if checkpointer is not None:
-        state = {
-            "step": step,
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": [r["rng"] for r in per_rank],
-            "data": [r["data"] for r in per_rank],
-            "world_size": dist_info.world_size,
-            "args": dict(vars(args)),
-        }
-        checkpointer.save(model, optimizer, state, step)
-        return
-    if not dist_info.is_main:
-        return
     state = {
         "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": [r["rng"] for r in per_rank],
@@ -765,6 +749,12 @@ def save_checkpoint(
         "world_size": dist_info.world_size,
         "args": dict(vars(args)),
     }
+    if checkpointer is not None:
+        checkpointer.save(model, optimizer, state, step)
+        return
+    if not dist_info.is_main:
+        return
+    state.update(model=model.state_dict(), optimizer=optimizer.state_dict())
     path = checkpoint.save(state, ckpt_dir, step, keep=args.keep_checkpoints)
     print(f"saved {path}", flush=True)
 
