@@ -1,11 +1,18 @@
-"""Whole curation job throughput: records/s per core at 1M records, local[1] vs local[2].
+"""Whole curation job throughput: records per CPU-second against a release-style baseline.
 
-Input: the real CC3M + WIT captions repeated (each repetition a distinct image URL) to --records.
-Metadata: --metadata URI (e.g. the output of `make metadata`), or by default WordNet lemmas for
-English and caption n-grams for the WIT languages. Each configuration runs `jobs/curate.py` in
-its own process while this script samples the memory of the whole process tree.
+Input: the real CC3M + WIT captions repeated (each repetition a distinct image URL) to each of
+--sizes. Metadata: --metadata URI (e.g. the output of `make metadata`), or by default WordNet
+lemmas for English and caption n-grams for the WIT languages. Per size, on one core (taskset):
+- baseline: `benchmarks/release_style_curate.py`, one Python process in the style of the MetaCLIP
+  2 release's scripts (pyahocorasick `iter`, numpy counts, `p_to_t`, per-image choice and keep;
+  every record in memory);
+- ours: `jobs/curate.py --master local[1]`; at the first size also local[2] (scaling).
+CPU seconds are the whole process tree's, from the kernel's accounting of reaped children
+(`getrusage(RUSAGE_CHILDREN)`: pyspark.daemon's short-lived workers are reaped by the daemon, the
+daemon by the JVM, the JVM by the job, so they all count), and, as a cross-check, sampled with
+psutil every 0.5 s. Two sizes give each side's fixed cost and marginal cost per record.
 
-    .venv/bin/python benchmarks/bench_curate.py [--records 1000000] [--metadata URI]
+    .venv/bin/python benchmarks/bench_curate.py [--sizes 1000000,3000000] [--metadata URI]
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -129,6 +137,32 @@ class MemorySampler:
                 self.peak_mib[key] = max(self.peak_mib[key], value / 2**20)
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_baseline(metadata: str, input_dir: Path, output: Path) -> dict:
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    cmd = [
+        "taskset", "-c", str(cpu), sys.executable,
+        str(ROOT / "benchmarks" / "release_style_curate.py"),
+        str(input_dir), metadata, str(output), "--t-en", "2000",
+    ]  # fmt: skip
+    started, before = time.perf_counter(), children_cpu_s()
+    with MemorySampler() as memory:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"baseline failed:\n{result.stderr[-3000:]}")
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_s": children_cpu_s() - before,
+        "sampled_cpu_s": memory.cpu_s,
+        "peak_mib": memory.peak_mib,
+        "report": json.loads(result.stdout.strip().splitlines()[-1]),
+    }
+
+
 def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
     """jobs/curate.py with local[cores], its whole process tree (JVM included) pinned to that
     many CPUs: local[1] alone still lets the JVM's own threads use every core."""
@@ -140,10 +174,11 @@ def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
         "--metadata", metadata, "--input", str(input_dir), "--output", str(output),
         "--t-en", "2000", "--master", f"local[{cores}]", "--partitions", str(4 * cores),
     ]  # fmt: skip
-    started = time.perf_counter()
+    started, before = time.perf_counter(), children_cpu_s()
     with MemorySampler() as memory:
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    cpu_s = children_cpu_s() - before
     if result.returncode:
         raise SystemExit(f"curate failed with local[{cores}]:\n{result.stderr[-3000:]}")
     report = json.loads((output / "run.json").read_text())
@@ -151,48 +186,77 @@ def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
         "seconds": elapsed,
         "report": report,
         "peak_mib": memory.peak_mib,
-        "cpu_s": memory.cpu_s,
+        "cpu_s": cpu_s,
+        "sampled_cpu_s": memory.cpu_s,
     }
+
+
+def fixed_and_marginal(runs: dict[int, dict]) -> tuple[float, float]:
+    """(fixed CPU-s, marginal CPU-µs per record) from the two largest sizes."""
+    (n1, a), (n2, b) = sorted(runs.items())[-2:]
+    marginal = (b["cpu_s"] - a["cpu_s"]) / (n2 - n1)
+    return a["cpu_s"] - marginal * n1, marginal * 1e6
+
+
+def describe(name: str, n: int, run: dict) -> str:
+    peak = run["peak_mib"]
+    return (
+        f"{name}: {run['seconds']:.1f} s wall, {run['cpu_s']:.1f} CPU-s "
+        f"(sampled {run['sampled_cpu_s']:.1f}), {n / run['cpu_s']:,.0f} records per CPU-s; "
+        f"matched {run['report_counts']['matched_records']:,}, curated "
+        f"{run['report_counts']['curated_records']:,}; peak RSS {peak['total']:,.0f} MiB"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=1_000_000, help="alt-text records")
+    parser.add_argument("--sizes", default="1000000,3000000", help="comma-separated record counts")
     parser.add_argument(
         "--metadata", help="metadata table URI (default: WordNet + caption n-grams)"
     )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the release-style run")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    sizes = sorted(int(n) for n in args.sizes.split(","))
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         scratch = Path(scratch)
-        (scratch / "input").mkdir()
-        write_input(scratch / "input", args.records)
         metadata = args.metadata
         if metadata is None:
             write_default_metadata(scratch / "metadata")
             metadata = str(scratch / "metadata")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; records: {args.records:,}")
-        results = {}
-        for cores in (1, 2):
-            result = run_job(cores, metadata, scratch / "input", scratch / f"out{cores}")
-            results[cores] = result
-            rate = args.records / result["seconds"]
-            counts = result["report"]["counts"]
-            print(
-                f"local[{cores}]: {result['seconds']:.1f}s, {rate:,.0f} records/s "
-                f"({rate / cores:,.0f} per core); matched {counts['matched_records']:,}, "
-                f"curated {counts['curated_records']:,}; "
-                f"peak RSS {result['peak_mib']['total']:,.0f} MiB (JVM "
-                f"{result['peak_mib']['jvm']:,.0f}, largest Python worker "
-                f"{result['peak_mib']['python_worker']:,.0f}); {result['cpu_s']:.0f} CPU s"
-            )
-        scaling = results[1]["seconds"] / results[2]["seconds"]
-        per_core = args.records / results[2]["seconds"] / 2
-        core_hours = 10e9 / per_core / 3600
-        print(f"scaling local[1] -> local[2]: {scaling:.2f}x")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; sizes: {sizes}")
+        ours, baseline, two_cores = {}, {}, None
+        for n in sizes:
+            (scratch / f"input{n}").mkdir()
+            write_input(scratch / f"input{n}", n)
+            if not args.no_baseline:
+                run = run_baseline(metadata, scratch / f"input{n}", scratch / f"base{n}.parquet")
+                run["report_counts"] = run["report"]
+                baseline[n] = run
+                print(describe(f"{n:,} baseline (1 core)", n, run), flush=True)
+            run = run_job(1, metadata, scratch / f"input{n}", scratch / f"out{n}_1")
+            run["report_counts"] = run["report"]["counts"]
+            ours[n] = run
+            print(describe(f"{n:,} jobs/curate.py local[1]", n, run), flush=True)
+            if n == sizes[0]:
+                two_cores = run_job(2, metadata, scratch / f"input{n}", scratch / f"out{n}_2")
+                two_cores["report_counts"] = two_cores["report"]["counts"]
+                print(describe(f"{n:,} jobs/curate.py local[2]", n, two_cores), flush=True)
+        largest = sizes[-1]
+        if baseline:
+            ratio = (largest / ours[largest]["cpu_s"]) / (largest / baseline[largest]["cpu_s"])
+            print(f"records per CPU-s at {largest:,}: ours / baseline = {ratio:.2f}x")
+        if len(sizes) > 1:
+            for name, runs in (("ours", ours), ("baseline", baseline)):
+                if runs:
+                    fixed, marginal = fixed_and_marginal(runs)
+                    print(f"{name}: fixed {fixed:.1f} CPU-s, marginal {marginal:.2f} CPU-µs/record")
+        scaling = ours[sizes[0]]["seconds"] / two_cores["seconds"]
+        per_core = sizes[0] / two_cores["seconds"] / 2
+        print(f"scaling local[1] -> local[2] at {sizes[0]:,}: {scaling:.2f}x")
         print(
             f"projection: 10 billion alt-texts at {per_core:,.0f} records/s/core = "
-            f"{core_hours:,.0f} core-hours"
+            f"{10e9 / per_core / 3600:,.0f} core-hours"
         )
     return 0
 
