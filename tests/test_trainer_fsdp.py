@@ -119,6 +119,15 @@ def test_dcp_resumes_on_one_rank_without_fsdp(shards, ddp_run, fsdp_run, tmp_pat
     assert ckpt(out, 6, "pt").is_file()
 
 
+def test_init_from_a_sharded_checkpoint(shards, fsdp_run, tmp_path):
+    """Stage 2 of a two-stage run (--init-from) starts from an FSDP run's DCP folder."""
+    result = torchrun(
+        shards, tmp_path, "--init-from", str(ckpt(fsdp_run, 6, "dcp")), "--steps", "1",
+        "--save-every", "1", ranks=1,
+    )  # fmt: skip
+    assert "initialised from" in result.stdout and "kept init: 0, not used: 0" in result.stdout
+
+
 def test_export_of_a_sharded_checkpoint_loads_in_open_clip(fsdp_run, tmp_path):
     import open_clip
 

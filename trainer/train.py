@@ -293,7 +293,10 @@ def init_from(model, path: str, verbose: bool) -> None:
     (another loss's heads) keep their init, and the log says which."""
     from open_clip.model import resize_pos_embed
 
-    state = checkpoint.load(Path(path))["model"]
+    if Path(path).is_dir():  # a sharded DCP folder: read whole into its own model first
+        state = models.load_checkpoint_model(path)[0].state_dict()
+    else:
+        state = checkpoint.load(Path(path))["model"]
     before = state.get("visual.positional_embedding")
     resize_pos_embed(state, model)
     result = model.load_state_dict(state, strict=False)
