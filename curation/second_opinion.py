@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-ENGINES = ("none", "py3langid")
 MAPPING_FILE = "py3langid_labels.csv"
 
 

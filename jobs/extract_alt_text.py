@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.alt_text import CC_BASE_URI, ExtractOptions, list_inputs, run_extract  # noqa: E402
 from curation.extract import DROP_REASONS, Columns, Limits  # noqa: E402
+from curation.lid import SECOND_OPINIONS  # noqa: E402
 
 FORMATS = ("auto", "warc", "wat", "paths", "tsv", "jsonl", "parquet")
 
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lid-second-opinion",
-        choices=("py3langid", "none"),
+        choices=SECOND_OPINIONS,
         help="a second detector for uncertain lid.176 answers, fused with lid.176 before the "
         "page prior (close pairs such as id/ms, zh/ja, da/no/nn, hr/sr/bs); default py3langid "
         "with lid.176 and none with another --lid-model",

@@ -66,14 +66,8 @@ def save(state: dict, directory: Path, step: int, keep: int = 0) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    if keep > 0:
-        for old in list_checkpoints(directory)[:-keep]:
-            _remove(old)
+    _fsync(directory)
+    _prune(directory, keep)
     return final
 
 
@@ -185,9 +179,7 @@ class ShardedCheckpointer:
             future.result()
         if self.is_main:
             _publish(tmp, final)
-            if self.keep > 0:
-                for old in list_checkpoints(self.directory)[: -self.keep]:
-                    _remove(old)
+            _prune(self.directory, self.keep)
             print(f"saved {final}", flush=True)
         return final
 
@@ -201,19 +193,27 @@ def _write_json(path: Path, obj) -> None:
 
 def _publish(tmp: Path, final: Path) -> None:
     for name in os.listdir(tmp):
-        fd = os.open(tmp / name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp / name)
     if final.exists():  # a rerun of the same step
         _remove(final)
     os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Remove all but the newest `keep` complete checkpoints (0 keeps all)."""
+    if keep > 0:
+        for old in list_checkpoints(directory)[:-keep]:
+            _remove(old)
 
 
 def _remove(path: Path) -> None:

@@ -172,8 +172,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--fsdp",
         action="store_true",
         help="shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2, "
-        "one fully_shard unit per transformer block; bf16 parameters with fp32 gradient "
-        "reduction under --precision bf16), for models that do not fit one GPU under DDP; "
+        "one fully_shard unit per transformer block and token embedding; bf16 parameters with "
+        "fp32 gradient reduction under --precision bf16), for models that do not fit one GPU "
+        "under DDP; "
         "checkpoints become sharded DCP folders",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
