@@ -1,13 +1,23 @@
 """The curation job (semantics doc, sections 3-9) as Spark stages.
 
 records -> matches/ -> entry_counts/ -> thresholds/ -> curated/, each a table under the output
-URI, then run.json and _SUCCESS. Matching and balancing run in Python workers (mapInArrow) with
-the same library code the tests use as reference; everything that decides what is kept is a pure
-function of (seed, uid, text) and the counts, so partitioning and input order do not matter.
+URI, then run.json and _SUCCESS. The full records cross one shuffle (docs/architecture.md):
+1. matches: each input split's records are matched against their language's entries where they
+   are read (input from extract_alt_text is partitioned by lang, so a worker holds few automata),
+   hash-partitioned on uid, and each partition, in one Python pass, drops duplicate (uid, text)
+   records, routes languages and marks the one text per image that section 8 chooses. Written
+   once, the chosen rows first in every file.
+2. entry_counts and thresholds read only (lang, entry_ids) of matches/.
+3. curated: a map-only pass over the chosen rows (the keep draw needs the global counts).
+Everything that decides what is kept is a pure function of (seed, uid, text) and the counts, so
+partitioning and input order do not matter. `--plan per-stage` runs the previous plan
+(curation/curate_legacy.py), whose output the tests compare against.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -18,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import tables
 from curation.balance import (
@@ -34,10 +45,13 @@ from curation.matching import EntryMatcher
 log = logging.getLogger("curate")
 
 OTHER = "other"
+PLANS = ("one-shuffle", "per-stage")
 STAGES = ("matches", "entry_counts", "thresholds", "curated")
-MATCHES_SCHEMA = (
+RECORD_COLUMNS = ("uid", "url", "page_url", "text", "lang")
+MATCHED_SCHEMA = (
     "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
 )
+MATCHES_SCHEMA = MATCHED_SCHEMA + ", chosen boolean"
 # what the job's own tables hold (schemas/tables.json; lang is the partition directory)
 TABLE_SCHEMAS = {
     "matches": MATCHES_SCHEMA,
@@ -46,12 +60,13 @@ TABLE_SCHEMAS = {
     "curated": "uid string, url string, text string, lang string, entry_ids array<int>, "
     "keep_prob double",
 }
-CANDIDATES_SCHEMA = (
-    "uid string, url string, text string, lang string, entry_ids array<int>, "
-    "keep_prob double, choice long, draw double"
-)
-MATCHERS_PER_WORKER = 4
+UNIQUE_STRINGS = ("uid", "url", "text")  # written without Parquet dictionary pages
+# A Python worker keeps automata up to this many entries (~0.7 KB each, so ~2.8 GB), evicting
+# the least recently used: 329 languages never all sit in one worker.
+MATCHER_CACHE_ENTRIES = 4_000_000
+PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
 INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
+OUTPUT_WRITERS_PER_TASK = 64  # open files per task (one per language) before Spark sorts
 
 
 class CurationError(Exception):
@@ -72,6 +87,7 @@ class CurateConfig:
     salt_buckets: int = 1024
     lid_model: str | None = None
     partitions: int | None = None
+    plan: str = "one-shuffle"
 
     def __post_init__(self):
         if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
@@ -80,6 +96,8 @@ class CurateConfig:
             raise CurationError("give a positive --t-en or a --tail-fraction")
         if self.format not in ("parquet", "delta"):
             raise CurationError(f"--format must be parquet or delta, got {self.format!r}")
+        if self.plan not in PLANS:
+            raise CurationError(f"--plan must be one of {', '.join(PLANS)}, got {self.plan!r}")
 
 
 @dataclass
@@ -96,13 +114,13 @@ _MATCHERS: OrderedDict = OrderedDict()
 _PROBS: OrderedDict = OrderedDict()
 
 
-def _cached(cache: OrderedDict, key, build):
-    """A small per-worker LRU: data is sorted by lang, so a worker holds few languages at once."""
+def _cached(cache: OrderedDict, key, build, size, budget: int):
+    """A per-worker LRU bounded by `size` (entries) of what it holds, newest always kept."""
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
     value = cache[key] = build()
-    if len(cache) > MATCHERS_PER_WORKER:
+    while len(cache) > 1 and sum(size(v) for v in cache.values()) > budget:
         cache.popitem(last=False)
     return value
 
@@ -117,44 +135,153 @@ def language_matcher(
         table = table.sort_by("entry_id")
         entry_ids = table.column("entry_id").to_numpy().astype(np.int32)
         identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
-        return EntryMatcher(table.column("entry").to_pylist()), None if identity else entry_ids
+        matcher = EntryMatcher(table.column("entry").to_pylist())
+        # a reused worker's collector would otherwise rescan the automaton's objects forever
+        gc.freeze()
+        return matcher, None if identity else entry_ids
 
-    return _cached(_MATCHERS, (metadata_uri, version, lang), build)
+    return _cached(
+        _MATCHERS,
+        (metadata_uri, version, lang),
+        build,
+        lambda value: max(1, len(value[0])),
+        MATCHER_CACHE_ENTRIES,
+    )
 
 
-def match_batches(metadata_uri: str, version: str = ""):
-    """mapInArrow function: adds entry_ids to records sorted (within the partition) by lang.
+def match_language(metadata_uri: str, lang, version: str, texts) -> pa.ListArray:
+    """entry_ids of each text (list<int32>); none for a language without metadata."""
+    if lang is None or lang == OTHER:
+        return pa.ListArray.from_arrays(
+            pa.array(np.zeros(len(texts) + 1, np.int32)), pa.array([], pa.int32())
+        )
+    matcher, entry_ids = language_matcher(metadata_uri, lang, version)
+    matched = matcher.match_arrow(texts)
+    if entry_ids is not None:
+        values = entry_ids[matched.values.to_numpy()]
+        matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
+    return matched
 
-    `version` identifies the metadata's content: a reused worker never serves a cached automaton
-    of a table that was rebuilt since."""
+
+def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
+    """mapInArrow function, before the shuffle: entry_ids of each input record against the
+    entries of its (routed) language, the input's own lang column kept for de-duplication."""
+    known = frozenset(metadata_langs)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            langs = batch.column("lang").to_numpy(zero_copy_only=False)
-            if len(langs) == 0:
+            if batch.num_rows == 0:
                 continue
-            cuts = np.flatnonzero(langs[1:] != langs[:-1]) + 1
-            for start, stop in zip([0, *cuts], [*cuts, len(langs)]):
-                part = batch.slice(start, stop - start)
-                if langs[start] == OTHER:  # no metadata language: kept, so it is counted
-                    matched = pa.array([[]] * len(part), pa.list_(pa.int32()))
-                    yield _with_entry_ids(part, matched)
-                    continue
-                matcher, entry_ids = language_matcher(metadata_uri, langs[start], version)
-                matched = matcher.match_arrow(part.column("text"))
-                if entry_ids is not None:
-                    values = entry_ids[matched.values.to_numpy()]
-                    matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
-                yield _with_entry_ids(part, matched)
+            encoded = pc.dictionary_encode(batch.column("lang"))
+            names = [x if x in known else OTHER for x in encoded.dictionary.to_pylist()]
+            codes = pc.fill_null(encoded.indices, -1).to_numpy()
+            if (codes == codes[0]).all():
+                lang = names[codes[0]] if codes[0] >= 0 else OTHER
+                pieces = [match_language(metadata_uri, lang, version, batch.column("text"))]
+            else:
+                order = np.argsort(codes, kind="stable")
+                batch, codes = batch.take(pa.array(order)), codes[order]
+                cuts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1), len(codes)]
+                pieces = []
+                for start, stop in zip(cuts[:-1], cuts[1:]):
+                    lang = names[codes[start]] if codes[start] >= 0 else OTHER
+                    texts = batch.column("text").slice(start, stop - start)
+                    pieces.append(match_language(metadata_uri, lang, version, texts))
+            entry_ids = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
+            yield pa.RecordBatch.from_arrays(
+                [*(batch.column(c) for c in RECORD_COLUMNS), entry_ids],
+                names=[*RECORD_COLUMNS, "entry_ids"],
+            )
 
     return run
 
 
-def _with_entry_ids(part: pa.RecordBatch, entry_ids: pa.Array) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [*(part.column(c) for c in ("uid", "url", "page_url", "text", "lang")), entry_ids],
-        names=["uid", "url", "page_url", "text", "lang", "entry_ids"],
+def distinct_records(table: pa.Table) -> pa.Table:
+    """One row per distinct (uid, text), sorted by (uid, text): the smallest url and page_url of
+    its copies, and the smallest non-null lang (with that copy's entry_ids)."""
+    keys = [("uid", "ascending"), ("text", "ascending"), ("lang", "ascending")]
+    table = table.take(pc.sort_indices(table, sort_keys=keys, null_placement="at_end"))
+    table = table.combine_chunks()
+    first = _run_starts(table.column("uid"), table.column("text"))
+    if first.all():
+        return table
+    group = pa.array(np.cumsum(first) - 1)
+    smallest = (
+        pa.table({"g": group, "url": table.column("url"), "page_url": table.column("page_url")})
+        .group_by("g", use_threads=False)
+        .aggregate([("url", "min"), ("page_url", "min")])
+        .sort_by("g")
     )
+    table = table.filter(pa.array(first))
+    for name in ("url", "page_url"):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, smallest.column(f"{name}_min"))
+    return table
+
+
+def _run_starts(*columns) -> np.ndarray:
+    """True where a row differs from the previous one in any of the (sorted) columns."""
+    n = len(columns[0])
+    starts = np.ones(n, dtype=np.bool_)
+    if n > 1:
+        same = None
+        for column in columns:
+            equal = pc.equal(column.slice(1), column.slice(0, n - 1))
+            same = equal if same is None else pc.and_(same, equal)
+        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+    return starts
+
+
+def chosen_texts(seed: int, uid, text, entry_ids) -> np.ndarray:
+    """Section 8's one text per image, over records sorted by (uid, text): among an image's
+    matched texts the smallest (text_choice_key, text). The key is hashed only for images with
+    more than one matched text: a single one is chosen whatever its key."""
+    chosen = pc.fill_null(pc.list_value_length(entry_ids), 0).to_numpy(zero_copy_only=False) > 0
+    rows = np.flatnonzero(chosen)
+    if rows.size < 2:
+        return chosen
+    image = np.cumsum(_run_starts(uid.take(pa.array(rows)))) - 1
+    shared = np.bincount(image)[image] > 1
+    if not shared.any():
+        return chosen
+    rows, image = rows[shared], image[shared]
+    row_index = pa.array(rows)
+    choice = np.array(
+        text_choice_keys(seed, uid.take(row_index).to_pylist(), text.take(row_index).to_pylist()),
+        dtype=np.uint64,
+    )
+    order = np.lexsort((choice, image))  # stable: equal keys keep text order
+    best = np.ones(order.size, dtype=np.bool_)
+    best[1:] = image[order][1:] != image[order][:-1]
+    chosen[rows[order[~best]]] = False
+    return chosen
+
+
+def choose_records(seed: int, metadata_langs: list[str]):
+    """mapInArrow function, after the shuffle on uid (a partition holds every copy of its
+    images): distinct records, routed languages and the chosen flag, in one pass. Rows come out
+    grouped by lang, chosen ones first, each group in (uid, text) order."""
+    known = pa.array(sorted(metadata_langs), pa.string())
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        records = distinct_records(pa.Table.from_batches(batches))
+        lang = records.column("lang")
+        routed = pc.if_else(pc.is_in(lang, value_set=known), lang, pa.scalar(OTHER))
+        chosen = chosen_texts(
+            seed, records.column("uid"), records.column("text"), records.column("entry_ids")
+        )
+        encoded = pc.dictionary_encode(routed).combine_chunks()
+        names = encoded.dictionary.to_pylist()
+        rank = np.argsort(np.argsort(np.array(names, dtype=object)))
+        order = np.lexsort((~chosen, rank[encoded.indices.to_numpy()]))
+        records = records.set_column(records.schema.get_field_index("lang"), "lang", routed)
+        records = records.append_column("chosen", pa.array(chosen)).take(pa.array(order))
+        yield from records.to_batches(max_chunksize=65536)
+
+    return run
 
 
 def language_probabilities(counts_uri: str, lang: str, t: float, version: str = "") -> np.ndarray:
@@ -167,11 +294,14 @@ def language_probabilities(counts_uri: str, lang: str, t: float, version: str = 
         counts[ids] = table.column("count").to_numpy()
         return entry_probabilities(counts, t)
 
-    return _cached(_PROBS, (counts_uri, version, lang, t), build)
+    return _cached(
+        _PROBS, (counts_uri, version, lang, t), build, lambda p: max(1, p.size), PROBS_CACHE_ENTRIES
+    )
 
 
-def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int, version: str):
-    """mapInArrow function: keep probability, choice key and keep draw of each matched record."""
+def keep_batches(counts_uri: str, thresholds: dict[str, float], seed: int, version: str):
+    """mapInArrow function over the chosen rows: the keep probability of each, kept when the
+    image's seeded draw falls below it."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -186,22 +316,14 @@ def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int, 
                 rows = np.flatnonzero(langs == lang)
                 probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
                 keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
-            uids = batch.column("uid").to_pylist()
-            # order kept, fits a long
-            choices = [
-                key - 2**63
-                for key in text_choice_keys(seed, uids, batch.column("text").to_pylist())
-            ]
-            yield pa.RecordBatch.from_arrays(
-                [
-                    *(batch.column(c) for c in ("uid", "url", "text", "lang")),
-                    pa.ListArray.from_arrays(entry_ids.offsets, entry_ids.values),
-                    pa.array(keep_probs, pa.float64()),
-                    pa.array(choices, pa.int64()),
-                    pa.array(keep_uniforms(seed, uids), pa.float64()),
-                ],
-                names=["uid", "url", "text", "lang", "entry_ids", "keep_prob", "choice", "draw"],
-            )
+            kept = keep_uniforms(seed, batch.column("uid").to_pylist()) < keep_probs
+            if kept.any():
+                columns = [batch.column(c) for c in ("uid", "url", "text", "lang", "entry_ids")]
+                out = pa.RecordBatch.from_arrays(
+                    [*columns, pa.array(keep_probs, pa.float64())],
+                    names=["uid", "url", "text", "lang", "entry_ids", "keep_prob"],
+                )
+                yield out.filter(pa.array(kept))
 
     return run
 
@@ -254,15 +376,18 @@ class CurationJob:
         self.check_output_writable()
         self.fs.delete(f"{self.out}/_SUCCESS")
         self.fs.delete(f"{self.out}/run.json")
-        metadata_langs = self.metadata_languages()
-        records, observed = self.load_records(metadata_langs)
+        self.metadata_langs = self.metadata_languages()
+        records, observed = self.load_records()
         fingerprint = self.input_fingerprint()
         from curation.spark import size_shuffle_partitions
 
         size_shuffle_partitions(self.spark, self.input_bytes)  # unless the user set them
-        fp = self.stage("matches", fingerprint, lambda: self.write_matches(records, observed))
+        self.stage("matches", fingerprint, lambda: self.write_matches(records, observed))
         if "input_records" not in self.report.counts:  # matches skipped: counted by the last run
             self.report_input_counts(json.loads(self.fs.read_text(self.input_counts_uri())))
+        # the counts do not depend on the seed (the chosen flags of matches/ do): a new seed
+        # reruns matches and curated only
+        fp = self.fingerprint("matches", fingerprint, self.stage_flags("matches", seed=False))
         fp = self.stage("entry_counts", fp, self.write_entry_counts)
         fp = self.stage("thresholds", fp, self.write_thresholds)
         self.stage("curated", fp, self.write_curated)
@@ -281,16 +406,22 @@ class CurationJob:
         except OSError as error:
             raise CurationError(str(error)) from None
 
-    def stage(self, name: str, previous: str, build) -> str:
-        flags = {
-            "matches": [self.config.languages],
+    def stage_flags(self, name: str, seed: bool = True) -> list:
+        config = self.config
+        return {
+            "matches": [config.languages, config.plan]
+            + ([config.seed] if seed and config.plan == "one-shuffle" else []),
             "entry_counts": [],
-            "thresholds": [self.config.t_en, self.config.tail_fraction],
-            "curated": [self.config.seed],
+            "thresholds": [config.t_en, config.tail_fraction],
+            "curated": [config.seed, config.plan],
         }[name]
-        fingerprint = hashlib.sha256(
-            json.dumps([previous, name, flags, self.config.format, tables.code_version()]).encode()
-        ).hexdigest()
+
+    def fingerprint(self, name: str, previous: str, flags: list) -> str:
+        parts = [previous, name, flags, self.config.format, tables.code_version()]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def stage(self, name: str, previous: str, build) -> str:
+        fingerprint = self.fingerprint(name, previous, self.stage_flags(name))
         self.fingerprints[name] = fingerprint
         marker = f"{self.out}/_stages/{name}.json"
         if (
@@ -335,9 +466,9 @@ class CurationJob:
         self.input_bytes = parts[2][0]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def load_records(self, metadata_langs: list[str]):
-        """The distinct (uid, text) records, and an Observation that counts the input rows while
-        the matches stage reads them (no separate pass over the input)."""
+    def load_records(self):
+        """The input records with a uid, url and text (duplicates included, lang as given), and
+        an Observation that counts the input rows while the matches stage reads them."""
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
@@ -377,15 +508,6 @@ class CurationJob:
         df = df.where(
             F.col("text").isNotNull() & F.col("url").isNotNull() & F.col("uid").isNotNull()
         )
-        # one record per distinct (uid, text); the other columns are chosen deterministically
-        df = df.groupBy("uid", "text").agg(
-            F.min("url").alias("url"),
-            F.min("page_url").alias("page_url"),
-            F.min("lang").alias("lang"),
-        )
-        known = set(metadata_langs)
-        routed = F.when(F.col("lang").isin(list(known)), F.col("lang")).otherwise(F.lit(OTHER))
-        df = df.withColumn("lang", routed)
         return df, observed
 
     def report_input_counts(self, counts: dict) -> None:
@@ -395,23 +517,31 @@ class CurationJob:
         self.report.drops["null_text_or_url"] = int(counts["null"])
 
     def write_matches(self, records, observed) -> None:
-        from pyspark.sql import functions as F
+        if self.config.plan == "per-stage":
+            from curation import curate_legacy
 
-        # Range partitioning on (lang, salt) keeps each small language in one task (few automata
-        # per worker) and cuts a hot language into as many tasks as its share of the records.
-        salt = F.abs(F.xxhash64("uid")) % self.config.salt_buckets
-        spread = (
-            records.withColumn("_salt", salt)
-            .repartitionByRange(self.matching_partitions(), "lang", "_salt")
-            .sortWithinPartitions("lang")
-        )
-        matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
-            match_batches(self.config.metadata, self.fingerprints["matches"]), MATCHES_SCHEMA
-        )
-        tables.write_table(matched, self.table_uri("matches"), self.config.format, ["lang"])
+            curate_legacy.write_matches(self, records)
+        else:
+            version = self.fingerprints["matches"]
+            matched = records.mapInArrow(
+                match_records(self.config.metadata, version, self.metadata_langs), MATCHED_SCHEMA
+            )
+            # the one shuffle of full records: every copy of an image lands in one partition
+            shuffled = matched.repartition(self.matching_partitions(), "uid")
+            chosen = shuffled.mapInArrow(
+                choose_records(self.config.seed, self.metadata_langs), MATCHES_SCHEMA
+            )
+            self.write(chosen, "matches")
         counts = {k: int(v or 0) for k, v in observed.get.items()}
         self.report_input_counts(counts)
         self.fs.write_text(self.input_counts_uri(), json.dumps(counts))
+
+    def write(self, df, name: str) -> None:
+        """A table partitioned by lang, as the rows come (no sort: each task's rows are grouped
+        by lang already), unique strings without dictionary pages."""
+        options = {f"parquet.enable.dictionary#{c}": "false" for c in UNIQUE_STRINGS}
+        with _unsorted_partitioned_writes(self.spark):
+            tables.write_table(df, self.table_uri(name), self.config.format, ["lang"], options)
 
     def matching_partitions(self) -> int:
         """--partitions, else one task per ~INPUT_BYTES_PER_TASK of input (at least one per
@@ -498,34 +628,28 @@ class CurationJob:
         return {r["lang"]: r["t"] for r in rows}
 
     def write_curated(self) -> None:
+        if self.config.plan == "per-stage":
+            from curation import curate_legacy
+
+            curate_legacy.write_curated(self)
+            return
         from pyspark.sql import functions as F
 
-        thresholds = self.read_thresholds()
-        matches = self.read("matches").where(F.size("entry_ids") > 0)
-        candidates = matches.select("uid", "url", "text", "lang", "entry_ids").mapInArrow(
-            candidate_batches(
+        chosen = (
+            self.read("matches")
+            .where(F.col("chosen"))
+            .select("uid", "url", "text", "lang", "entry_ids")
+        )
+        kept = chosen.mapInArrow(
+            keep_batches(
                 self.table_uri("entry_counts"),
-                thresholds,
+                self.read_thresholds(),
                 self.config.seed,
                 self.fingerprints["entry_counts"],
             ),
-            CANDIDATES_SCHEMA,
+            TABLE_SCHEMAS["curated"],
         )
-        chosen = candidates.groupBy("uid").agg(
-            F.min(
-                F.struct("choice", "text", "url", "lang", "entry_ids", "keep_prob", "draw")
-            ).alias("c")
-        )
-        kept = chosen.where(F.col("c.draw") < F.col("c.keep_prob")).select(
-            "uid",
-            F.col("c.url").alias("url"),
-            F.col("c.text").alias("text"),
-            F.col("c.lang").alias("lang"),
-            F.col("c.entry_ids").alias("entry_ids"),
-            F.col("c.keep_prob").alias("keep_prob"),
-        )
-        ordered = kept.repartition("lang").sortWithinPartitions("lang", "uid")
-        tables.write_table(ordered, self.table_uri("curated"), self.config.format, ["lang"])
+        self.write(kept, "curated")
 
     def match_stats(self) -> dict[str, tuple[int, int]]:
         """lang -> (records, matched records) of the matches table, computed once per run."""
@@ -568,6 +692,27 @@ class CurationJob:
             counts["matched_records"],
             counts["curated_records"],
         )
+
+
+@contextlib.contextmanager
+def _unsorted_partitioned_writes(spark):
+    """Spark sorts every task's rows by the partition columns before a partitioned write unless
+    planned writes are off and concurrent writers (one open file per language) are allowed."""
+    settings = {
+        "spark.sql.optimizer.plannedWrite.enabled": "false",
+        "spark.sql.maxConcurrentOutputFileWriters": str(OUTPUT_WRITERS_PER_TASK),
+    }
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def run(spark, config: CurateConfig) -> RunReport:

@@ -70,10 +70,14 @@ def read_table(spark, uri: str, schema: str | None = None):
     return reader.option("basePath", uri).parquet(*files)
 
 
-def write_table(df, uri: str, fmt: str, partition_by: list[str] | None) -> None:
-    """Overwrite a table. Delta without jars: write Parquet, then convert it in place (delta-rs)."""
+def write_table(
+    df, uri: str, fmt: str, partition_by: list[str] | None, options: dict | None = None
+) -> None:
+    """Overwrite a table. Delta without jars: write Parquet, then convert it in place (delta-rs).
+    `options` go to the Parquet writer (e.g. parquet.enable.dictionary#COLUMN)."""
     native_delta = fmt == "delta" and spark_has_delta(df.sparkSession)
     writer = df.write.mode("overwrite").format("delta" if native_delta else "parquet")
+    writer = writer.options(**(options or {}))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if fmt == "delta" and not native_delta:

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2  # noqa: E402
-from curation.curate import CurateConfig, CurationError, run  # noqa: E402
+from curation.curate import PLANS, CurateConfig, CurationError, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> CurateConfig:
@@ -73,15 +73,23 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         "--salt-buckets",
         type=int,
         default=1024,
-        help="hash buckets of uid within a language; the matching stage range-partitions on "
-        "(lang, bucket), so a hot language (English) is cut into many tasks while a small "
-        "language stays in one (default 1024)",
+        help="--plan per-stage only: hash buckets of uid within a language, which that plan's "
+        "matching stage range-partitions on (default 1024)",
+    )
+    parser.add_argument(
+        "--plan",
+        choices=list(PLANS),
+        default="one-shuffle",
+        help="one-shuffle (default): records are matched where they are read, cross one "
+        "shuffle on uid and are written once; per-stage: the previous plan (three shuffles of "
+        "full rows), kept to compare outputs",
     )
     parser.add_argument(
         "--partitions",
         type=int,
-        help="tasks for the matching stage (default: one per 16 MiB of input, about 100k "
-        "alt-texts; at least one per core, at most spark.sql.shuffle.partitions)",
+        help="partitions of the shuffle on uid, i.e. tasks that de-duplicate and choose texts and "
+        "files per language of matches/ and curated/ (default: one per 16 MiB of input, about "
+        "100k alt-texts; at least one per core, at most spark.sql.shuffle.partitions)",
     )
     parser.add_argument(
         "--lid-model",
@@ -110,6 +118,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         salt_buckets=args.salt_buckets,
         lid_model=absolute(args.lid_model) if args.lid_model else None,
         partitions=args.partitions,
+        plan=args.plan,
     )
     return config, args.master
 

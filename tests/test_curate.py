@@ -376,3 +376,75 @@ def test_output_tables_follow_schemas_tables_json(spark, curated_run):
         assert sorted(inferred.simpleString()[7:-1].split(",")) == sorted(
             stated.schema.simpleString()[7:-1].split(",")
         ), name
+
+
+@pytest.fixture(scope="module")
+def tangled_input(corpus, tmp_path_factory):
+    """The corpus plus the copies de-duplication and the per-image choice must resolve: other
+    texts for an image (often in another language), the same text labelled another language or
+    none, the same image under another url and page; in shuffled files."""
+    root, table, _ = corpus
+    rows = [r for r in table.to_pylist() if r["uid"] is not None]
+    rng = np.random.default_rng(3)
+    extra = []
+    for k, i in enumerate(rng.choice(len(rows), 800, replace=False)):
+        row, other = rows[i], rows[rng.integers(len(rows))]
+        extra.append(
+            [
+                {**row, "text": other["text"], "lang": other["lang"]},
+                {**row, "lang": other["lang"]},
+                {**row, "url": row["url"] + "?v=2", "page_url": "https://example.org/page"},
+                {**row, "lang": None},
+                {**row, "lang": "zz"},  # no metadata language, sorts after most labels
+            ][k % 5]
+        )
+    tangled = pa.Table.from_pylist(rows + extra, schema=table.schema)
+    tangled = tangled.take(rng.permutation(len(tangled)))
+    folder = tmp_path_factory.mktemp("tangled")
+    for i, start in enumerate(range(0, len(tangled), 1700)):
+        pq.write_table(tangled.slice(start, 1700), folder / f"part-{i}.parquet")
+    return folder
+
+
+def table_content(path, columns):
+    df = read(path)[columns]
+    if "entry_ids" in columns:
+        df["entry_ids"] = df["entry_ids"].map(tuple)
+    df["lang"] = df["lang"].astype(str)
+    return sorted(map(tuple, df.values))
+
+
+def test_one_shuffle_plan_equals_the_per_stage_plan(spark, corpus, tangled_input, tmp_path):
+    root, _, _ = corpus
+    outputs = {}
+    for plan, partitions in (("per-stage", 4), ("one-shuffle", 3)):
+        flags = dict(input=str(tangled_input), seed=11, plan=plan, partitions=partitions)
+        outputs[plan] = tmp_path / plan
+        reports = run(spark, corpus_config(root, outputs[plan], **flags))
+        assert reports.counts["curated_records"] > 100
+    old, new = outputs["per-stage"], outputs["one-shuffle"]
+    assert curated_content(new) == curated_content(old)
+    for name, columns in (
+        ("entry_counts", ["lang", "entry_id", "entry", "count"]),
+        ("matches", ["uid", "url", "page_url", "text", "lang", "entry_ids"]),
+    ):
+        assert table_content(new / name, columns) == table_content(old / name, columns), name
+    assert (
+        read(new / "thresholds")
+        .sort_values("lang")
+        .reset_index(drop=True)
+        .equals(read(old / "thresholds").sort_values("lang").reset_index(drop=True))
+    )
+    assert (
+        json.loads((new / "run.json").read_text())["counts"]
+        == json.loads((old / "run.json").read_text())["counts"]
+    )
+
+    # one chosen text per image with a match, and every curated row is a chosen one
+    matches = read(new / "matches")
+    matched = matches[matches["entry_ids"].map(len) > 0]
+    chosen = matches[matches["chosen"]]
+    assert sorted(chosen["uid"]) == sorted(set(matched["uid"]))
+    assert matched["uid"].duplicated().sum() > 100, "the input must give images several texts"
+    curated = read(new / "curated")
+    assert set(zip(curated["uid"], curated["text"])) <= set(zip(chosen["uid"], chosen["text"]))
