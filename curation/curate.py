@@ -175,19 +175,12 @@ def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
             encoded = pc.dictionary_encode(batch.column("lang"))
             names = [x if x in known else OTHER for x in encoded.dictionary.to_pylist()]
             codes = pc.fill_null(encoded.indices, -1).to_numpy()
+            langs = [names[code] if code >= 0 else OTHER for code in range(-1, len(names))]
             if (codes == codes[0]).all():
-                lang = names[codes[0]] if codes[0] >= 0 else OTHER
-                pieces = [match_language(metadata_uri, lang, version, batch.column("text"))]
+                texts = batch.column("text")
+                entry_ids = match_language(metadata_uri, langs[codes[0] + 1], version, texts)
             else:
-                order = np.argsort(codes, kind="stable")
-                batch, codes = batch.take(pa.array(order)), codes[order]
-                cuts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1), len(codes)]
-                pieces = []
-                for start, stop in zip(cuts[:-1], cuts[1:]):
-                    lang = names[codes[start]] if codes[start] >= 0 else OTHER
-                    texts = batch.column("text").slice(start, stop - start)
-                    pieces.append(match_language(metadata_uri, lang, version, texts))
-            entry_ids = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
+                entry_ids = _match_mixed(batch.column("text"), codes, langs, metadata_uri, version)
             yield pa.RecordBatch.from_arrays(
                 [*(batch.column(c) for c in RECORD_COLUMNS), entry_ids],
                 names=[*RECORD_COLUMNS, "entry_ids"],
@@ -196,27 +189,94 @@ def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
     return run
 
 
-def distinct_records(table: pa.Table) -> pa.Table:
-    """One row per distinct (uid, text), sorted by (uid, text): the smallest url and page_url of
-    its copies, and the smallest non-null lang (with that copy's entry_ids)."""
-    keys = [("uid", "ascending"), ("text", "ascending"), ("lang", "ascending")]
-    table = table.take(pc.sort_indices(table, sort_keys=keys, null_placement="at_end"))
-    table = table.combine_chunks()
-    first = _run_starts(table.column("uid"), table.column("text"))
-    if first.all():
-        return table
-    group = pa.array(np.cumsum(first) - 1)
+def _match_mixed(texts, codes, langs, metadata_uri, version) -> pa.ListArray:
+    """entry_ids of a batch of several languages (`langs[code + 1]`), in the batch's row order:
+    each language's texts are matched together and their ids scattered back."""
+    order = np.argsort(codes, kind="stable")
+    cuts = [0, *(np.flatnonzero(np.diff(codes[order])) + 1), len(order)]
+    lengths = np.zeros(len(order), dtype=np.int64)
+    pieces = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        rows = order[start:stop]
+        lang = langs[codes[rows[0]] + 1]
+        matched = match_language(metadata_uri, lang, version, texts.take(pa.array(rows)))
+        piece_offsets = matched.offsets.to_numpy()
+        lengths[rows] = np.diff(piece_offsets)
+        pieces.append((rows, piece_offsets, matched.values.to_numpy()))
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.empty(offsets[-1], dtype=np.int32)
+    for rows, piece_offsets, piece_values in pieces:
+        first, last = piece_offsets[0], piece_offsets[-1]
+        shift = np.repeat(offsets[rows] - piece_offsets[:-1], np.diff(piece_offsets))
+        values[shift + np.arange(first, last)] = piece_values[first:last]
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
+def choose_records(seed: int, metadata_langs: list[str]):
+    """mapInArrow function, after the shuffle on uid (a partition holds every copy of its
+    images): distinct records, routed languages and the chosen flag, in one pass. Rows come out
+    grouped by lang, chosen ones first, each group in (uid, text) order."""
+    known = pa.array(sorted(metadata_langs), pa.string())
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if batches:
+            table = pa.Table.from_batches(batches).combine_chunks()
+            yield from partition_records(table, seed, known).to_batches(max_chunksize=65536)
+
+    return run
+
+
+def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
+    """The matches/ rows of one partition (see choose_records). The full rows are copied once,
+    into their final order; only images with several rows pay for comparing texts."""
+    keys = [("uid", "ascending", "at_end"), ("text", "ascending", "at_end")]
+    order = pc.sort_indices(table, sort_keys=[*keys, ("lang", "ascending", "at_end")])
+    order = order.to_numpy()
+    uid = table.column("uid").take(order)
+    image = np.cumsum(_run_starts(uid)) - 1
+    first = np.ones(order.size, dtype=np.bool_)  # the first copy of each distinct (uid, text)
+    several = np.flatnonzero(np.bincount(image)[image] > 1)
+    if several.size:
+        texts = table.column("text").take(order[several])
+        first[several] = _run_starts(uid.take(several), texts)
+    rows, image = order[first], image[first]  # one row per record, smallest lang first
+    lang = table.column("lang").take(rows)
+    lang = pc.if_else(pc.is_in(lang, value_set=known), lang, pa.scalar(OTHER)).combine_chunks()
+    chosen = chosen_texts(seed, table, rows, image)
+    encoded = pc.dictionary_encode(lang)
+    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
+    final = np.lexsort((~chosen, rank[encoded.indices.to_numpy()]))
+    out = table.take(rows[final])
+    if not first.all():  # url and page_url: the smallest of the record's copies
+        group = np.cumsum(first) - 1
+        out = _smallest_of_copies(out, table, order, group, final)
+    out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
+    return out.append_column("chosen", pa.array(chosen[final]))
+
+
+def _smallest_of_copies(out, table, order, group, final) -> pa.Table:
+    """`out` (records in `final` order) with url and page_url replaced, for the records that had
+    several copies, by the smallest non-null value among them (Spark's min)."""
+    copies = np.flatnonzero(np.bincount(group)[group] > 1)
+    subset = table.select(["url", "page_url"]).take(order[copies])
     smallest = (
-        pa.table({"g": group, "url": table.column("url"), "page_url": table.column("page_url")})
+        subset.append_column("g", pa.array(group[copies]))
         .group_by("g", use_threads=False)
         .aggregate([("url", "min"), ("page_url", "min")])
-        .sort_by("g")
     )
-    table = table.filter(pa.array(first))
+    position = np.empty(final.size, dtype=np.int64)
+    position[final] = np.arange(final.size)  # record (in uid order) -> row of out
+    where = position[smallest.column("g").to_numpy()]
+    ascending = np.argsort(where)
+    mask = np.zeros(final.size, dtype=np.bool_)
+    mask[where] = True
     for name in ("url", "page_url"):
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, name, smallest.column(f"{name}_min"))
-    return table
+        values = smallest.column(f"{name}_min").take(pa.array(ascending))
+        column = pc.replace_with_mask(out.column(name), pa.array(mask), values.combine_chunks())
+        out = out.set_column(out.schema.get_field_index(name), name, column)
+    return out
 
 
 def _run_starts(*columns) -> np.ndarray:
@@ -232,56 +292,31 @@ def _run_starts(*columns) -> np.ndarray:
     return starts
 
 
-def chosen_texts(seed: int, uid, text, entry_ids) -> np.ndarray:
-    """Section 8's one text per image, over records sorted by (uid, text): among an image's
-    matched texts the smallest (text_choice_key, text). The key is hashed only for images with
-    more than one matched text: a single one is chosen whatever its key."""
-    chosen = pc.fill_null(pc.list_value_length(entry_ids), 0).to_numpy(zero_copy_only=False) > 0
-    rows = np.flatnonzero(chosen)
-    if rows.size < 2:
+def chosen_texts(seed: int, table: pa.Table, rows: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Section 8's one text per image, for records `rows` of `table` in (uid, text) order
+    (`image` numbers their uids): among an image's matched texts the smallest
+    (text_choice_key, text). Only images with several matched texts hash a key."""
+    lengths = pc.list_value_length(table.column("entry_ids").take(rows))
+    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    matched = np.flatnonzero(chosen)
+    if matched.size < 2:
         return chosen
-    image = np.cumsum(_run_starts(uid.take(pa.array(rows)))) - 1
-    shared = np.bincount(image)[image] > 1
-    if not shared.any():
+    shared = np.bincount(image[matched], minlength=image[-1] + 1)[image[matched]] > 1
+    matched = matched[shared]
+    if not matched.size:
         return chosen
-    rows, image = rows[shared], image[shared]
-    row_index = pa.array(rows)
-    choice = np.array(
-        text_choice_keys(seed, uid.take(row_index).to_pylist(), text.take(row_index).to_pylist()),
-        dtype=np.uint64,
+    candidates = pa.array(rows[matched])
+    choice = text_choice_keys(
+        seed,
+        table.column("uid").take(candidates).to_pylist(),
+        table.column("text").take(candidates).to_pylist(),
     )
-    order = np.lexsort((choice, image))  # stable: equal keys keep text order
+    group = image[matched]
+    order = np.lexsort((np.array(choice, dtype=np.uint64), group))  # stable: ties keep text order
     best = np.ones(order.size, dtype=np.bool_)
-    best[1:] = image[order][1:] != image[order][:-1]
-    chosen[rows[order[~best]]] = False
+    best[1:] = group[order][1:] != group[order][:-1]
+    chosen[matched[order[~best]]] = False
     return chosen
-
-
-def choose_records(seed: int, metadata_langs: list[str]):
-    """mapInArrow function, after the shuffle on uid (a partition holds every copy of its
-    images): distinct records, routed languages and the chosen flag, in one pass. Rows come out
-    grouped by lang, chosen ones first, each group in (uid, text) order."""
-    known = pa.array(sorted(metadata_langs), pa.string())
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = [b for b in batches if b.num_rows]
-        if not batches:
-            return
-        records = distinct_records(pa.Table.from_batches(batches))
-        lang = records.column("lang")
-        routed = pc.if_else(pc.is_in(lang, value_set=known), lang, pa.scalar(OTHER))
-        chosen = chosen_texts(
-            seed, records.column("uid"), records.column("text"), records.column("entry_ids")
-        )
-        encoded = pc.dictionary_encode(routed).combine_chunks()
-        names = encoded.dictionary.to_pylist()
-        rank = np.argsort(np.argsort(np.array(names, dtype=object)))
-        order = np.lexsort((~chosen, rank[encoded.indices.to_numpy()]))
-        records = records.set_column(records.schema.get_field_index("lang"), "lang", routed)
-        records = records.append_column("chosen", pa.array(chosen)).take(pa.array(order))
-        yield from records.to_batches(max_chunksize=65536)
-
-    return run
 
 
 def language_probabilities(counts_uri: str, lang: str, t: float, version: str = "") -> np.ndarray:
