@@ -575,7 +575,7 @@ class CurationJob:
         """A table partitioned by lang, as the rows come (no sort: each task's rows are grouped
         by lang already), unique strings without dictionary pages."""
         options = {f"parquet.enable.dictionary#{c}": "false" for c in UNIQUE_STRINGS}
-        with _unsorted_partitioned_writes(self.spark):
+        with _session_conf(self.spark, UNSORTED_PARTITIONED_WRITES):
             tables.write_table(df, self.table_uri(name), self.config.format, ["lang"], options)
 
     def matching_partitions(self) -> int:
@@ -729,14 +729,20 @@ class CurationJob:
         )
 
 
+# Spark sorts every task's rows by the partition columns before a partitioned write unless
+# planned writes are off and concurrent writers (one open file per language) are allowed.
+UNSORTED_PARTITIONED_WRITES = {
+    "spark.sql.optimizer.plannedWrite.enabled": "false",
+    "spark.sql.maxConcurrentOutputFileWriters": str(OUTPUT_WRITERS_PER_TASK),
+}
+# Arrow batches to the Python workers are capped by rows (10,000) only: with a byte cap too
+# Spark sizes the batch being built after every row.
+UNCAPPED_ARROW_BYTES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
+
+
 @contextlib.contextmanager
-def _unsorted_partitioned_writes(spark):
-    """Spark sorts every task's rows by the partition columns before a partitioned write unless
-    planned writes are off and concurrent writers (one open file per language) are allowed."""
-    settings = {
-        "spark.sql.optimizer.plannedWrite.enabled": "false",
-        "spark.sql.maxConcurrentOutputFileWriters": str(OUTPUT_WRITERS_PER_TASK),
-    }
+def _session_conf(spark, settings: dict[str, str]):
+    """Runtime SQL settings for the duration of a block, then the previous values back."""
     previous = {key: spark.conf.get(key, None) for key in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)
@@ -751,4 +757,5 @@ def _unsorted_partitioned_writes(spark):
 
 
 def run(spark, config: CurateConfig) -> RunReport:
-    return CurationJob(spark, config).run()
+    with _session_conf(spark, UNCAPPED_ARROW_BYTES):
+        return CurationJob(spark, config).run()

@@ -49,14 +49,19 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
 
 def _quiet_task_failures(session) -> None:
     """A failed task is retried, then the job fails and says why in one line: without this, each
-    attempt's WARN 'Lost task' (and, in local mode, the executor's ERROR) would print the Python
-    worker's whole traceback first. CURATION_SPARK_LOG_LEVEL=INFO brings them back."""
+    attempt's WARN 'Lost task' (and, in local mode, the executor's ERROR; in a write, the
+    writer's ERROR) would print the Python worker's whole traceback first.
+    CURATION_SPARK_LOG_LEVEL=INFO brings them back."""
     try:
         jvm = session.sparkContext._jvm
         level = jvm.org.apache.logging.log4j.Level
         configurator = jvm.org.apache.logging.log4j.core.config.Configurator
         configurator.setLevel("org.apache.spark.scheduler.TaskSetManager", level.ERROR)
         configurator.setLevel("org.apache.spark.executor.Executor", level.FATAL)
+        # a task failing inside a write: "Aborting job" with the same traceback
+        configurator.setLevel(
+            "org.apache.spark.sql.execution.datasources.FileFormatWriter", level.FATAL
+        )
     except Exception:  # noqa: BLE001 - another logging backend: keep Spark's default
         pass
 
