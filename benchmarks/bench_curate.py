@@ -186,7 +186,9 @@ def run_baseline(metadata: str, input_dir: Path, output: Path) -> dict:
     }
 
 
-def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
+def run_job(
+    cores: int, metadata: str, input_dir: Path, output: Path, plan: str = "one-shuffle"
+) -> dict:
     """jobs/curate.py with local[cores], its whole process tree (JVM included) pinned to that
     many CPUs: local[1] alone still lets the JVM's own threads use every core."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -196,6 +198,7 @@ def run_job(cores: int, metadata: str, input_dir: Path, output: Path) -> dict:
         sys.executable, str(ROOT / "jobs" / "curate.py"),
         "--metadata", metadata, "--input", str(input_dir), "--output", str(output),
         "--t-en", "2000", "--master", f"local[{cores}]", "--partitions", str(4 * cores),
+        "--plan", plan,
     ]  # fmt: skip
     started, before = time.perf_counter(), children_cpu_s()
     with MemorySampler() as memory:
@@ -244,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         "--metadata", help="metadata table URI (default: WordNet + caption n-grams)"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the release-style run")
+    parser.add_argument(
+        "--plan",
+        default="one-shuffle",
+        choices=["one-shuffle", "per-stage"],
+        help="jobs/curate.py --plan (per-stage: the previous plan, for comparison)",
+    )
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     sizes = sorted(int(n) for n in args.sizes.split(","))
@@ -264,12 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                 run["report_counts"] = run["report"]
                 baseline[n] = run
                 print(describe(f"{n:,} baseline (1 core)", n, run), flush=True)
-            run = run_job(1, metadata, scratch / f"input{n}", scratch / f"out{n}_1")
+            run = run_job(1, metadata, scratch / f"input{n}", scratch / f"out{n}_1", args.plan)
             run["report_counts"] = run["report"]["counts"]
             ours[n] = run
-            print(describe(f"{n:,} jobs/curate.py local[1]", n, run), flush=True)
+            print(describe(f"{n:,} jobs/curate.py local[1] {args.plan}", n, run), flush=True)
             if n == sizes[0]:
-                two_cores = run_job(2, metadata, scratch / f"input{n}", scratch / f"out{n}_2")
+                two_cores = run_job(
+                    2, metadata, scratch / f"input{n}", scratch / f"out{n}_2", args.plan
+                )
                 two_cores["report_counts"] = two_cores["report"]["counts"]
                 print(describe(f"{n:,} jobs/curate.py local[2]", n, two_cores), flush=True)
         largest = sizes[-1]

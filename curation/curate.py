@@ -61,9 +61,10 @@ TABLE_SCHEMAS = {
     "keep_prob double",
 }
 UNIQUE_STRINGS = ("uid", "url", "text")  # written without Parquet dictionary pages
-# A Python worker keeps automata up to this many entries (~0.7 KB each, so ~2.8 GB), evicting
-# the least recently used: 329 languages never all sit in one worker.
-MATCHER_CACHE_ENTRIES = 4_000_000
+# A Python worker keeps automata up to this many entries (~0.7 KB each, so ~1.4 GB; English
+# alone is ~0.5M in MetaCLIP 2's metadata), evicting the least recently used: 329 languages
+# never all sit in one worker.
+MATCHER_CACHE_ENTRIES = 2_000_000
 PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
 INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
 OUTPUT_WRITERS_PER_TASK = 64  # open files per task (one per language) before Spark sorts
