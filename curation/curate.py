@@ -335,6 +335,22 @@ def language_probabilities(counts_uri: str, lang: str, t: float, version: str = 
     )
 
 
+def batch_keep_probabilities(
+    batch: pa.RecordBatch, counts_uri: str, thresholds: dict[str, float], version: str
+) -> np.ndarray:
+    """keep_probability of each row of a batch (lang, entry_ids), language by language."""
+    entry_ids = batch.column("entry_ids")
+    offsets = entry_ids.offsets.to_numpy()
+    values = entry_ids.values.to_numpy()
+    langs = batch.column("lang").to_numpy(zero_copy_only=False)
+    keep_probs = np.empty(batch.num_rows, dtype=np.float64)
+    for lang in dict.fromkeys(langs):
+        rows = np.flatnonzero(langs == lang)
+        probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
+        keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
+    return keep_probs
+
+
 def keep_batches(counts_uri: str, thresholds: dict[str, float], seed: int, version: str):
     """mapInArrow function over the chosen rows: the keep probability of each, kept when the
     image's seeded draw falls below it."""
@@ -343,15 +359,7 @@ def keep_batches(counts_uri: str, thresholds: dict[str, float], seed: int, versi
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            entry_ids = batch.column("entry_ids")
-            offsets = entry_ids.offsets.to_numpy()
-            values = entry_ids.values.to_numpy()
-            langs = batch.column("lang").to_numpy(zero_copy_only=False)
-            keep_probs = np.empty(batch.num_rows, dtype=np.float64)
-            for lang in dict.fromkeys(langs):
-                rows = np.flatnonzero(langs == lang)
-                probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
-                keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
+            keep_probs = batch_keep_probabilities(batch, counts_uri, thresholds, version)
             kept = keep_uniforms(seed, batch.column("uid").to_pylist()) < keep_probs
             if kept.any():
                 columns = [batch.column(c) for c in ("uid", "url", "text", "lang", "entry_ids")]

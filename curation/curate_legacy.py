@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation import tables
-from curation.balance import keep_probabilities, keep_uniforms, text_choice_keys
-from curation.curate import OTHER, RECORD_COLUMNS, language_probabilities, match_language
+from curation.balance import keep_uniforms, text_choice_keys
+from curation.curate import OTHER, RECORD_COLUMNS, batch_keep_probabilities, match_language
 
 LEGACY_MATCHES_SCHEMA = (
     "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
@@ -57,14 +57,7 @@ def candidate_batches(counts_uri: str, thresholds: dict[str, float], seed: int, 
             if batch.num_rows == 0:
                 continue
             entry_ids = batch.column("entry_ids")
-            offsets = entry_ids.offsets.to_numpy()
-            values = entry_ids.values.to_numpy()
-            langs = batch.column("lang").to_numpy(zero_copy_only=False)
-            keep_probs = np.empty(batch.num_rows, dtype=np.float64)
-            for lang in dict.fromkeys(langs):
-                rows = np.flatnonzero(langs == lang)
-                probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
-                keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
+            keep_probs = batch_keep_probabilities(batch, counts_uri, thresholds, version)
             uids = batch.column("uid").to_pylist()
             choices = [  # order kept, fits a long
                 key - 2**63
