@@ -30,7 +30,7 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     if master and master.startswith("local") and not _java_options_given():
         # A local run is one batch JVM: the throughput collector beats G1 (the JVM's default on
         # 2+ CPUs, tuned for pause times) by ~5% of wall time on the curation job.
-        settings["spark.driver.extraJavaOptions"] = os.environ.get("XJVM", "-XX:+UseParallelGC")
+        settings["spark.driver.extraJavaOptions"] = "-XX:+UseParallelGC"
     settings.update(conf or {})
     quiet = (
         not _conf_given("spark.log.level")
