@@ -150,9 +150,9 @@ def language_matcher(
     )
 
 
-def match_language(metadata_uri: str, lang, version: str, texts) -> pa.ListArray:
-    """entry_ids of each text (list<int32>); none for a language without metadata."""
-    if lang is None or lang == OTHER:
+def match_language(metadata_uri: str, lang: str, version: str, texts) -> pa.ListArray:
+    """entry_ids of each text (list<int32>); none for `other` (no metadata language)."""
+    if lang == OTHER:
         return pa.ListArray.from_arrays(
             pa.array(np.zeros(len(texts) + 1, np.int32)), pa.array([], pa.int32())
         )
@@ -174,9 +174,9 @@ def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
             if batch.num_rows == 0:
                 continue
             encoded = pc.dictionary_encode(batch.column("lang"))
-            names = [x if x in known else OTHER for x in encoded.dictionary.to_pylist()]
+            # routed language of code + 1; a null lang (code -1) is `other`
+            langs = [OTHER, *(x if x in known else OTHER for x in encoded.dictionary.to_pylist())]
             codes = pc.fill_null(encoded.indices, -1).to_numpy()
-            langs = [names[code] if code >= 0 else OTHER for code in range(-1, len(names))]
             if (codes == codes[0]).all():
                 texts = batch.column("text")
                 entry_ids = match_language(metadata_uri, langs[codes[0] + 1], version, texts)

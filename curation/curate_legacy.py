@@ -15,11 +15,14 @@ import pyarrow as pa
 
 from curation import tables
 from curation.balance import keep_uniforms, text_choice_keys
-from curation.curate import OTHER, RECORD_COLUMNS, batch_keep_probabilities, match_language
-
-LEGACY_MATCHES_SCHEMA = (
-    "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
+from curation.curate import (
+    MATCHED_SCHEMA,
+    OTHER,
+    RECORD_COLUMNS,
+    batch_keep_probabilities,
+    match_language,
 )
+
 CANDIDATES_SCHEMA = (
     "uid string, url string, text string, lang string, entry_ids array<int>, "
     "keep_prob double, choice long, draw double"
@@ -37,10 +40,7 @@ def match_batches(metadata_uri: str, version: str = ""):
             cuts = np.flatnonzero(langs[1:] != langs[:-1]) + 1
             for start, stop in zip([0, *cuts], [*cuts, len(langs)]):
                 part = batch.slice(start, stop - start)
-                if langs[start] == OTHER:
-                    matched = pa.array([[]] * len(part), pa.list_(pa.int32()))
-                else:
-                    matched = match_language(metadata_uri, langs[start], version, part["text"])
+                matched = match_language(metadata_uri, langs[start], version, part["text"])
                 yield pa.RecordBatch.from_arrays(
                     [*(part.column(c) for c in RECORD_COLUMNS), matched],
                     names=[*RECORD_COLUMNS, "entry_ids"],
@@ -93,7 +93,7 @@ def write_matches(job, records) -> None:
         .sortWithinPartitions("lang")
     )
     matched = spread.select("uid", "url", "page_url", "text", "lang").mapInArrow(
-        match_batches(job.config.metadata, job.fingerprints["matches"]), LEGACY_MATCHES_SCHEMA
+        match_batches(job.config.metadata, job.fingerprints["matches"]), MATCHED_SCHEMA
     )
     tables.write_table(matched, job.table_uri("matches"), job.config.format, ["lang"])
 
