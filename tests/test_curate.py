@@ -92,12 +92,18 @@ def read(path):
     return pq.read_table(path).to_pandas()
 
 
-def curated_content(path):
-    """The rows of a run's curated/ table, sorted: equal content whatever the file layout."""
-    df = read(path / "curated")
-    df["entry_ids"] = df["entry_ids"].map(tuple)
+def table_content(path, columns):
+    """The rows of a table, sorted: equal content whatever the file layout."""
+    df = read(path)[columns]
+    if "entry_ids" in columns:
+        df["entry_ids"] = df["entry_ids"].map(tuple)
     df["lang"] = df["lang"].astype(str)
-    return sorted(map(tuple, df[["uid", "url", "text", "lang", "entry_ids", "keep_prob"]].values))
+    return sorted(map(tuple, df.values))
+
+
+def curated_content(path):
+    """The rows of a run's curated/ table, sorted."""
+    return table_content(path / "curated", ["uid", "url", "text", "lang", "entry_ids", "keep_prob"])
 
 
 def corpus_config(root, output, **flags) -> CurateConfig:
@@ -404,14 +410,6 @@ def tangled_input(corpus, tmp_path_factory):
     for i, start in enumerate(range(0, len(tangled), 1700)):
         pq.write_table(tangled.slice(start, 1700), folder / f"part-{i}.parquet")
     return folder
-
-
-def table_content(path, columns):
-    df = read(path)[columns]
-    if "entry_ids" in columns:
-        df["entry_ids"] = df["entry_ids"].map(tuple)
-    df["lang"] = df["lang"].astype(str)
-    return sorted(map(tuple, df.values))
 
 
 def test_one_shuffle_plan_equals_the_per_stage_plan(spark, corpus, tangled_input, tmp_path):
