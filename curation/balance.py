@@ -9,7 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from numba import njit
+
+from curation import _blake2b
+from curation.exchange import string_buffers
 
 T_EN_METACLIP2 = 170_000
 T_EN_METACLIP1 = 20_000
@@ -85,8 +89,11 @@ def _keep_probabilities(probs, offsets, entry_ids, rows):
     return out
 
 
+PERSON = b"metaclip-cur"
+
+
 def _hasher(seed: int, *parts: str):
-    digest = hashlib.blake2b(digest_size=8, person=b"metaclip-cur")
+    digest = hashlib.blake2b(digest_size=8, person=PERSON)
     digest.update(struct.pack("<q", seed))
     _add_parts(digest, parts)
     return digest
@@ -104,15 +111,22 @@ def _hash64(seed: int, *parts: str) -> int:
     return int.from_bytes(_hasher(seed, *parts).digest(), "little")
 
 
-def _hash64_many(seed: int, tag: str, *columns: Sequence[str]) -> list[int]:
-    """_hash64(seed, tag, *row) for each row of the columns: the seeded prefix is hashed once."""
-    prefix = _hasher(seed, tag)
-    keys = []
-    for row in zip(*columns):
-        digest = prefix.copy()
-        _add_parts(digest, row)
-        keys.append(int.from_bytes(digest.digest(), "little"))
-    return keys
+def _hash64_many(seed: int, tag: str, *columns) -> np.ndarray:
+    """_hash64(seed, tag, *row) for each row of the columns (Arrow string arrays or sequences
+    of str), as uint64: the same bytes through BLAKE2b in numba, a column at a time."""
+    encoded_tag = tag.encode("utf-8")
+    prefix = struct.pack("<qQ", seed, len(encoded_tag)) + encoded_tag
+    return _blake2b.hash_rows(prefix, PERSON, *(_utf8_buffers(c) for c in columns))
+
+
+def _utf8_buffers(column) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, bytes) of strings as `_add_parts` encodes them."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return string_buffers(column)
+    encoded = [part.encode("utf-8", "surrogatepass") for part in column]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8)
 
 
 def text_choice_key(seed: int, uid: str, text: str) -> int:
@@ -125,14 +139,19 @@ def keep_uniform(seed: int, uid: str) -> float:
     return (_hash64(seed, "keep", uid) >> 11) * (1.0 / (1 << 53))
 
 
-def text_choice_keys(seed: int, uids: Sequence[str], texts: Sequence[str]) -> list[int]:
-    """`text_choice_key` of each (uid, text), for a batch."""
+def text_choice_keys(seed: int, uids, texts) -> list[int]:
+    """`text_choice_key` of each (uid, text), for a batch (Arrow string arrays or sequences)."""
+    return _hash64_many(seed, "choose", uids, texts).tolist()
+
+
+def text_choice_key_array(seed: int, uids, texts) -> np.ndarray:
+    """text_choice_keys as uint64."""
     return _hash64_many(seed, "choose", uids, texts)
 
 
-def keep_uniforms(seed: int, uids: Sequence[str]) -> np.ndarray:
-    """`keep_uniform` of each uid, for a batch."""
-    keys = np.array(_hash64_many(seed, "keep", uids), dtype=np.uint64)
+def keep_uniforms(seed: int, uids) -> np.ndarray:
+    """`keep_uniform` of each uid, for a batch (an Arrow string array or a sequence)."""
+    keys = _hash64_many(seed, "keep", uids)
     return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

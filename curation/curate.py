@@ -1,14 +1,18 @@
-"""The curation job (semantics doc, sections 3-9) as Spark stages.
+"""The curation job (semantics doc, sections 3-9) as Spark stages, on the driver.
 
 records -> matches/ -> entry_counts/ -> thresholds/ -> curated/, each a table under the output
-URI, then run.json and _SUCCESS. The full records cross one shuffle (docs/architecture.md):
-1. matches: each input split's records are matched against their language's entries where they
-   are read (input from extract_alt_text is partitioned by lang, so a worker holds few automata),
-   hash-partitioned on uid, and each partition, in one Python pass, drops duplicate (uid, text)
-   records, routes languages and marks the one text per image that section 8 chooses. Written
-   once, the chosen rows first in every file.
-2. entry_counts and thresholds read only (lang, entry_ids) of matches/.
-3. curated: a map-only pass over the chosen rows (the keep draw needs the global counts).
+URI, then run.json and _SUCCESS. Python tasks (curation/curate_tasks.py) read, match, choose
+and write every record with pyarrow; Spark schedules them and moves narrow rows
+(docs/architecture.md):
+1. matches (one Spark job): map tasks read input splits, match each record against its
+   language's entries where it is read and send the records on as one Arrow blob per reduce
+   partition of their uid hash: the one shuffle of full records, a few rows per (map task,
+   partition). Each reduce task holds every copy of its images and, in one Python pass, drops
+   duplicate (uid, text) records, routes languages, marks the one text per image that section 8
+   chooses, writes its matches/ files (chosen rows first) and its partial entry counts.
+2. entry_counts sums the partial counts; thresholds are computed from them on the driver.
+3. curated: a map-only pass over the chosen rows of matches/ (the keep draw needs the global
+   counts).
 Everything that decides what is kept is a pure function of (seed, uid, text) and the counts, so
 partitioning and input order do not matter. `--plan per-stage` runs the previous plan
 (curation/curate_legacy.py), whose output the tests compare against.
@@ -17,37 +21,30 @@ partitioning and input order do not matter. `--plan per-stage` runs the previous
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from curation import tables
-from curation.balance import (
-    T_EN_METACLIP2,
-    entry_probabilities,
-    keep_probabilities,
-    keep_uniforms,
-    tail_fraction,
-    text_choice_keys,
-    threshold_for_fraction,
+from curation import curate_tasks, exchange, input_splits, tables
+from curation.balance import T_EN_METACLIP2, tail_fraction, threshold_for_fraction
+from curation.curate_tasks import (  # noqa: F401 - the per-stage plan's imports
+    OTHER,
+    RECORD_COLUMNS,
+    batch_keep_probabilities,
+    match_language,
 )
-from curation.matching import EntryMatcher
 
 log = logging.getLogger("curate")
 
-OTHER = "other"
 PLANS = ("one-shuffle", "per-stage")
+INPUT_READERS = ("auto", "pyarrow", "spark")
 STAGES = ("matches", "entry_counts", "thresholds", "curated")
-RECORD_COLUMNS = ("uid", "url", "page_url", "text", "lang")
 MATCHED_SCHEMA = (
     "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
 )
@@ -60,14 +57,9 @@ TABLE_SCHEMAS = {
     "curated": "uid string, url string, text string, lang string, entry_ids array<int>, "
     "keep_prob double",
 }
-UNIQUE_STRINGS = ("uid", "url", "text")  # written without Parquet dictionary pages
-# A Python worker keeps automata up to this many entries (~0.7 KB each, so ~1.4 GB; English
-# alone is ~0.5M in MetaCLIP 2's metadata), evicting the least recently used: 329 languages
-# never all sit in one worker.
-MATCHER_CACHE_ENTRIES = 2_000_000
-PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
 INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
-OUTPUT_WRITERS_PER_TASK = 64  # open files per task (one per language) before Spark sorts
+# Arrow batches of blob rows to a reduce task: bounded in bytes, a blob being up to ~32 MB
+BLOB_BATCH_BYTES = 256 * 2**20
 
 
 class CurationError(Exception):
@@ -89,6 +81,7 @@ class CurateConfig:
     lid_model: str | None = None
     partitions: int | None = None
     plan: str = "one-shuffle"
+    input_reader: str = "auto"
 
     def __post_init__(self):
         if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
@@ -99,6 +92,11 @@ class CurateConfig:
             raise CurationError(f"--format must be parquet or delta, got {self.format!r}")
         if self.plan not in PLANS:
             raise CurationError(f"--plan must be one of {', '.join(PLANS)}, got {self.plan!r}")
+        if self.input_reader not in INPUT_READERS:
+            raise CurationError(
+                f"--input-reader must be one of {', '.join(INPUT_READERS)}, "
+                f"got {self.input_reader!r}"
+            )
 
 
 @dataclass
@@ -107,269 +105,6 @@ class RunReport:
     counts: dict = field(default_factory=dict)
     drops: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
-
-
-# --- executor side ---------------------------------------------------------------------------
-
-_MATCHERS: OrderedDict = OrderedDict()
-_PROBS: OrderedDict = OrderedDict()
-
-
-def _cached(cache: OrderedDict, key, build, size, budget: int):
-    """A per-worker LRU bounded by `size` (entries) of what it holds, newest always kept."""
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    value = cache[key] = build()
-    while len(cache) > 1 and sum(size(v) for v in cache.values()) > budget:
-        cache.popitem(last=False)
-    return value
-
-
-def language_matcher(
-    metadata_uri: str, lang: str, version: str = ""
-) -> tuple[EntryMatcher, np.ndarray | None]:
-    """The matcher of one language, built from the metadata table (never unpickled)."""
-
-    def build():
-        table = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
-        table = table.sort_by("entry_id")
-        entry_ids = table.column("entry_id").to_numpy().astype(np.int32)
-        identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
-        matcher = EntryMatcher(table.column("entry").to_pylist())
-        # a reused worker's collector would otherwise rescan the automaton's objects forever
-        gc.freeze()
-        return matcher, None if identity else entry_ids
-
-    return _cached(
-        _MATCHERS,
-        (metadata_uri, version, lang),
-        build,
-        lambda value: max(1, len(value[0])),
-        MATCHER_CACHE_ENTRIES,
-    )
-
-
-def match_language(metadata_uri: str, lang: str, version: str, texts) -> pa.ListArray:
-    """entry_ids of each text (list<int32>); none for `other` (no metadata language)."""
-    if lang == OTHER:
-        return pa.ListArray.from_arrays(
-            pa.array(np.zeros(len(texts) + 1, np.int32)), pa.array([], pa.int32())
-        )
-    matcher, entry_ids = language_matcher(metadata_uri, lang, version)
-    matched = matcher.match_arrow(texts)
-    if entry_ids is not None:
-        values = entry_ids[matched.values.to_numpy()]
-        matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
-    return matched
-
-
-def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
-    """mapInArrow function, before the shuffle: entry_ids of each input record against the
-    entries of its (routed) language, the input's own lang column kept for de-duplication."""
-    known = frozenset(metadata_langs)
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            encoded = pc.dictionary_encode(batch.column("lang"))
-            # routed language of code + 1; a null lang (code -1) is `other`
-            langs = [OTHER, *(x if x in known else OTHER for x in encoded.dictionary.to_pylist())]
-            codes = pc.fill_null(encoded.indices, -1).to_numpy()
-            if (codes == codes[0]).all():
-                texts = batch.column("text")
-                entry_ids = match_language(metadata_uri, langs[codes[0] + 1], version, texts)
-            else:
-                entry_ids = _match_mixed(batch.column("text"), codes, langs, metadata_uri, version)
-            yield pa.RecordBatch.from_arrays(
-                [*(batch.column(c) for c in RECORD_COLUMNS), entry_ids],
-                names=[*RECORD_COLUMNS, "entry_ids"],
-            )
-
-    return run
-
-
-def _match_mixed(texts, codes, langs, metadata_uri, version) -> pa.ListArray:
-    """entry_ids of a batch of several languages (`langs[code + 1]`), in the batch's row order:
-    each language's texts are matched together and their ids scattered back."""
-    order = np.argsort(codes, kind="stable")
-    cuts = [0, *(np.flatnonzero(np.diff(codes[order])) + 1), len(order)]
-    lengths = np.zeros(len(order), dtype=np.int64)
-    pieces = []
-    for start, stop in zip(cuts[:-1], cuts[1:]):
-        rows = order[start:stop]
-        lang = langs[codes[rows[0]] + 1]
-        matched = match_language(metadata_uri, lang, version, texts.take(pa.array(rows)))
-        piece_offsets = matched.offsets.to_numpy()
-        lengths[rows] = np.diff(piece_offsets)
-        pieces.append((rows, piece_offsets, matched.values.to_numpy()))
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.empty(offsets[-1], dtype=np.int32)
-    for rows, piece_offsets, piece_values in pieces:
-        first, last = piece_offsets[0], piece_offsets[-1]
-        shift = np.repeat(offsets[rows] - piece_offsets[:-1], np.diff(piece_offsets))
-        values[shift + np.arange(first, last)] = piece_values[first:last]
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
-
-
-def choose_records(seed: int, metadata_langs: list[str]):
-    """mapInArrow function, after the shuffle on uid (a partition holds every copy of its
-    images): distinct records, routed languages and the chosen flag, in one pass. Rows come out
-    grouped by lang, chosen ones first, each group in (uid, text) order."""
-    known = pa.array(sorted(metadata_langs), pa.string())
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = [b for b in batches if b.num_rows]
-        if batches:
-            table = pa.Table.from_batches(batches).combine_chunks()
-            yield from partition_records(table, seed, known).to_batches(max_chunksize=65536)
-
-    return run
-
-
-def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
-    """The matches/ rows of one partition (see choose_records). The full rows are copied once,
-    into their final order; only images with several rows pay for comparing texts."""
-    keys = [("uid", "ascending", "at_end"), ("text", "ascending", "at_end")]
-    order = pc.sort_indices(table, sort_keys=[*keys, ("lang", "ascending", "at_end")])
-    order = order.to_numpy()
-    uid = table.column("uid").take(order)
-    image = np.cumsum(_run_starts(uid)) - 1
-    first = np.ones(order.size, dtype=np.bool_)  # the first copy of each distinct (uid, text)
-    several = np.flatnonzero(np.bincount(image)[image] > 1)
-    if several.size:
-        texts = table.column("text").take(order[several])
-        first[several] = _run_starts(uid.take(several), texts)
-    rows, image = order[first], image[first]  # one row per record, smallest lang first
-    lang = table.column("lang").take(rows)
-    lang = pc.if_else(pc.is_in(lang, value_set=known), lang, pa.scalar(OTHER)).combine_chunks()
-    chosen = chosen_texts(seed, table, rows, image)
-    encoded = pc.dictionary_encode(lang)
-    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
-    final = np.lexsort((~chosen, rank[encoded.indices.to_numpy()]))
-    out = table.take(rows[final])
-    if not first.all():  # url and page_url: the smallest of the record's copies
-        group = np.cumsum(first) - 1
-        out = _smallest_of_copies(out, table, order, group, final)
-    out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
-    return out.append_column("chosen", pa.array(chosen[final]))
-
-
-def _smallest_of_copies(out, table, order, group, final) -> pa.Table:
-    """`out` (records in `final` order) with url and page_url replaced, for the records that had
-    several copies, by the smallest non-null value among them (Spark's min)."""
-    copies = np.flatnonzero(np.bincount(group)[group] > 1)
-    subset = table.select(["url", "page_url"]).take(order[copies])
-    smallest = (
-        subset.append_column("g", pa.array(group[copies]))
-        .group_by("g", use_threads=False)
-        .aggregate([("url", "min"), ("page_url", "min")])
-    )
-    position = np.empty(final.size, dtype=np.int64)
-    position[final] = np.arange(final.size)  # record (in uid order) -> row of out
-    where = position[smallest.column("g").to_numpy()]
-    ascending = np.argsort(where)
-    mask = np.zeros(final.size, dtype=np.bool_)
-    mask[where] = True
-    for name in ("url", "page_url"):
-        values = smallest.column(f"{name}_min").take(pa.array(ascending))
-        column = pc.replace_with_mask(out.column(name), pa.array(mask), values.combine_chunks())
-        out = out.set_column(out.schema.get_field_index(name), name, column)
-    return out
-
-
-def _run_starts(*columns) -> np.ndarray:
-    """True where a row differs from the previous one in any of the (sorted) columns."""
-    n = len(columns[0])
-    starts = np.ones(n, dtype=np.bool_)
-    if n > 1:
-        same = None
-        for column in columns:
-            equal = pc.equal(column.slice(1), column.slice(0, n - 1))
-            same = equal if same is None else pc.and_(same, equal)
-        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
-    return starts
-
-
-def chosen_texts(seed: int, table: pa.Table, rows: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Section 8's one text per image, for records `rows` of `table` in (uid, text) order
-    (`image` numbers their uids): among an image's matched texts the smallest
-    (text_choice_key, text). Only images with several matched texts hash a key."""
-    lengths = pc.list_value_length(table.column("entry_ids").take(rows))
-    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
-    matched = np.flatnonzero(chosen)
-    if matched.size < 2:
-        return chosen
-    shared = np.bincount(image[matched], minlength=image[-1] + 1)[image[matched]] > 1
-    matched = matched[shared]
-    if not matched.size:
-        return chosen
-    candidates = pa.array(rows[matched])
-    choice = text_choice_keys(
-        seed,
-        table.column("uid").take(candidates).to_pylist(),
-        table.column("text").take(candidates).to_pylist(),
-    )
-    group = image[matched]
-    order = np.lexsort((np.array(choice, dtype=np.uint64), group))  # stable: ties keep text order
-    best = np.ones(order.size, dtype=np.bool_)
-    best[1:] = group[order][1:] != group[order][:-1]
-    chosen[matched[order[~best]]] = False
-    return chosen
-
-
-def language_probabilities(counts_uri: str, lang: str, t: float, version: str = "") -> np.ndarray:
-    """prob per entry id of one language, from its entry_counts partition (zeros included)."""
-
-    def build():
-        table = tables.read_partition(counts_uri, lang, ["entry_id", "count"])
-        ids = table.column("entry_id").to_numpy()
-        counts = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=np.int64)
-        counts[ids] = table.column("count").to_numpy()
-        return entry_probabilities(counts, t)
-
-    return _cached(
-        _PROBS, (counts_uri, version, lang, t), build, lambda p: max(1, p.size), PROBS_CACHE_ENTRIES
-    )
-
-
-def batch_keep_probabilities(
-    batch: pa.RecordBatch, counts_uri: str, thresholds: dict[str, float], version: str
-) -> np.ndarray:
-    """keep_probability of each row of a batch (lang, entry_ids), language by language."""
-    entry_ids = batch.column("entry_ids")
-    offsets = entry_ids.offsets.to_numpy()
-    values = entry_ids.values.to_numpy()
-    langs = batch.column("lang").to_numpy(zero_copy_only=False)
-    keep_probs = np.empty(batch.num_rows, dtype=np.float64)
-    for lang in dict.fromkeys(langs):
-        rows = np.flatnonzero(langs == lang)
-        probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
-        keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
-    return keep_probs
-
-
-def keep_batches(counts_uri: str, thresholds: dict[str, float], seed: int, version: str):
-    """mapInArrow function over the chosen rows: the keep probability of each, kept when the
-    image's seeded draw falls below it."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            keep_probs = batch_keep_probabilities(batch, counts_uri, thresholds, version)
-            kept = keep_uniforms(seed, batch.column("uid").to_pylist()) < keep_probs
-            if kept.any():
-                columns = [batch.column(c) for c in ("uid", "url", "text", "lang", "entry_ids")]
-                out = pa.RecordBatch.from_arrays(
-                    [*columns, pa.array(keep_probs, pa.float64())],
-                    names=["uid", "url", "text", "lang", "entry_ids", "keep_prob"],
-                )
-                yield out.filter(pa.array(kept))
-
-    return run
 
 
 # --- driver side -----------------------------------------------------------------------------
@@ -410,8 +145,12 @@ class CurationJob:
     def read(self, name: str):
         return tables.read_table(self.spark, self.table_uri(name), TABLE_SCHEMAS[name])
 
-    def input_counts_uri(self) -> str:
-        return f"{self.out}/_stages/input_counts.json"
+    def summary_uri(self, name: str) -> str:
+        """What a stage found out (counts, the files it wrote): `--resume` reads it back."""
+        return f"{self.out}/_stages/{name}_summary.json"
+
+    def read_summary(self, name: str) -> dict:
+        return json.loads(self.fs.read_text(self.summary_uri(name)))
 
     # stages ----------------------------------------------------------------------------------
 
@@ -421,14 +160,14 @@ class CurationJob:
         self.fs.delete(f"{self.out}/_SUCCESS")
         self.fs.delete(f"{self.out}/run.json")
         self.metadata_langs = self.metadata_languages()
-        records, observed = self.load_records()
+        source = self.open_input()
         fingerprint = self.input_fingerprint()
         from curation.spark import size_shuffle_partitions
 
         size_shuffle_partitions(self.spark, self.input_bytes)  # unless the user set them
-        self.stage("matches", fingerprint, lambda: self.write_matches(records, observed))
+        self.stage("matches", fingerprint, lambda: self.write_matches(source))
         if "input_records" not in self.report.counts:  # matches skipped: counted by the last run
-            self.report_input_counts(json.loads(self.fs.read_text(self.input_counts_uri())))
+            self.report_input_counts(self.read_summary("matches")["input"])
         # the counts do not depend on the seed (the chosen flags of matches/ do): a new seed
         # reruns matches and curated only
         fp = self.fingerprint("matches", fingerprint, self.stage_flags("matches", seed=False))
@@ -510,21 +249,41 @@ class CurationJob:
         self.input_bytes = parts[2][0]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def load_records(self):
-        """The input records with a uid, url and text (duplicates included, lang as given), and
-        an Observation that counts the input rows while the matches stage reads them."""
-        from pyspark.sql import Observation
-        from pyspark.sql import functions as F
+    def open_input(self):
+        """The input as splits that Python tasks read with pyarrow; as a Spark DataFrame for the
+        per-stage plan, with `--input-reader spark`, or where pyarrow cannot read it."""
+        config = self.config
+        if not self.fs.exists(config.input):
+            raise CurationError(f"input {config.input} does not exist")
+        if config.plan == "one-shuffle" and config.input_reader != "spark":
+            files = input_splits.list_input(config.input, INPUT_BYTES_PER_TASK)
+            if files is not None:
+                if not files.splits:
+                    raise CurationError(f"input {config.input} has no records")
+                self.check_input_columns(files.columns)
+                log.info("input: %d splits, read with pyarrow", len(files.splits))
+                return files
+            if config.input_reader == "pyarrow":
+                raise CurationError(f"input {config.input} cannot be read with pyarrow")
+        return self.load_records(count=config.plan == "per-stage")
 
-        if not self.fs.exists(self.config.input):
-            raise CurationError(f"input {self.config.input} does not exist")
-        df = tables.read_table(self.spark, self.config.input)
-        missing = [c for c in ("url", "text") if c not in df.columns]
+    def check_input_columns(self, columns: list[str]) -> None:
+        missing = [c for c in ("url", "text") if c not in columns]
         if missing:
             raise CurationError(
                 f"input {self.config.input} lacks column(s) {', '.join(missing)} "
-                f"(has: {', '.join(df.columns)})"
+                f"(has: {', '.join(columns)})"
             )
+
+    def load_records(self, count: bool):
+        """The input records as a DataFrame of RECORD_COLUMNS (uid and lang derived where the
+        input lacks them). With `count`, (records with a uid, url and text, an Observation that
+        counts the input rows as they are read); else every row, counted by the tasks."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        df = tables.read_table(self.spark, self.config.input)
+        self.check_input_columns(df.columns)
         if "page_url" not in df.columns:
             df = df.withColumn("page_url", F.lit(None).cast("string"))
         if "uid" not in df.columns:
@@ -535,13 +294,9 @@ class CurationJob:
                 self.config.lid_model or "lid.176",
             )
             df = tables.with_language(df, self.config.lid_model)
-        df = df.select(
-            F.col("uid").cast("string"),
-            F.col("url").cast("string"),
-            F.col("page_url").cast("string"),
-            F.col("text").cast("string"),
-            F.col("lang").cast("string"),
-        )
+        df = df.select(*(F.col(c).cast("string") for c in RECORD_COLUMNS))
+        if not count:
+            return df
         observed = Observation("input")
         is_null = F.col("text").isNull() | F.col("url").isNull() | F.col("uid").isNull()
         df = df.observe(
@@ -560,32 +315,93 @@ class CurationJob:
         self.report.counts["input_records"] = int(counts["records"])
         self.report.drops["null_text_or_url"] = int(counts["null"])
 
-    def write_matches(self, records, observed) -> None:
+    def write_matches(self, source) -> None:
         if self.config.plan == "per-stage":
             from curation import curate_legacy
 
+            records, observed = source
             curate_legacy.write_matches(self, records)
+            counts = {k: int(v or 0) for k, v in observed.get.items()}
+            self.report_input_counts(counts)
+            self.fs.write_text(self.summary_uri("matches"), json.dumps({"input": counts}))
+            return
+        partitions = self.matching_partitions()
+        version = self.fingerprints["matches"]
+        config, langs = self.config, self.metadata_langs
+        if isinstance(source, input_splits.InputFiles):
+            derive = tuple(c for c in ("uid", "lang") if c not in source.columns)
+            if "lang" in derive:
+                log.info("input has no lang column: identifying languages with %s",
+                         config.lid_model or "lid.176")  # fmt: skip
+            rows = [s.row() for s in source.splits]
+            columns = ["path", "start", "length", "partition"]
+            table = pa.table(dict(zip(columns, map(list, zip(*rows)))))
+            table = table.append_column("key", pa.array(exchange.partition_keys(len(rows))))
+            splits = self.local_frame(table)
+            pack = curate_tasks.read_and_pack(
+                config.metadata, version, langs, partitions, derive, config.lid_model
+            )
+            blobs = splits.repartition(len(rows), "key").mapInArrow(pack, exchange.BLOB_SCHEMA)
         else:
-            version = self.fingerprints["matches"]
-            matched = records.mapInArrow(
-                match_records(self.config.metadata, version, self.metadata_langs), MATCHED_SCHEMA
-            )
-            # the one shuffle of full records: every copy of an image lands in one partition
-            shuffled = matched.repartition(self.matching_partitions(), "uid")
-            chosen = shuffled.mapInArrow(
-                choose_records(self.config.seed, self.metadata_langs), MATCHES_SCHEMA
-            )
-            self.write(chosen, "matches")
-        counts = {k: int(v or 0) for k, v in observed.get.items()}
-        self.report_input_counts(counts)
-        self.fs.write_text(self.input_counts_uri(), json.dumps(counts))
+            pack = curate_tasks.pack_batches(config.metadata, version, langs, partitions)
+            blobs = source.mapInArrow(pack, exchange.BLOB_SCHEMA)
+        matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
+        tables.start_table(matches_uri)
+        tables.start_table(counts_uri)
+        choose = curate_tasks.choose_and_write(matches_uri, counts_uri, config.seed, langs)
+        # the one shuffle of full records: one partition's blobs, from every map task, per task
+        shuffled = blobs.repartition(partitions, "key")
+        with _session_conf(self.spark, BLOB_BATCHES):
+            files = shuffled.mapInArrow(choose, curate_tasks.FILES_DDL).collect()
+        tables.finish_table(self.spark, matches_uri, config.format, ["lang"])
+        self.save_matches_summary(files)
 
-    def write(self, df, name: str) -> None:
-        """A table partitioned by lang, as the rows come (no sort: each task's rows are grouped
-        by lang already), unique strings without dictionary pages."""
-        options = {f"parquet.enable.dictionary#{c}": "false" for c in UNIQUE_STRINGS}
-        with _session_conf(self.spark, UNSORTED_PARTITIONED_WRITES):
-            tables.write_table(df, self.table_uri(name), self.config.format, ["lang"], options)
+    def local_frame(self, table: pa.Table):
+        """A DataFrame of a small driver-side table, sent to the JVM as Arrow: a list of rows
+        would become a Python RDD that starts a Python worker (and daemon) of its own."""
+        return self.spark.createDataFrame(table)
+
+    def partial_counts_uri(self) -> str:
+        return f"{self.out}/_stages/partial_counts"
+
+    def files_uri(self) -> str:
+        return f"{self.out}/_stages/matches_files.parquet"
+
+    def save_matches_summary(self, files: list) -> None:
+        """The input counts and per-language records of the reduce tasks' rows, and the list
+        of matches/ files that the curated stage reads (Parquet: P x languages rows)."""
+        counts = {"records": sum(r["input_records"] for r in files)}
+        counts["null"] = sum(r["nulls"] for r in files)
+        self.report_input_counts(counts)
+        per_lang: dict[str, list[int]] = {}
+        for r in files:
+            if r["lang"] is not None:
+                stats = per_lang.setdefault(r["lang"], [0, 0])
+                stats[0] += r["rows"]
+                stats[1] += r["matched"]
+        listed = sorted((r["part"], r["lang"], r["file"], r["chosen"]) for r in files if r["lang"])
+        parts = sorted({f[0] for f in listed})
+        # the curated stage runs one task per reduce partition: a key Spark sends to its task
+        keys = dict(zip(parts, exchange.partition_keys(max(1, len(parts))).tolist()))
+        table = pa.table(
+            {
+                "key": pa.array([keys[f[0]] for f in listed], pa.int32()),
+                "lang": pa.array([f[1] for f in listed], pa.string()),
+                "file": pa.array([f[2] for f in listed], pa.string()),
+                "chosen": pa.array([f[3] for f in listed], pa.int64()),
+            }
+        )
+        fs, path = tables.filesystem(self.files_uri())
+        with fs.open_output_stream(path) as sink:
+            pq.write_table(table, sink)
+        count_files = sorted(r["file"] for r in files if r["lang"] is None and r["file"])
+        summary = {
+            "input": counts,
+            "records_per_lang": per_lang,
+            "tasks": len(parts),
+            "count_files": count_files,
+        }
+        self.fs.write_text(self.summary_uri("matches"), json.dumps(summary, sort_keys=True))
 
     def matching_partitions(self) -> int:
         """--partitions, else one task per ~INPUT_BYTES_PER_TASK of input (at least one per
@@ -598,44 +414,56 @@ class CurationJob:
         return max(cores, min(wanted, max(limit, cores)))
 
     def write_entry_counts(self) -> None:
-        from pyspark.sql import functions as F
+        if self.config.plan == "per-stage":
+            from curation import curate_legacy
 
-        matches = self.read("matches")
+            curate_legacy.write_entry_counts(self)
+            return
         run_langs = self.fs.partition_values(self.table_uri("matches"), "lang")
-        per_entry = (
-            matches.select("lang", F.explode("entry_ids").alias("entry_id"))
-            .groupBy("lang", "entry_id")
-            .agg(F.count(F.lit(1)).alias("count"))
-        )
-        metadata = tables.read_table(self.spark, self.config.metadata).where(
-            F.col("lang").isin(run_langs)
-        )
-        counts = (
-            metadata.select("lang", F.col("entry_id").cast("int"), "entry")
-            .join(per_entry, ["lang", "entry_id"], "left")
-            .select(
-                "lang",
-                "entry_id",
-                "entry",
-                F.coalesce("count", F.lit(0)).cast("long").alias("count"),
-            )
-        )
-        tables.write_table(counts, self.table_uri("entry_counts"), self.config.format, ["lang"])
+        langs = [lang for lang in run_langs if lang in set(self.metadata_langs)]
+        uri = self.table_uri("entry_counts")
+        tables.start_table(uri)
+        if langs:
+            # a task per language sums the partial counts that reach it as blobs
+            keys = dict(zip(langs, exchange.partition_keys(len(langs)).tolist()))
+            markers = {
+                "key": pa.array([keys[lang] for lang in langs], pa.int32()),
+                "lang": pa.array(langs, pa.string()),
+                "blob": pa.nulls(len(langs), pa.binary()),
+            }
+            blobs = self.local_frame(pa.table(markers))
+            files = self.read_summary("matches")["count_files"]
+            if files:
+                paths = pa.table(
+                    {
+                        "path": [f"{self.partial_counts_uri()}/{f}" for f in files],
+                        "key": exchange.partition_keys(len(files)),
+                    }
+                )
+                paths = self.local_frame(paths).repartition(len(files), "key").drop("key")
+                partial = paths.mapInArrow(
+                    curate_tasks.count_blobs(keys), curate_tasks.COUNT_BLOBS_DDL
+                )
+                blobs = partial.unionByName(blobs)
+            summed = curate_tasks.sum_counts_and_write(self.config.metadata, uri)
+            with _session_conf(self.spark, BLOB_BATCHES):
+                blobs.repartition(len(langs), "key").mapInArrow(
+                    summed, "lang string, entries long"
+                ).collect()
+        tables.finish_table(self.spark, uri, self.config.format, ["lang"])
 
     def write_thresholds(self) -> None:
-        from pyspark.sql import functions as F
-
-        rows = (
-            self.read("entry_counts")
-            .groupBy("lang")
-            .agg(
-                F.collect_list(F.when(F.col("count") > 0, F.col("count"))).alias("counts"),
-                F.count(F.lit(1)).alias("entries"),
-            )
-            .collect()
-        )
-        entries = {r["lang"]: r["entries"] for r in rows}
-        nonzero = {r["lang"]: np.asarray(r["counts"], dtype=np.int64) for r in rows if r["counts"]}
+        counts = tables.read_arrow(self.table_uri("entry_counts"), ["lang", "count"])
+        counts = counts.sort_by("lang")
+        langs = counts.column("lang").combine_chunks()
+        values = counts.column("count").to_numpy()
+        bounds = np.append(np.flatnonzero(curate_tasks.run_starts(langs)), counts.num_rows)
+        entries, nonzero = {}, {}
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            lang, piece = langs[start].as_py(), values[start:stop]
+            entries[lang] = int(stop - start)
+            if piece.any():
+                nonzero[lang] = piece[piece > 0].astype(np.int64)
         if not nonzero:
             raise CurationError(f"no record of {self.config.input} matched any metadata entry")
         thresholds = compute_thresholds(
@@ -644,21 +472,23 @@ class CurationJob:
             self.config.tail_fraction,
         )
         stats = self.match_stats()
-        table = [
-            (
-                lang,
-                float(t),
-                float(p),
-                int(entries.get(lang, 0)),
-                int(stats.get(lang, (0, 0))[1] or 0),
-            )
-            for lang, (t, p) in sorted(thresholds.items())
-        ]
-        df = self.spark.createDataFrame(
-            table, "lang string, t double, tail_fraction double, entries long, matched_records long"
+        rows = sorted(thresholds.items())
+        table = pa.table(
+            {
+                "lang": pa.array([lang for lang, _ in rows], pa.string()),
+                "t": pa.array([float(t) for _, (t, _) in rows], pa.float64()),
+                "tail_fraction": pa.array([float(p) for _, (_, p) in rows], pa.float64()),
+                "entries": pa.array([entries.get(lang, 0) for lang, _ in rows], pa.int64()),
+                "matched_records": pa.array(
+                    [int(stats.get(lang, (0, 0))[1] or 0) for lang, _ in rows], pa.int64()
+                ),
+            }
         )
-        tables.write_table(df.coalesce(1), self.table_uri("thresholds"), self.config.format, None)
-        for lang, (t, p) in sorted(thresholds.items()):
+        uri = self.table_uri("thresholds")
+        tables.start_table(uri)
+        tables.write_parquet(f"{uri}/part-00000.parquet", [table])
+        tables.finish_table(self.spark, uri, self.config.format, None)
+        for lang, (t, p) in rows:
             log.info(
                 "  %s: t=%g tail_fraction=%.4f matched_records=%s",
                 lang,
@@ -668,8 +498,8 @@ class CurationJob:
             )
 
     def read_thresholds(self) -> dict[str, float]:
-        rows = self.read("thresholds").collect()
-        return {r["lang"]: r["t"] for r in rows}
+        table = tables.read_arrow(self.table_uri("thresholds"), ["lang", "t"])
+        return dict(zip(table.column("lang").to_pylist(), table.column("t").to_pylist()))
 
     def write_curated(self) -> None:
         if self.config.plan == "per-stage":
@@ -679,38 +509,45 @@ class CurationJob:
             return
         from pyspark.sql import functions as F
 
-        chosen = (
-            self.read("matches")
-            .where(F.col("chosen"))
-            .select("uid", "url", "text", "lang", "entry_ids")
+        fs, path = tables.filesystem(self.files_uri())
+        with fs.open_input_file(path) as handle:
+            files = self.local_frame(pq.read_table(handle))
+        tasks = max(1, self.read_summary("matches")["tasks"])
+        curated_uri = self.table_uri("curated")
+        tables.start_table(curated_uri)
+        keep = curate_tasks.keep_and_write(
+            self.table_uri("matches"),
+            curated_uri,
+            self.table_uri("entry_counts"),
+            self.read_thresholds(),
+            self.config.seed,
+            self.fingerprints["entry_counts"],
         )
-        kept = chosen.mapInArrow(
-            keep_batches(
-                self.table_uri("entry_counts"),
-                self.read_thresholds(),
-                self.config.seed,
-                self.fingerprints["entry_counts"],
-            ),
-            TABLE_SCHEMAS["curated"],
-        )
-        self.write(kept, "curated")
+        chosen = files.where(F.col("chosen") > 0).repartition(tasks, "key")
+        rows = chosen.mapInArrow(keep, curate_tasks.KEPT_DDL).collect()
+        tables.finish_table(self.spark, curated_uri, self.config.format, ["lang"])
+        per_lang: dict[str, int] = {}
+        for r in rows:
+            per_lang[r["lang"]] = per_lang.get(r["lang"], 0) + r["rows"]
+        self.fs.write_text(self.summary_uri("curated"), json.dumps(per_lang, sort_keys=True))
 
     def match_stats(self) -> dict[str, tuple[int, int]]:
         """lang -> (records, matched records) of the matches table, computed once per run."""
-        from pyspark.sql import functions as F
-
         if self._match_stats is None:
-            rows = (
-                self.read("matches")
-                .groupBy("lang")
-                .agg(
-                    F.count(F.lit(1)).alias("records"),
-                    F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
-                )
-                .collect()
-            )
-            self._match_stats = {r["lang"]: (int(r["records"]), int(r["matched"])) for r in rows}
+            if self.config.plan == "per-stage":
+                from curation import curate_legacy
+
+                self._match_stats = curate_legacy.match_stats(self)
+            else:
+                per_lang = self.read_summary("matches")["records_per_lang"]
+                self._match_stats = {k: (v[0], v[1]) for k, v in per_lang.items()}
         return self._match_stats
+
+    def curated_per_lang(self) -> dict[str, int]:
+        if self.config.plan == "per-stage":
+            rows = self.read("curated").groupBy("lang").count().collect()
+            return {r["lang"]: int(r["count"]) for r in rows}
+        return {k: v for k, v in self.read_summary("curated").items() if v}
 
     def collect_counts(self) -> None:
         per_lang = dict(self.match_stats())
@@ -721,12 +558,7 @@ class CurationJob:
         )
         counts["records_per_lang"] = {k: v[0] for k, v in sorted(per_lang.items())}
         counts["matched_records"] = sum(m for _, m in per_lang.values())
-        counts["curated_per_lang"] = dict(
-            sorted(
-                (r["lang"], int(r["count"]))
-                for r in self.read("curated").groupBy("lang").count().collect()
-            )
-        )
+        counts["curated_per_lang"] = dict(sorted(self.curated_per_lang().items()))
         counts["curated_records"] = sum(counts["curated_per_lang"].values())
         log.info(
             "records in %s, distinct %s, no metadata language %s, matched %s, curated %s",
@@ -738,15 +570,11 @@ class CurationJob:
         )
 
 
-# Spark sorts every task's rows by the partition columns before a partitioned write unless
-# planned writes are off and concurrent writers (one open file per language) are allowed.
-UNSORTED_PARTITIONED_WRITES = {
-    "spark.sql.optimizer.plannedWrite.enabled": "false",
-    "spark.sql.maxConcurrentOutputFileWriters": str(OUTPUT_WRITERS_PER_TASK),
-}
 # Arrow batches to the Python workers are capped by rows (10,000) only: with a byte cap too
 # Spark sizes the batch being built after every row.
 UNCAPPED_ARROW_BYTES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
+# ...except for the reduce tasks' blob rows, of up to ~32 MB each
+BLOB_BATCHES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(BLOB_BATCH_BYTES)}
 
 
 @contextlib.contextmanager

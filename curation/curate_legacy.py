@@ -124,3 +124,42 @@ def write_curated(job) -> None:
     )
     ordered = kept.repartition("lang").sortWithinPartitions("lang", "uid")
     tables.write_table(ordered, job.table_uri("curated"), job.config.format, ["lang"])
+
+
+def match_stats(job) -> dict[str, tuple[int, int]]:
+    """lang -> (records, matched records), aggregated from the matches table."""
+    from pyspark.sql import functions as F
+
+    rows = (
+        job.read("matches")
+        .groupBy("lang")
+        .agg(
+            F.count(F.lit(1)).alias("records"),
+            F.sum((F.size("entry_ids") > 0).cast("long")).alias("matched"),
+        )
+        .collect()
+    )
+    return {r["lang"]: (int(r["records"]), int(r["matched"])) for r in rows}
+
+
+def write_entry_counts(job) -> None:
+    """Explodes entry_ids of the whole matches table, counts, joins the metadata entries."""
+    from pyspark.sql import functions as F
+
+    run_langs = job.fs.partition_values(job.table_uri("matches"), "lang")
+    per_entry = job.read("matches").select("lang", F.explode("entry_ids").alias("entry_id"))
+    per_entry = per_entry.groupBy("lang", "entry_id").agg(F.count(F.lit(1)).alias("count"))
+    metadata = tables.read_table(job.spark, job.config.metadata).where(
+        F.col("lang").isin(run_langs)
+    )
+    counts = (
+        metadata.select("lang", F.col("entry_id").cast("int"), "entry")
+        .join(per_entry, ["lang", "entry_id"], "left")
+        .select(
+            "lang",
+            "entry_id",
+            "entry",
+            F.coalesce("count", F.lit(0)).cast("long").alias("count"),
+        )
+    )
+    tables.write_table(counts, job.table_uri("entry_counts"), job.config.format, ["lang"])

@@ -46,7 +46,7 @@ def parse_candidates(value) -> list[Candidate]:
 
 
 def _read_json(uri: str) -> dict | None:
-    filesystem, path = tables._filesystem(uri)
+    filesystem, path = tables.filesystem(uri)
     try:
         with filesystem.open_input_stream(path) as f:
             return json.loads(f.read().decode("utf-8"))
@@ -55,7 +55,7 @@ def _read_json(uri: str) -> dict | None:
 
 
 def _partition_langs(counts_uri: str) -> list[str]:
-    filesystem, path = tables._filesystem(counts_uri)
+    filesystem, path = tables.filesystem(counts_uri)
     from pyarrow import fs as pafs
 
     infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -158,7 +158,7 @@ def matched_images(
     (`curation.shards.read_pool`) and what the trainer's epoch length is computed from."""
     import pyarrow.dataset as ds
 
-    filesystem, path = tables._filesystem(f"{run_dir.rstrip('/')}/matches")
+    filesystem, path = tables.filesystem(f"{run_dir.rstrip('/')}/matches")
     dataset = ds.dataset(
         path, filesystem=filesystem, format="parquet", partitioning="hive",
         ignore_prefixes=[".", "_"],

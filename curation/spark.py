@@ -6,12 +6,21 @@ import os
 import re
 import sys
 
+LOCAL_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
-def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None):
+
+def get_spark(
+    app_name: str,
+    master: str | None = None,
+    conf: dict[str, str] | None = None,
+    local_conf: dict[str, str] | None = None,
+    local_java_options: str = LOCAL_JAVA_OPTIONS,
+):
     """The active session under spark-submit; a local one (all cores) under plain python.
 
     Executors must run the same Python as the driver, or they will not find pyarrow: unless the
-    user set PYSPARK_PYTHON, point it at this interpreter.
+    user set PYSPARK_PYTHON, point it at this interpreter. `local_conf` and
+    `local_java_options` apply to local sessions only (unless the user passes JVM options).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -27,11 +36,14 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",  # the jobs log their own stage progress
     }
-    if master and master.startswith("local") and not _java_options_given():
+    local = bool(master and master.startswith("local"))
+    if local and not _java_options_given():
         # A local run is one batch JVM: the throughput collector beats G1 (the JVM's default on
         # 2+ CPUs, tuned for pause times) by ~5% of wall time on the curation job.
-        settings["spark.driver.extraJavaOptions"] = "-XX:+UseParallelGC"
+        settings["spark.driver.extraJavaOptions"] = local_java_options
     settings.update(conf or {})
+    if local:
+        settings.update(local_conf or {})
     quiet = (
         not _conf_given("spark.log.level")
         and "spark.log.level" not in settings

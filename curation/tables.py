@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from curation.uris import local_path
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for a URI (s3a/s3n as s3) and the path on it."""
     path = local_path(uri)
     if path is not None:
         return pafs.LocalFileSystem(), str(Path(path).resolve())
@@ -24,14 +27,27 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 def read_partition(table_uri: str, lang: str, columns: list[str]) -> pa.Table:
     """One `lang=` partition of a hive-partitioned Parquet (or converted Delta) table."""
     uri = f"{table_uri.rstrip('/')}/lang={lang}"
-    filesystem, path = _filesystem(uri)
+    fs, path = filesystem(uri)
     try:
-        dataset = ds.dataset(
-            path, filesystem=filesystem, format="parquet", ignore_prefixes=[".", "_"]
-        )
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
         return dataset.to_table(columns=columns)
     except (OSError, pa.ArrowException) as error:
         raise ValueError(f"cannot read table partition {uri}: {error}") from None
+
+
+def read_arrow(uri: str, columns: list[str]) -> pa.Table:
+    """A whole table on the driver (small ones: counts, thresholds), by its Delta log when it
+    has one (an overwritten Delta table keeps its old files); `lang=` folders as strings."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(f"{path}/_delta_log").type == pafs.FileType.Directory:
+        from deltalake import DeltaTable
+
+        return pa.table(DeltaTable(uri if "://" in uri else path).to_pyarrow_table(columns=columns))
+    partitioning = ds.partitioning(pa.schema([("lang", pa.string())]), flavor="hive")
+    dataset = ds.dataset(
+        path, filesystem=fs, format="parquet", partitioning=partitioning, ignore_prefixes=[".", "_"]
+    )
+    return dataset.to_table(columns=columns)
 
 
 def is_delta(spark, uri: str) -> bool:
@@ -84,14 +100,78 @@ def write_table(
         HadoopFS(df.sparkSession).delete(uri)  # an old _delta_log must not survive the rewrite
     writer.save(uri)
     if fmt == "delta" and not native_delta:
-        from deltalake import Field, Schema, convert_to_deltalake
+        _convert_to_delta(df.sparkSession, uri, partition_by)
 
-        partitions = None
-        if partition_by:
-            partitions = Schema([Field(c, "string") for c in partition_by])
-        convert_to_deltalake(
-            uri, partition_by=partitions, partition_strategy="hive" if partitions else None
+
+def _convert_to_delta(spark, uri: str, partition_by: list[str] | None) -> None:
+    """A folder of Parquet files (hive-partitioned by `partition_by`) made a Delta table in
+    place: by delta-spark's CONVERT TO DELTA when its jars are loaded, else by delta-rs."""
+    if spark_has_delta(spark):
+        columns = ", ".join(f"`{c}` STRING" for c in partition_by or [])
+        spark.sql(
+            f"CONVERT TO DELTA parquet.`{uri}`"
+            + (f" PARTITIONED BY ({columns})" if columns else "")
         )
+        return
+    from deltalake import Field, Schema, convert_to_deltalake
+
+    partitions = None
+    if partition_by:
+        partitions = Schema([Field(c, "string") for c in partition_by])
+    convert_to_deltalake(
+        uri, partition_by=partitions, partition_strategy="hive" if partitions else None
+    )
+
+
+def write_parquet(uri: str, pieces: list[pa.Table], plain: tuple[str, ...] = ()) -> None:
+    """One Parquet file from an executor (snappy, as Spark writes), each piece its own row
+    groups. Written beside the target under a hidden name, then renamed: a reader, or a retried
+    task writing the same name, never sees half a file. `plain` columns (unique strings) get
+    no dictionary pages and no statistics."""
+    fs, path = filesystem(uri)
+    folder, name = path.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    schema = pieces[0].schema
+    encoded = [f.name for f in schema if f.name not in plain]
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(temporary) as sink:
+            with pq.ParquetWriter(
+                sink,
+                schema,
+                compression="snappy",
+                use_dictionary=encoded,
+                write_statistics=encoded,
+            ) as writer:
+                for piece in pieces:
+                    writer.write_table(piece)
+        fs.move(temporary, path)
+    except BaseException:
+        try:
+            fs.delete_file(temporary)
+        except (OSError, pa.ArrowException):
+            pass
+        raise
+
+
+def start_table(uri: str) -> None:
+    """An empty folder for a table that executors write with `write_parquet` (a rerun's old
+    files, or a Delta log, must not survive)."""
+    fs, path = filesystem(uri)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    fs.create_dir(path, recursive=True)
+
+
+def finish_table(spark, uri: str, fmt: str, partition_by: list[str] | None) -> None:
+    """Complete a table that executors wrote with `write_parquet`: drop what failed attempts
+    left (hidden temporary files), convert to Delta if asked, then write `_SUCCESS`."""
+    fs, path = filesystem(uri)
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".tmp"):
+            fs.delete_file(info.path)
+    if fmt == "delta":
+        _convert_to_delta(spark, uri, partition_by)
+    HadoopFS(spark).write_text(f"{uri.rstrip('/')}/_SUCCESS", "")
 
 
 class HadoopFS:

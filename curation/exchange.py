@@ -1,0 +1,158 @@
+"""How records cross the curation job's one shuffle: as Arrow IPC blobs, one row per blob.
+
+A map task hashes each record's uid to one of P reduce partitions, and sends each partition's
+share of its records as one compressed Arrow IPC stream. The JVM moves a few rows per
+(map task, partition) instead of converting, serializing and compressing every record.
+
+The blob rows are repartitioned with Spark's own hash partitioning of an int `key` column.
+`partition_keys(P)[p]` is a key that Spark sends to partition p: Spark's Murmur3 hash is
+reproduced here and checked against Spark in tests, so every reduce task gets exactly one
+partition's records. A wrong guess would only unbalance the tasks: a reduce task processes
+whatever it is sent, and every copy of a uid is always sent to the same task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("url", pa.string()),
+        ("page_url", pa.string()),
+        ("text", pa.string()),
+        ("lang", pa.string()),
+        ("entry_ids", pa.list_(pa.int32())),
+    ]
+)
+# the rows that cross the shuffle: a blob of records, or (blob null) a map task's input counts
+BLOB_SCHEMA = "key int, records long, nulls long, blob binary"
+BLOB_BYTES = 32 * 2**20  # uncompressed Arrow bytes per blob, at most (one large image aside)
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+# --- uid hash --------------------------------------------------------------------------------
+
+
+def string_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, UTF-8 bytes as uint8) of a string array; nulls read as ''."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type == pa.large_string():
+        offset_type = np.int64
+    elif array.type == pa.string():
+        offset_type = np.int32
+    else:
+        raise TypeError(f"expected a string array, got {array.type}")
+    _, offsets, data = array.buffers()
+    if offsets is None:  # an empty array may have no buffers
+        return np.zeros(1, np.int64), np.zeros(0, np.uint8)
+    offsets = np.frombuffer(offsets, dtype=offset_type)[
+        array.offset : array.offset + len(array) + 1
+    ]
+    data = np.zeros(0, np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)
+    return offsets.astype(np.int64), data
+
+
+@numba.njit(cache=True, nogil=True)
+def _fnv1a_mixed(offsets, data):
+    out = np.empty(offsets.size - 1, dtype=np.uint64)
+    for i in range(offsets.size - 1):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+        # splitmix64's finalizer: FNV's low bits are weak, and the partition is taken mod P
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = h ^ (h >> np.uint64(31))
+    return out
+
+
+def uid_hashes(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each uid's UTF-8 bytes: the same on every machine and Python process
+    (unlike `hash()`), so partitions and the order within them never depend on PYTHONHASHSEED."""
+    offsets, data = string_buffers(uids)
+    return _fnv1a_mixed(offsets, data)
+
+
+# --- Spark's hash partitioning of an int column ----------------------------------------------
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
+    return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & _M32
+
+
+def spark_int_hash(values: np.ndarray, seed: int = 42) -> np.ndarray:
+    """Spark's `hash(int_column)`: Murmur3_x86_32.hashInt(value, 42), as int32."""
+    k = values.astype(np.int64).astype(np.uint64) & _M32
+    k = (k * np.uint64(0xCC9E2D51)) & _M32
+    k = _rotl32(k, 15)
+    k = (k * np.uint64(0x1B873593)) & _M32
+    h = np.full(k.shape, seed, dtype=np.uint64) ^ k
+    h = _rotl32(h, 13)
+    h = (h * np.uint64(5) + np.uint64(0xE6546B64)) & _M32
+    h ^= np.uint64(4)  # the length in bytes
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & _M32
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & _M32
+    h ^= h >> np.uint64(16)
+    return h.astype(np.uint32).view(np.int32)
+
+
+def spark_partition_of(keys: np.ndarray, num_partitions: int) -> np.ndarray:
+    """The partition `df.repartition(num_partitions, "key")` sends each int key to: the
+    non-negative remainder of its hash (Spark's pmod)."""
+    return np.mod(spark_int_hash(keys).astype(np.int64), num_partitions)
+
+
+def partition_keys(num_partitions: int) -> np.ndarray:
+    """The smallest non-negative int key that Spark sends to each of the partitions."""
+    keys = np.full(num_partitions, -1, dtype=np.int64)
+    start, step = 0, max(1024, 16 * num_partitions)
+    while (keys < 0).any():
+        candidates = np.arange(start, start + step, dtype=np.int64)
+        targets = spark_partition_of(candidates, num_partitions)
+        first = np.unique(targets, return_index=True)
+        for target, index in zip(*first):
+            if keys[target] < 0:
+                keys[target] = candidates[index]
+        start += step
+    return keys.astype(np.int32)
+
+
+# --- blobs -----------------------------------------------------------------------------------
+
+
+def pack(records: pa.Table, partition: np.ndarray, keys: np.ndarray) -> Iterator[tuple[int, bytes]]:
+    """(key, blob) for each partition that `records` has rows for (`partition[i]` is row i's),
+    the rows of a partition in their order in `records`; large shares in several blobs."""
+    order = np.argsort(partition, kind="stable")
+    present = np.unique(partition)
+    bounds = np.searchsorted(partition[order], np.append(present, len(keys)))
+    records = records.take(order) if order.size else records
+    row_bytes = max(1, records.nbytes // max(1, records.num_rows))
+    rows_per_blob = max(1, BLOB_BYTES // row_bytes)
+    for p, start, stop in zip(present, bounds[:-1], bounds[1:]):
+        for first in range(start, stop, rows_per_blob):
+            share = records.slice(first, min(stop, first + rows_per_blob) - first)
+            yield int(keys[p]), to_blob(share)
+
+
+def to_blob(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(blobs: list) -> pa.Table:
+    """The records of several blobs, as one table of RECORD_SCHEMA."""
+    tables = [pa.ipc.open_stream(pa.py_buffer(blob)).read_all() for blob in blobs]
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
