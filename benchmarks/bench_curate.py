@@ -6,15 +6,18 @@ lemmas for English and caption n-grams for the WIT languages. Per size, on one c
 - baseline: `benchmarks/release_style_curate.py`, one Python process in the style of the MetaCLIP
   2 release's scripts (pyahocorasick `iter`, numpy counts, `p_to_t`, per-image choice and keep;
   every record in memory);
-- ours: `jobs/curate.py --master local[1]`; at the first size also local[2] (scaling).
-CPU seconds are the whole process tree's, from the kernel's accounting of reaped children
-(`getrusage(RUSAGE_CHILDREN)`): this script makes itself a child subreaper, so the JVM the job's
-driver leaves behind is handed to it and reaped here, and with it the daemon and the short-lived
-Python workers the daemon reaped; as a cross-check, sampled with psutil every 0.5 s (which misses
-workers that live between two samples). Two sizes give each side's fixed cost and marginal
-cost per record.
+- ours: `jobs/curate.py --master local[1]`, and local[2] on two CPUs (scaling, every size);
+  with `--without-archive` also local[1] without the Spark class archive (curation/spark_cds.py).
+CPU seconds are the whole process tree's. Where this script may create a cgroup (cgroup v1
+cpuacct or v2, as root) each run gets its own, and the kernel's count of the CPU time of every
+process that ever ran in it is exact. Otherwise, and as cross-checks: the kernel's accounting of
+reaped children (`getrusage(RUSAGE_CHILDREN)`; this script makes itself a child subreaper, so the
+JVM the job's driver leaves behind is reaped here) and psutil samples every 0.5 s (which miss
+processes that live between two samples); the larger of the two is used. Two sizes give each
+side's fixed cost and marginal cost per record. `--repeat N` runs everything N times and
+reports medians (a shared VM varies by 10% from run to run).
 
-    .venv/bin/python benchmarks/bench_curate.py [--sizes 1000000,3000000] [--metadata URI]
+    .venv/bin/python benchmarks/bench_curate.py [--sizes 1000000,3000000] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -164,6 +170,72 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuCgroup:
+    """A fresh cgroup for one command: the CPU time of every process that ran in it, exact
+    (processes started by the command stay in it, orphans included). None where cgroups cannot
+    be created here."""
+
+    LAYOUTS = (
+        ("/sys/fs/cgroup/cpuacct", "cpuacct.usage", 1e-9),  # v1: nanoseconds
+        ("/sys/fs/cgroup", "cpu.stat", 1e-6),  # v2: usage_usec
+    )
+
+    def __init__(self):
+        self.path = None
+        for root, counter, unit in self.LAYOUTS:
+            if not os.path.exists(f"{root}/{counter}") and counter != "cpu.stat":
+                continue
+            path = f"{root}/bench-curate-{uuid.uuid4().hex[:8]}"
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue
+            if os.path.exists(f"{path}/{counter}"):
+                self.path, self.counter, self.unit = path, counter, unit
+                return
+            os.rmdir(path)
+
+    def enter(self) -> None:
+        """preexec_fn: the child joins the cgroup before it execs."""
+        with open(f"{self.path}/cgroup.procs", "w") as procs:
+            procs.write(str(os.getpid()))
+
+    def cpu_s(self, timeout_s: float = 120) -> float:
+        """Once every process in it has exited: its CPU seconds; the cgroup is removed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with open(f"{self.path}/cgroup.procs") as procs:
+                if not procs.read().strip():
+                    break
+            time.sleep(0.1)
+        with open(f"{self.path}/{self.counter}") as counter:
+            text = counter.read()
+        if self.counter == "cpu.stat":
+            value = next(int(line.split()[1]) for line in text.splitlines() if "usage_usec" in line)
+        else:
+            value = int(text)
+        os.rmdir(self.path)
+        return value * self.unit
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a command: wall seconds, CPU seconds (cgroup, reaped, sampled), peak memory."""
+    cgroup = CpuCgroup()
+    preexec = cgroup.enter if cgroup.path else None
+    started, before = time.perf_counter(), children_cpu_s()
+    with MemorySampler() as memory:
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=preexec)
+        reap_descendants()
+    return {
+        "seconds": time.perf_counter() - started,
+        "cgroup_cpu_s": cgroup.cpu_s() if cgroup.path else None,
+        "cpu_s": children_cpu_s() - before,
+        "sampled_cpu_s": memory.cpu_s,
+        "peak_mib": memory.peak_mib,
+        "result": result,
+    }
+
+
 def run_baseline(metadata: str, input_dir: Path, output: Path) -> dict:
     cpu = sorted(os.sched_getaffinity(0))[0]
     cmd = [
@@ -171,27 +243,27 @@ def run_baseline(metadata: str, input_dir: Path, output: Path) -> dict:
         str(ROOT / "benchmarks" / "release_style_curate.py"),
         str(input_dir), metadata, str(output), "--t-en", "2000",
     ]  # fmt: skip
-    started, before = time.perf_counter(), children_cpu_s()
-    with MemorySampler() as memory:
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        reap_descendants()
+    run = measure(cmd)
+    result = run.pop("result")
     if result.returncode:
         raise SystemExit(f"baseline failed:\n{result.stderr[-3000:]}")
-    return {
-        "seconds": time.perf_counter() - started,
-        "cpu_s": children_cpu_s() - before,
-        "sampled_cpu_s": memory.cpu_s,
-        "peak_mib": memory.peak_mib,
-        "report": json.loads(result.stdout.strip().splitlines()[-1]),
-    }
+    run["counts"] = json.loads(result.stdout.strip().splitlines()[-1])
+    return run
 
 
 def run_job(
-    cores: int, metadata: str, input_dir: Path, output: Path, plan: str = "one-shuffle"
+    cores: int,
+    metadata: str,
+    input_dir: Path,
+    output: Path,
+    *,
+    plan: str = "one-shuffle",
+    archive: bool = True,
 ) -> dict:
     """jobs/curate.py with local[cores], its whole process tree (JVM included) pinned to that
     many CPUs: local[1] alone still lets the JVM's own threads use every core."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env["CURATION_SPARK_CDS"] = "1" if archive else "0"
     cpus = sorted(os.sched_getaffinity(0))[:cores]
     cmd = [
         "taskset", "-c", ",".join(map(str, cpus)),
@@ -200,27 +272,29 @@ def run_job(
         "--t-en", "2000", "--master", f"local[{cores}]", "--partitions", str(4 * cores),
         "--plan", plan,
     ]  # fmt: skip
-    started, before = time.perf_counter(), children_cpu_s()
-    with MemorySampler() as memory:
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        reap_descendants()
-    elapsed = time.perf_counter() - started
-    cpu_s = children_cpu_s() - before
+    run = measure(cmd, env)
+    result = run.pop("result")
     if result.returncode:
         raise SystemExit(f"curate failed with local[{cores}]:\n{result.stderr[-3000:]}")
-    report = json.loads((output / "run.json").read_text())
-    return {
-        "seconds": elapsed,
-        "report": report,
-        "peak_mib": memory.peak_mib,
-        "cpu_s": cpu_s,
-        "sampled_cpu_s": memory.cpu_s,
-    }
+    run["report"] = json.loads((output / "run.json").read_text())
+    run["counts"] = run["report"]["counts"]
+    return run
 
 
 def cpu(run: dict) -> float:
-    """The larger of the two CPU figures: the conservative one for either side."""
+    """The cgroup's exact figure; without one, the larger of reaped and sampled CPU."""
+    if run.get("cgroup_cpu_s") is not None:
+        return run["cgroup_cpu_s"]
     return max(run["cpu_s"], run["sampled_cpu_s"])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median CPU, its wall time replaced by the median wall time."""
+    ordered = sorted(runs, key=cpu)
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["seconds"] = statistics.median(r["seconds"] for r in runs)
+    chosen["all_cpu_s"] = [round(cpu(r), 1) for r in runs]
+    return chosen
 
 
 def fixed_and_marginal(runs: dict[int, dict]) -> tuple[float, float]:
@@ -232,11 +306,18 @@ def fixed_and_marginal(runs: dict[int, dict]) -> tuple[float, float]:
 
 def describe(name: str, n: int, run: dict) -> str:
     peak = run["peak_mib"]
+    figures = f"{cpu(run):.1f} CPU-s"
+    if run.get("cgroup_cpu_s") is not None:
+        figures += " (cgroup"
+    else:
+        figures += " ("
+    figures += f"; reaped {run['cpu_s']:.1f}, sampled {run['sampled_cpu_s']:.1f})"
+    if len(run.get("all_cpu_s", [])) > 1:
+        figures += f" runs {run['all_cpu_s']}"
     return (
-        f"{name}: {run['seconds']:.1f} s wall, {run['cpu_s']:.1f} CPU-s "
-        f"(sampled {run['sampled_cpu_s']:.1f}), {n / cpu(run):,.0f} records per CPU-s; "
-        f"matched {run['report_counts']['matched_records']:,}, curated "
-        f"{run['report_counts']['curated_records']:,}; peak RSS {peak['total']:,.0f} MiB"
+        f"{name}: {run['seconds']:.1f} s wall, {figures}, {n / cpu(run):,.0f} records per CPU-s; "
+        f"matched {run['counts']['matched_records']:,}, curated "
+        f"{run['counts']['curated_records']:,}; peak RSS {peak['total']:,.0f} MiB"
     )
 
 
@@ -253,48 +334,76 @@ def main(argv: list[str] | None = None) -> int:
         choices=["one-shuffle", "per-stage"],
         help="jobs/curate.py --plan (per-stage: the previous plan, for comparison)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
+    parser.add_argument(
+        "--without-archive",
+        action="store_true",
+        help="also run local[1] without the Spark class archive (CURATION_SPARK_CDS=0)",
+    )
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     sizes = sorted(int(n) for n in args.sizes.split(","))
     become_subreaper()
+    from curation import spark_cds
+
+    archive = spark_cds.archive_path()
+    has_archive = bool(archive and archive.is_file())
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         scratch = Path(scratch)
         metadata = args.metadata
         if metadata is None:
             write_default_metadata(scratch / "metadata")
             metadata = str(scratch / "metadata")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; sizes: {sizes}")
-        ours, baseline, two_cores = {}, {}, None
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cpus; sizes: {sizes}; "
+            f"repeat {args.repeat}; cgroup accounting: {CpuCgroup().path is not None}; "
+            f"Spark class archive: {'yes' if has_archive else 'no (make builds it)'}",
+            flush=True,
+        )
+        sides = {"baseline": {}, "ours": {}, "ours, two cores": {}, "ours, no archive": {}}
         for n in sizes:
             (scratch / f"input{n}").mkdir()
             write_input(scratch / f"input{n}", n)
+            source = scratch / f"input{n}"
+            configs = [
+                ("ours", partial(run_job, 1, metadata, source, plan=args.plan)),
+                ("ours, two cores", partial(run_job, 2, metadata, source, plan=args.plan)),
+            ]
+            if args.without_archive:
+                no_archive = partial(run_job, 1, metadata, source, plan=args.plan, archive=False)
+                configs.append(("ours, no archive", no_archive))
             if not args.no_baseline:
-                run = run_baseline(metadata, scratch / f"input{n}", scratch / f"base{n}.parquet")
-                run["report_counts"] = run["report"]
-                baseline[n] = run
-                print(describe(f"{n:,} baseline (1 core)", n, run), flush=True)
-            run = run_job(1, metadata, scratch / f"input{n}", scratch / f"out{n}_1", args.plan)
-            run["report_counts"] = run["report"]["counts"]
-            ours[n] = run
-            print(describe(f"{n:,} jobs/curate.py local[1] {args.plan}", n, run), flush=True)
-            if n == sizes[0]:
-                two_cores = run_job(
-                    2, metadata, scratch / f"input{n}", scratch / f"out{n}_2", args.plan
-                )
-                two_cores["report_counts"] = two_cores["report"]["counts"]
-                print(describe(f"{n:,} jobs/curate.py local[2]", n, two_cores), flush=True)
+                configs.insert(0, ("baseline", partial(run_baseline, metadata, source)))
+            for name, go in configs:
+                runs = []
+                for k in range(args.repeat):
+                    out = scratch / f"out{n}_{name.replace(' ', '_').replace(',', '')}_{k}"
+                    runs.append(go(out))
+                sides[name][n] = median_run(runs)
+                print(describe(f"{n:,} {name}", n, sides[name][n]), flush=True)
+        ours = sides["ours"]
         largest = sizes[-1]
-        if baseline:
-            ratio = cpu(baseline[largest]) / cpu(ours[largest])
+        if sides["baseline"]:
+            ratio = cpu(sides["baseline"][largest]) / cpu(ours[largest])
             print(f"records per CPU-s at {largest:,}: ours / baseline = {ratio:.2f}x")
         if len(sizes) > 1:
-            for name, runs in (("ours", ours), ("baseline", baseline)):
-                if runs:
+            for name, runs in sides.items():
+                if len(runs) > 1:
                     fixed, marginal = fixed_and_marginal(runs)
                     print(f"{name}: fixed {fixed:.1f} CPU-s, marginal {marginal:.2f} CPU-µs/record")
-        scaling = ours[sizes[0]]["seconds"] / two_cores["seconds"]
-        per_core = sizes[0] / two_cores["seconds"] / 2
-        print(f"scaling local[1] -> local[2] at {sizes[0]:,}: {scaling:.2f}x")
+        for n in sizes:
+            two = sides["ours, two cores"][n]
+            print(
+                f"scaling local[1] -> local[2] at {n:,}: {ours[n]['seconds'] / two['seconds']:.2f}x"
+            )
+        if len(sizes) > 1:
+            (n1, a), (n2, b) = sorted(sides["ours, two cores"].items())[-2:]
+            one = sides["ours"]
+            marginal = ((one[n2]["seconds"] - one[n1]["seconds"]) /
+                        (b["seconds"] - a["seconds"]))  # fmt: skip
+            print(f"scaling of the marginal wall time ({n1:,} -> {n2:,}): {marginal:.2f}x")
+        two = sides["ours, two cores"][largest]
+        per_core = largest / two["seconds"] / 2
         print(
             f"projection: 10 billion alt-texts at {per_core:,.0f} records/s/core = "
             f"{10e9 / per_core / 3600:,.0f} core-hours"

@@ -124,9 +124,10 @@ def print_run(run: dict) -> float:
         + f"; peak RSS {run['peak_mib']['total']:,.0f} MiB (JVM {run['peak_mib']['jvm']:,.0f}, "
         f"largest Python worker {run['peak_mib']['python_worker']:,.0f})"
     )
+    exact = run.get("cgroup_cpu_s") is not None
     print(
-        f"  CPU time {cpu(run):,.0f} s (reaped {run['cpu_s']:,.0f}, sampled "
-        f"{run['sampled_cpu_s']:,.0f}) = {cpu(run) / run['n'] * 1e6:,.0f} us per record "
+        f"  CPU time {cpu(run):,.0f} s ({'cgroup; ' if exact else ''}reaped {run['cpu_s']:,.0f}, "
+        f"sampled {run['sampled_cpu_s']:,.0f}) = {cpu(run) / run['n'] * 1e6:,.0f} us per record "
         f"(wall x cores = {run['seconds'] * run['cores']:,.0f} s)"
     )
     return rate

@@ -130,7 +130,9 @@ def partition_keys(num_partitions: int) -> np.ndarray:
 # --- blobs -----------------------------------------------------------------------------------
 
 
-def pack(records: pa.Table, partition: np.ndarray, keys: np.ndarray) -> Iterator[tuple[int, bytes]]:
+def pack(
+    records: pa.Table, partition: np.ndarray, keys: np.ndarray, blob_bytes: int = BLOB_BYTES
+) -> Iterator[tuple[int, bytes]]:
     """(key, blob) for each partition that `records` has rows for (`partition[i]` is row i's),
     the rows of a partition in their order in `records`; large shares in several blobs."""
     order = np.argsort(partition, kind="stable")
@@ -138,7 +140,7 @@ def pack(records: pa.Table, partition: np.ndarray, keys: np.ndarray) -> Iterator
     bounds = np.searchsorted(partition[order], np.append(present, len(keys)))
     records = records.take(order) if order.size else records
     row_bytes = max(1, records.nbytes // max(1, records.num_rows))
-    rows_per_blob = max(1, BLOB_BYTES // row_bytes)
+    rows_per_blob = max(1, blob_bytes // row_bytes)
     for p, start, stop in zip(present, bounds[:-1], bounds[1:]):
         for first in range(start, stop, rows_per_blob):
             share = records.slice(first, min(stop, first + rows_per_blob) - first)

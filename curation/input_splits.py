@@ -65,7 +65,10 @@ def list_input(uri: str, split_bytes: int) -> InputFiles | None:
     if not files:
         return InputFiles([], [])
     first, _, partition = files[0]
-    columns = [*pq.read_schema(first, filesystem=fs).names, *partition]
+    try:
+        columns = [*pq.read_schema(first, filesystem=fs).names, *partition]
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"cannot read input file {first}: {error}") from None
     splits = []
     for path, size, partition in files:
         values = json.dumps(partition, sort_keys=True)

@@ -208,3 +208,23 @@ def test_sampling_does_not_depend_on_pythonhashseed():
         outputs.add(result.stdout)
     assert len(outputs) == 1
     assert outputs.pop().count("\n") == 700
+
+
+def test_batch_keys_from_arrow_columns_across_blake2b_block_sizes():
+    """The batch forms hash Arrow buffers in numba: equal to hashlib for messages that end on,
+    just before and just after BLAKE2b's 128-byte block boundaries, multi-byte characters,
+    sliced, large_string and chunked columns, and any seed."""
+    import pyarrow as pa
+
+    texts = ["é" * (n % 5) + "x" * n for n in range(0, 400)]
+    uids = [f"{n:x}" * (n % 4) for n in range(400)]
+    for seed in (0, -3, 2**62):
+        assert text_choice_keys(seed, pa.array(uids), pa.array(texts)) == [
+            text_choice_key(seed, u, t) for u, t in zip(uids, texts)
+        ]
+    large = pa.array(texts, pa.large_string()).slice(7)
+    chunked = pa.chunked_array([pa.array(uids[7:50]), pa.array(uids[50:])])
+    assert text_choice_keys(5, chunked, large) == [
+        text_choice_key(5, u, t) for u, t in zip(uids[7:], texts[7:])
+    ]
+    assert keep_uniforms(5, pa.array(texts)).tolist() == [keep_uniform(5, t) for t in texts]

@@ -446,3 +446,106 @@ def test_one_shuffle_plan_equals_the_per_stage_plan(spark, corpus, tangled_input
     assert matched["uid"].duplicated().sum() > 100, "the input must give images several texts"
     curated = read(new / "curated")
     assert set(zip(curated["uid"], curated["text"])) <= set(zip(chosen["uid"], chosen["text"]))
+
+
+def output_tables(out):
+    """Every table of a run, as sorted content, and its run.json counts."""
+    tables = {
+        "curated": curated_content(out),
+        "entry_counts": table_content(out / "entry_counts", ["lang", "entry_id", "entry", "count"]),
+        "matches": table_content(
+            out / "matches", ["uid", "url", "page_url", "text", "lang", "entry_ids", "chosen"]
+        ),
+        "thresholds": table_content(out / "thresholds", ["lang", "t", "tail_fraction"]),
+    }
+    return tables, json.loads((out / "run.json").read_text())["counts"]
+
+
+def test_spark_reader_gives_the_tables_of_the_pyarrow_reader(
+    spark, corpus, tangled_input, tmp_path
+):
+    root, _, _ = corpus
+    for reader in ("pyarrow", "spark"):
+        flags = dict(input=str(tangled_input), seed=11, partitions=3, input_reader=reader)
+        run(spark, corpus_config(root, tmp_path / reader, **flags))
+    assert output_tables(tmp_path / "spark") == output_tables(tmp_path / "pyarrow")
+
+
+def test_input_without_uid_and_lang_is_completed_alike_by_both_readers(spark, corpus, tmp_path):
+    root, table, _ = corpus
+    bare = table.select(["url", "page_url", "text"]).take(np.arange(0, table.num_rows, 5))
+    pq.write_table(bare, tmp_path / "bare.parquet")
+    for reader in ("pyarrow", "spark"):
+        flags = dict(input=str(tmp_path / "bare.parquet"), partitions=2, input_reader=reader)
+        report = run(spark, corpus_config(root, tmp_path / reader, **flags))
+        pairs = zip(bare.column("url").to_pylist(), bare.column("page_url").to_pylist())
+        assert report.drops["null_text_or_url"] == sum(uid_or_none(u, p) is None for u, p in pairs)
+    assert output_tables(tmp_path / "spark") == output_tables(tmp_path / "pyarrow")
+    matches = read(tmp_path / "pyarrow" / "matches")
+    assert set(matches["lang"].astype(str)) >= {"en", "ko", "ja"}, "languages found by LID"
+    assert all(uid == image_uid(u, p) for uid, u, p in matches[["uid", "url", "page_url"]].values)
+
+
+def test_same_records_in_other_files_give_byte_identical_files(
+    spark, corpus, tangled_input, tmp_path
+):
+    """Not only the same rows: the same bytes, file by file, whatever the input files' order
+    and cut (every order inside a file comes from uid hashes and the records themselves)."""
+    root, _, _ = corpus
+    rows = ds_table(tangled_input)
+    reordered = tmp_path / "reordered"
+    reordered.mkdir()
+    rows = rows.take(np.random.default_rng(5).permutation(rows.num_rows))
+    for i, start in enumerate(range(0, rows.num_rows, 2900)):
+        pq.write_table(rows.slice(start, 2900), reordered / f"other-{i}.parquet")
+    outputs = []
+    for name, source in (("a", tangled_input), ("b", reordered), ("c", reordered)):
+        run(spark, corpus_config(root, tmp_path / name, input=str(source), seed=11, partitions=3))
+        outputs.append(
+            {
+                str(path.relative_to(tmp_path / name)): path.read_bytes()
+                for path in sorted((tmp_path / name).rglob("*.parquet"))
+                if "_stages" not in path.parts
+            }
+        )
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert any(name.startswith("curated/lang=en/") for name in outputs[0])
+
+
+def ds_table(folder):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(folder, format="parquet").to_table()
+
+
+def test_uid_hash_collisions_do_not_change_what_is_chosen(tangled_input, monkeypatch):
+    """partition_records compares strings only for rows that share a uid hash; with a hash so
+    weak that most uids collide, its records and choices must stay the same."""
+    from curation import curate_tasks, exchange
+
+    rows = ds_table(tangled_input)
+    rows = rows.filter(pa.compute.is_valid(rows.column("uid"))).select(
+        ["uid", "url", "page_url", "text", "lang"]
+    )
+    texts = rows.column("text").to_pylist()
+    langs = rows.column("lang").to_pylist()
+    entry_ids = [[len(t) % 7, len(t) % 11 + 7] if (len(t) + len(lang or "")) % 4 else []
+                 for t, lang in zip(texts, langs)]  # fmt: skip
+    records = rows.append_column("entry_ids", pa.array(entry_ids, pa.list_(pa.int32())))
+    records = records.cast(exchange.RECORD_SCHEMA)
+    known = pa.array(["da", "en", "ja", "ko"])
+
+    def content(table):
+        return sorted(
+            tuple(tuple(v) if isinstance(v, list) else v for v in row.values())
+            for row in table.to_pylist()
+        )
+
+    expected = curate_tasks.partition_records(records, 11, known)
+    strong = exchange.uid_hashes
+    monkeypatch.setattr(exchange, "uid_hashes", lambda uids: strong(uids) % np.uint64(13))
+    collided = curate_tasks.partition_records(records, 11, known)
+    assert content(collided) == content(expected)
+    assert expected.num_rows < records.num_rows, "duplicates were dropped"
+    chosen = expected.filter(expected.column("chosen"))
+    assert chosen.num_rows == len(set(chosen.column("uid").to_pylist()))

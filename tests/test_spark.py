@@ -40,3 +40,40 @@ def test_local_sessions_use_the_throughput_collector_unless_the_user_set_jvm_opt
     monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseZGC")
     assert spark_helpers._java_options_given()
+
+
+def test_local_sessions_map_the_spark_class_archive(tmp_path, monkeypatch):
+    """The class archive `make` builds is given to local sessions, and the JVM maps it: with
+    CURATION_SPARK_CDS=require it is started with -Xshare:on, which refuses to start without."""
+    import os
+    import subprocess
+    import sys
+
+    from curation import spark_cds
+    from tests.conftest import PROJECT_ROOT
+
+    path = spark_cds.archive_path()
+    if path is None or not path.is_file():
+        pytest.skip("no Spark class archive in this environment (`make` builds it)")
+    assert spark_cds.java_options() == f" -XX:SharedArchiveFile={path}"
+    code = (
+        "from curation.spark import get_spark\n"
+        "spark = get_spark('cds', 'local[1]')\n"
+        "print(spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
+        "print(spark.range(5).count())\n"
+    )
+    env = {**os.environ, "CURATION_SPARK_CDS": "require"}
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    options, count = result.stdout.strip().splitlines()[-2:]
+    assert f"-XX:SharedArchiveFile={path} -Xshare:on" in options and count == "5"
+
+    monkeypatch.setenv("CURATION_SPARK_CDS", "0")
+    assert spark_cds.java_options() == ""
+    monkeypatch.setenv("CURATION_SPARK_CDS", "1")
+    monkeypatch.setenv("CURATION_SPARK_CDS_DIR", str(tmp_path))
+    assert spark_cds.java_options() == "", "no archive for this JDK and Spark: no option"

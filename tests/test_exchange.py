@@ -1,0 +1,81 @@
+"""The one shuffle of the curation job: uid hashes, Spark's partitioning, Arrow blobs."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation import exchange
+from curation.extract import image_uid
+from tests.curation_fixtures import caption_rows
+
+
+@pytest.fixture(scope="module")
+def records():
+    """Real captions as RECORD_SCHEMA rows (entry_ids of varying length, some empty)."""
+    rows = caption_rows(3000, ("ja", "el"))
+    rng = np.random.default_rng(0)
+    entry_ids = [sorted(rng.choice(500, rng.integers(0, 6), replace=False)) for _ in rows]
+    return pa.table(
+        {
+            "uid": [image_uid(url, page) for url, page, _, _ in rows],
+            "url": [r[0] for r in rows],
+            "page_url": [r[1] for r in rows],
+            "text": [r[2] for r in rows],
+            "lang": [r[3] for r in rows],
+            "entry_ids": entry_ids,
+        },
+        schema=exchange.RECORD_SCHEMA,
+    )
+
+
+def test_spark_int_hash_is_sparks_hash(spark):
+    from pyspark.sql import functions as F
+
+    values = np.array([0, 1, -1, 7, 42, 2**31 - 1, -(2**31), 123456789, -98765], dtype=np.int64)
+    frame = spark.createDataFrame(pa.table({"k": pa.array(values, pa.int32())}))
+    got = [row.h for row in frame.select(F.hash("k").alias("h")).collect()]
+    assert got == exchange.spark_int_hash(values).tolist()
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8, 61])
+def test_each_partition_key_lands_in_its_own_partition(spark, partitions):
+    from pyspark.sql import functions as F
+
+    keys = exchange.partition_keys(partitions)
+    assert len(set(keys.tolist())) == partitions and keys.min() >= 0
+    table = pa.table({"key": keys, "p": pa.array(range(partitions), pa.int32())})
+    shuffled = spark.createDataFrame(table).repartition(partitions, "key")
+    rows = shuffled.select("p", F.spark_partition_id().alias("task")).collect()
+    assert sorted((r.p, r.task) for r in rows) == [(p, p) for p in range(partitions)]
+
+
+def test_uid_hash_is_the_same_for_every_arrow_layout(records):
+    uids = records.column("uid").combine_chunks()
+    hashes = exchange.uid_hashes(uids)
+    assert hashes.dtype == np.uint64 and len(np.unique(hashes)) == len(set(uids.to_pylist()))
+    assert np.array_equal(exchange.uid_hashes(uids.cast(pa.large_string())), hashes)
+    assert np.array_equal(exchange.uid_hashes(uids.slice(100, 50)), hashes[100:150])
+    chunked = pa.chunked_array([uids.slice(0, 10), uids.slice(10)])
+    assert np.array_equal(exchange.uid_hashes(chunked), hashes)
+    # the same bytes, the same hash: a uid's hash does not depend on its neighbours
+    again = exchange.uid_hashes(pa.array(uids.to_pylist()[::-1]))
+    assert np.array_equal(again[::-1], hashes)
+    # spread: P partitions from the hash are close to even
+    counts = np.bincount((hashes % np.uint64(8)).astype(np.int64), minlength=8)
+    assert counts.min() > 0.8 * counts.mean()
+
+
+def test_pack_sends_each_row_once_to_its_partition_in_order(records):
+    keys = exchange.partition_keys(5)
+    partition = (exchange.uid_hashes(records.column("uid")) % np.uint64(5)).astype(np.int64)
+    blobs = list(exchange.pack(records, partition, keys, blob_bytes=64 * 1024))
+    key_to_partition = {int(k): p for p, k in enumerate(keys)}
+    per_partition = {}
+    for key, blob in blobs:
+        per_partition.setdefault(key_to_partition[key], []).append(blob)
+    assert len(blobs) > len(per_partition), "a 64 KiB cap splits partitions into several blobs"
+    for p, parts in per_partition.items():
+        expected = records.filter(pa.array(partition == p))
+        assert exchange.unpack(parts).equals(expected)
+    assert sum(exchange.unpack(parts).num_rows for parts in per_partition.values()) == len(records)
+    assert exchange.unpack([]).num_rows == 0
