@@ -188,6 +188,14 @@ class CurationJob:
             self.fs.check_writable(self.out)
         except OSError as error:
             raise CurationError(str(error)) from None
+        if self.config.plan == "one-shuffle":  # its tasks write with pyarrow, not Hadoop
+            try:
+                tables.check_writable(self.out)
+            except (OSError, pa.ArrowException) as error:
+                raise CurationError(
+                    f"cannot write to output {self.out} with pyarrow (the curation tasks write "
+                    f"their files with it): {error}"
+                ) from None
 
     def stage_flags(self, name: str, seed: bool = True) -> list:
         config = self.config

@@ -154,6 +154,16 @@ def write_parquet(uri: str, pieces: list[pa.Table], plain: tuple[str, ...] = ())
         raise
 
 
+def check_writable(uri: str) -> None:
+    """Raise unless pyarrow (as on the executors) can create and delete a file under `uri`."""
+    fs, path = filesystem(uri)
+    probe = f"{path.rstrip('/')}/_pyarrow_write_probe"
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(probe) as sink:
+        sink.write(b"")
+    fs.delete_file(probe)
+
+
 def start_table(uri: str) -> None:
     """An empty folder for a table that executors write with `write_parquet` (a rerun's old
     files, or a Delta log, must not survive)."""

@@ -80,9 +80,10 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         "--plan",
         choices=list(PLANS),
         default="one-shuffle",
-        help="one-shuffle (default): records are matched where they are read, cross one "
-        "shuffle on uid and are written once; per-stage: the previous plan (three shuffles of "
-        "full rows), kept to compare outputs",
+        help="one-shuffle (default): Python tasks match the records where they read them, send "
+        "them across one shuffle on uid as Arrow blobs and write the tables with pyarrow; "
+        "per-stage: the previous plan (Spark SQL, three shuffles of full rows), kept to compare "
+        "outputs",
     )
     parser.add_argument(
         "--partitions",
