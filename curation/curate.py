@@ -58,6 +58,7 @@ TABLE_SCHEMAS = {
     "keep_prob double",
 }
 INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
+SPLIT_BYTES_PER_PARTITION = 8 * 2**10  # ~50 records per partition and map task, at least
 # Arrow batches of blob rows to a reduce task: bounded in bytes, a blob being up to ~32 MB
 BLOB_BATCH_BYTES = 256 * 2**20
 
@@ -160,11 +161,13 @@ class CurationJob:
         self.fs.delete(f"{self.out}/_SUCCESS")
         self.fs.delete(f"{self.out}/run.json")
         self.metadata_langs = self.metadata_languages()
-        source = self.open_input()
+        if not self.fs.exists(self.config.input):
+            raise CurationError(f"input {self.config.input} does not exist")
         fingerprint = self.input_fingerprint()
         from curation.spark import size_shuffle_partitions
 
         size_shuffle_partitions(self.spark, self.input_bytes)  # unless the user set them
+        source = self.open_input()
         self.stage("matches", fingerprint, lambda: self.write_matches(source))
         if "input_records" not in self.report.counts:  # matches skipped: counted by the last run
             self.report_input_counts(self.read_summary("matches")["input"])
@@ -261,10 +264,8 @@ class CurationJob:
         """The input as splits that Python tasks read with pyarrow; as a Spark DataFrame for the
         per-stage plan, with `--input-reader spark`, or where pyarrow cannot read it."""
         config = self.config
-        if not self.fs.exists(config.input):
-            raise CurationError(f"input {config.input} does not exist")
         if config.plan == "one-shuffle" and config.input_reader != "spark":
-            files = input_splits.list_input(config.input, INPUT_BYTES_PER_TASK)
+            files = input_splits.list_input(config.input, self.split_bytes())
             if files is not None:
                 if not files.splits:
                     raise CurationError(f"input {config.input} has no records")
@@ -274,6 +275,11 @@ class CurationJob:
             if config.input_reader == "pyarrow":
                 raise CurationError(f"input {config.input} cannot be read with pyarrow")
         return self.load_records(count=config.plan == "per-stage")
+
+    def split_bytes(self) -> int:
+        """Input bytes per map task: INPUT_BYTES_PER_TASK, and more with many partitions, so
+        that a task's share of a partition (one blob) is not a handful of records."""
+        return max(INPUT_BYTES_PER_TASK, self.matching_partitions() * SPLIT_BYTES_PER_PARTITION)
 
     def check_input_columns(self, columns: list[str]) -> None:
         missing = [c for c in ("url", "text") if c not in columns]
