@@ -33,12 +33,7 @@ import pyarrow.parquet as pq
 
 from curation import curate_tasks, exchange, input_splits, tables
 from curation.balance import T_EN_METACLIP2, tail_fraction, threshold_for_fraction
-from curation.curate_tasks import (  # noqa: F401 - the per-stage plan's imports
-    OTHER,
-    RECORD_COLUMNS,
-    batch_keep_probabilities,
-    match_language,
-)
+from curation.curate_tasks import OTHER, RECORD_COLUMNS
 
 log = logging.getLogger("curate")
 
@@ -339,6 +334,8 @@ class CurationJob:
             self.report_input_counts(counts)
             self.fs.write_text(self.summary_uri("matches"), json.dumps({"input": counts}))
             return
+        from pyspark.sql.pandas.types import from_arrow_schema
+
         partitions = self.matching_partitions()
         version = self.fingerprints["matches"]
         config, langs = self.config, self.metadata_langs
@@ -365,8 +362,9 @@ class CurationJob:
         choose = curate_tasks.choose_and_write(matches_uri, counts_uri, config.seed, langs)
         # the one shuffle of full records: one partition's blobs, from every map task, per task
         shuffled = blobs.repartition(partitions, "key")
+        files_schema = from_arrow_schema(curate_tasks.FILES_SCHEMA)
         with _session_conf(self.spark, BLOB_BATCHES):
-            files = shuffled.mapInArrow(choose, curate_tasks.FILES_DDL).collect()
+            files = shuffled.mapInArrow(choose, files_schema).collect()
         tables.finish_table(self.spark, matches_uri, config.format, ["lang"])
         self.save_matches_summary(files)
 
@@ -522,6 +520,7 @@ class CurationJob:
             curate_legacy.write_curated(self)
             return
         from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_schema
 
         fs, path = tables.filesystem(self.files_uri())
         with fs.open_input_file(path) as handle:
@@ -538,7 +537,7 @@ class CurationJob:
             self.fingerprints["entry_counts"],
         )
         chosen = files.where(F.col("chosen") > 0).repartition(tasks, "key")
-        rows = chosen.mapInArrow(keep, curate_tasks.KEPT_DDL).collect()
+        rows = chosen.mapInArrow(keep, from_arrow_schema(curate_tasks.KEPT_SCHEMA)).collect()
         tables.finish_table(self.spark, curated_uri, self.config.format, ["lang"])
         per_lang: dict[str, int] = {}
         for r in rows:

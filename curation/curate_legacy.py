@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from curation import tables
 from curation.balance import keep_uniforms, text_choice_keys
-from curation.curate import (
-    MATCHED_SCHEMA,
+from curation.curate import MATCHED_SCHEMA
+from curation.curate_tasks import (
     OTHER,
     RECORD_COLUMNS,
     batch_keep_probabilities,

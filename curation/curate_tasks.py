@@ -41,6 +41,8 @@ UNIQUE_STRINGS = ("uid", "url", "text")  # written without dictionary pages or s
 MATCHER_CACHE_ENTRIES = 2_000_000
 PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
 MATCH_BATCH_ROWS = 65_536
+# the rows choose_and_write returns: one per matches/ file, and one (lang null) with the input
+# counts its partition received
 FILES_SCHEMA = pa.schema(
     [
         ("part", pa.int32()),
@@ -53,14 +55,7 @@ FILES_SCHEMA = pa.schema(
         ("nulls", pa.int64()),
     ]
 )
-# the rows choose_and_write returns: one per matches/ file, and one (lang null) with the input
-# counts its partition received
-FILES_DDL = (
-    "part int, lang string, file string, rows long, chosen long, matched long, "
-    "input_records long, nulls long"
-)
 KEPT_SCHEMA = pa.schema([("lang", pa.string()), ("file", pa.string()), ("rows", pa.int64())])
-KEPT_DDL = "lang string, file string, rows long"
 
 
 _MATCHERS: OrderedDict = OrderedDict()
@@ -321,12 +316,17 @@ def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
         chosen = np.concatenate([chosen, copies.column("chosen").to_numpy()])
         hashes = np.concatenate([hashes, exchange.uid_hashes(copies.column("uid"))])
         tie = np.concatenate([tie, np.arange(copies.num_rows)])
-    encoded = pc.dictionary_encode(lang)
-    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
-    final = np.lexsort((tie, hashes, ~chosen, rank[encoded.indices.to_numpy()]))
+    final = np.lexsort((tie, hashes, ~chosen, _lang_ranks(lang)))
     out = source.take(rows[final])
     out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
     return out.append_column("chosen", pa.array(chosen[final]))
+
+
+def _lang_ranks(lang: pa.Array) -> np.ndarray:
+    """Each row's rank of its lang in sorted order: a sort key that groups rows by language."""
+    encoded = pc.dictionary_encode(lang)
+    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
+    return rank[encoded.indices.to_numpy()]
 
 
 def _routed(lang: pa.Array | pa.ChunkedArray, known: pa.Array) -> pa.Array:
@@ -471,9 +471,7 @@ def _resolve_copies(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
     rows, image = order[first], image[first]  # one row per record, smallest lang first
     lang = _routed(table.column("lang").take(rows), known)
     chosen = chosen_texts(seed, table, rows, image)
-    encoded = pc.dictionary_encode(lang)
-    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
-    final = np.lexsort((~chosen, rank[encoded.indices.to_numpy()]))
+    final = np.lexsort((~chosen, _lang_ranks(lang)))
     out = table.take(rows[final])
     if not first.all():  # url and page_url: the smallest of the record's copies
         group = np.cumsum(first) - 1
