@@ -21,10 +21,10 @@ help:
 	@echo "make train-online - pool shards of the demo run + a few steps with online curation"
 	@echo "make sweep  - CPU scaling sweep on the digits set: 3 models x 3 durations, power-law fit"
 
-# Reruns are no-ops until pyproject.toml changes. The Spark class archive (curation/spark_cds.py)
+# Reruns are no-ops until pyproject.toml changes. The Spark class archive (curation/tools/spark_archive.py)
 # is built once per venv: it halves a local Spark session's start-up.
 .venv: $(STAMP)
-	@$(PY) -m curation.spark_cds || true
+	@$(PY) -m curation.tools.spark_archive || true
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,7 +36,7 @@ test: .venv
 	$(PY) -m pytest -q
 
 demo: .venv
-	$(PY) -m curation.demo --output $(OUT)
+	$(PY) -m curation.tools.demo --output $(OUT)
 
 lint: .venv
 	$(PY) -m ruff check .
@@ -111,7 +111,7 @@ train-online: .venv
 PACK_ENV_ARGS ?=
 .PHONY: pack-env
 pack-env: .venv
-	$(PY) -m curation.pack_env --output dist/curation-env.tar.gz $(PACK_ENV_ARGS)
+	$(PY) -m curation.tools.pack_env --output dist/curation-env.tar.gz $(PACK_ENV_ARGS)
 
 # Analyst report on the curation run in $(OUT) (run `make curate` first): writes the standalone
 # $(OUT)/report.html (plots embedded) and prints its path. Notebooks: notebooks/*.ipynb.

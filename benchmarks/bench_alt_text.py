@@ -1,7 +1,7 @@
 """Alt-text extraction and language ID: throughput per core and LID accuracy per language.
 
 Throughput (one process = one core):
-- WARC: `curation.extract.extract_warc` on N copies of the real whirlwind response record
+- WARC: `curation.alt_text.extract.extract_warc` on N copies of the real whirlwind response record
   (record-gzipped, as Common Crawl writes them) vs. fastwarc's ArchiveIterator feeding the same
   per-response extraction (baseline: isolates our fault-tolerant container reader; skipped
   when fastwarc is not installed).
@@ -56,9 +56,9 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from curation.extract import extract_warc, iter_warc_records, response_alt_texts
+from curation.alt_text.extract import extract_warc, iter_warc_records, response_alt_texts
+from curation.alt_text.lid import FastTextLID
 from curation.languages import wikipedia_language
-from curation.lid import FastTextLID
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -7,7 +7,8 @@ lemmas for English and caption n-grams for the WIT languages. Per size, on one c
   2 release's scripts (pyahocorasick `iter`, numpy counts, `p_to_t`, per-image choice and keep;
   every record in memory);
 - ours: `jobs/curate.py --master local[1]`, and local[2] on two CPUs (scaling, every size);
-  with `--without-archive` also local[1] without the Spark class archive (curation/spark_cds.py).
+  with `--without-archive` also local[1] without the Spark class archive
+  (curation/tools/spark_archive.py).
 CPU seconds are the whole process tree's. Where this script may create a cgroup (cgroup v1
 cpuacct or v2, as root) each run gets its own, and the kernel's count of the CPU time of every
 process that ever ran in it is exact. Otherwise, and as cross-checks: the kernel's accounting of
@@ -44,8 +45,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation import samples  # noqa: E402
-from curation.extract import image_uid  # noqa: E402
+from curation.core import samples  # noqa: E402
+from curation.identity import image_uid  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -257,7 +258,6 @@ def run_job(
     input_dir: Path,
     output: Path,
     *,
-    plan: str = "one-shuffle",
     archive: bool = True,
 ) -> dict:
     """jobs/curate.py with local[cores], its whole process tree (JVM included) pinned to that
@@ -270,7 +270,6 @@ def run_job(
         sys.executable, str(ROOT / "jobs" / "curate.py"),
         "--metadata", metadata, "--input", str(input_dir), "--output", str(output),
         "--t-en", "2000", "--master", f"local[{cores}]", "--partitions", str(4 * cores),
-        "--plan", plan,
     ]  # fmt: skip
     run = measure(cmd, env)
     result = run.pop("result")
@@ -328,12 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         "--metadata", help="metadata table URI (default: WordNet + caption n-grams)"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the release-style run")
-    parser.add_argument(
-        "--plan",
-        default="one-shuffle",
-        choices=["one-shuffle", "per-stage"],
-        help="jobs/curate.py --plan (per-stage: the previous plan, for comparison)",
-    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
     parser.add_argument(
         "--without-archive",
@@ -344,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = sorted(int(n) for n in args.sizes.split(","))
     become_subreaper()
-    from curation import spark_cds
+    from curation.core import spark as spark_cds
 
     archive = spark_cds.archive_path()
     has_archive = bool(archive and archive.is_file())
@@ -368,11 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             write_input(scratch / f"input{n}", n)
             source = scratch / f"input{n}"
             configs = [
-                ("ours", partial(run_job, 1, metadata, source, plan=args.plan)),
-                ("ours, two cores", partial(run_job, 2, metadata, source, plan=args.plan)),
+                ("ours", partial(run_job, 1, metadata, source)),
+                ("ours, two cores", partial(run_job, 2, metadata, source)),
             ]
             if args.without_archive:
-                no_archive = partial(run_job, 1, metadata, source, plan=args.plan, archive=False)
+                no_archive = partial(run_job, 1, metadata, source, archive=False)
                 configs.append(("ours, no archive", no_archive))
             if not args.no_baseline:
                 configs.insert(0, ("baseline", partial(run_baseline, metadata, source)))

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from curation import samples
+from curation.core import samples
 from curation.matching import EntryMatcher
 from curation.reference_metaclip import PUNCTS_TO_WRAP, ReferenceMatcher, reference_no_space
 from curation.text import is_no_space_char

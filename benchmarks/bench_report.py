@@ -1,9 +1,9 @@
-"""Analyst queries on a 10M-row entry_counts table: curation.report (DuckDB) vs pandas.
+"""Analyst queries on a 10M-row entry_counts table: curation.report.job (DuckDB) vs pandas.
 
 The table is built from real data: WordNet entries and their match counts over the CC3M and WIT
 English captions (curation.matching), resampled into N languages x M entries, written as the job
 writes it (Parquet partitioned by lang, several files per partition), plus its thresholds table.
-Each query is timed through curation.report on the Parquet files, on the same table loaded into
+Each query is timed through curation.report.job on the Parquet files, on the same table loaded into
 memory (`materialize=True`, a notebook session) and on the same files converted to Delta; the
 baseline is what an analyst does without it: pandas.read_parquet (with the lang filter pushed
 down where the query has one) and a filter. Answer sizes are compared.
@@ -28,10 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation import samples
 from curation.balance import tail_fraction, threshold_for_fraction
+from curation.core import samples
 from curation.matching import EntryMatcher
-from curation.report import CurationOutput
+from curation.report.job import CurationOutput
 
 SHARED_CC3M = Path(__file__).resolve().parents[2] / "shared" / "data" / "cc3m_val_10k.tsv"
 
@@ -107,7 +107,7 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
 
 
 def queries(root: Path, lang: str):
-    """name -> (curation.report call, pandas baseline) answering the same question."""
+    """name -> (curation.report.job call, pandas baseline) answering the same question."""
     table = str(root / "entry_counts")
 
     def pandas_lang(lang_):

@@ -1,6 +1,7 @@
 """Shard export throughput (download + decode + resize to 256 + write) against a loopback server.
 
-Ours: `curation.shards.export_shards` (URL filter, img2dataset with our settings, sizes/manifest).
+Ours: `curation.shards.export.export_shards` (URL filter, img2dataset with our settings,
+sizes/manifest).
 Baseline: plain img2dataset on the same flat Parquet list, as a user would run it
 (webdataset, keep_ratio 256, its defaults otherwise), same processes and threads, same server.
 Input: scikit-image's bundled CC0 photographs (0.1-0.8 MB, 512-3000 px), each URL unique.
@@ -25,7 +26,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from curation import samples, shards
+from curation.core import samples
+from curation.shards import export as shards
+from curation.shards import loopback
 
 LANGS = ("en", "ja", "ar", "vi", "ko", "tr")
 
@@ -34,7 +37,7 @@ def write_curated(base_url: str, n: int, path: Path) -> str:
     captions = {
         lang: [r["caption_reference_description"] for r in samples.wit_rows(lang)] for lang in LANGS
     }
-    names = shards.BUNDLED_PHOTOS
+    names = loopback.BUNDLED_PHOTOS
     rows = []
     for i in range(n):
         lang = LANGS[i % len(LANGS)]
@@ -133,7 +136,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_shards_"))
     try:
-        with shards.serve_directory(shards.bundled_photo_dir(), lifetime_s=3600) as base:
+        with loopback.serve_directory(loopback.bundled_photo_dir(), lifetime_s=3600) as base:
             curated = write_curated(base, args.images, work / "curated")
             # the same flat list ours writes, for plain img2dataset
             table, _ = shards.read_curated(curated)

@@ -351,7 +351,7 @@ def bench_online(args, workdir: Path) -> None:
     import webdataset as wds
     from trainer_shards import _crop, _jpeg, captions, source_images
 
-    from curation.online import OnlineCuration
+    from curation.curate.online import OnlineCuration
     from trainer import data
 
     torch.set_num_threads(1)

@@ -5,7 +5,7 @@ stage timed with CPU time of this process:
 - raw read (baseline): xz decompression + `iterparse` of every page, nothing else;
 - regex strip (baseline): raw read + a regex markup strip (templates, tags, link brackets,
   quotes) + whitespace split + unigram/bigram counts: what a quick script would do;
-- ours: `curation.wikipedia.count_dump`: raw read + mwparserfromhell strip + links (in-link
+- ours: `curation.metadata.wikipedia.count_dump`: raw read + mwparserfromhell strip + links (in-link
   counts) + per-language segmentation + unigram/bigram/title counts.
 
     .venv/bin/python benchmarks/bench_wikipedia_reader.py [--langs el,ja]
@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 from curation.languages import no_space_languages
-from curation.segment import segmenter_name
-from curation.wikipedia import ARTICLE_NAMESPACE, count_dump, iter_pages, open_decompressed
+from curation.metadata.segment import segmenter_name
+from curation.metadata.wikipedia import ARTICLE_NAMESPACE, count_dump, iter_pages, open_decompressed
 
 DUMPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia"
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")

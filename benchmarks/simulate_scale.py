@@ -40,7 +40,7 @@ from bench_curate import (  # noqa: E402
     write_default_metadata,
 )
 
-from curation.extract import image_uid  # noqa: E402
+from curation.identity import image_uid  # noqa: E402
 
 CHUNK = 250_000
 LENGTH_QUANTILES = (0.1, 0.5, 0.9, 0.99)

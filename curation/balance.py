@@ -1,4 +1,8 @@
-"""Head/tail thresholds and deterministic balanced sampling (semantics doc, sections 7-8)."""
+"""Head/tail thresholds and deterministic balanced sampling (docs/semantics.md, sections 7-8).
+
+The one home of these rules: the curation job's tasks, online curation in the trainer and the
+one-process reference (`sample_records`) all call the functions here.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from curation import _blake2b
-from curation.exchange import string_buffers
+from curation.core import _blake2b
+from curation.core.hashing import string_buffers
 
 T_EN_METACLIP2 = 170_000
 T_EN_METACLIP1 = 20_000
@@ -36,6 +40,26 @@ def threshold_for_fraction(counts: np.ndarray, p: float) -> int:
         raise ValueError("threshold_for_fraction needs at least one non-zero count")
     cumulative = np.cumsum(nonzero) / nonzero.sum()
     return int(nonzero[int(np.argmin(np.abs(cumulative - p)))])
+
+
+def compute_thresholds(
+    nonzero_counts: Mapping[str, np.ndarray], t_en: float | None, p: float | None
+) -> dict[str, tuple[float, float]]:
+    """{lang: (t, tail fraction)} per section 7, for every language with at least one match:
+    English at `t_en` and every language at the tail fraction that gives (rules 7.1-7.4), or
+    every language at the tail fraction `p` when it is given (rule 7.5)."""
+    if p is None:
+        if "en" not in nonzero_counts:
+            raise ValueError(
+                "no English record matched, so --t-en cannot set the tail fraction; "
+                "pass --tail-fraction instead"
+            )
+        p = tail_fraction(nonzero_counts["en"], t_en)
+    result = {}
+    for lang, counts in sorted(nonzero_counts.items()):
+        t = float(t_en) if lang == "en" and t_en is not None else threshold_for_fraction(counts, p)
+        result[lang] = (float(t), p)
+    return result
 
 
 def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
@@ -155,6 +179,23 @@ def keep_uniforms(seed: int, uids) -> np.ndarray:
     return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+def choose_texts(seed: int, uids, texts, image: np.ndarray) -> np.ndarray:
+    """Rule 8.2, the one per-image choice: for matched records grouped by image (`image[i]`
+    numbers row i's image, the rows of an image in text order), True at the one row chosen for
+    each image, the smallest (text_choice_key(seed, uid, text), text). `uids` and `texts` are
+    Arrow string arrays or sequences of str."""
+    image = np.asarray(image, dtype=np.int64)
+    chosen = np.zeros(image.size, dtype=np.bool_)
+    if not image.size:
+        return chosen
+    keys = text_choice_key_array(seed, uids, texts)
+    order = np.lexsort((keys, image))  # stable: equal keys keep text order
+    first = np.ones(order.size, dtype=np.bool_)
+    first[1:] = image[order][1:] != image[order][:-1]
+    chosen[order[first]] = True
+    return chosen
+
+
 @dataclass(frozen=True)
 class Record:
     uid: str
@@ -178,17 +219,14 @@ def sample_records(
     Records without matches take no part. The result is sorted by uid, so it does not depend on
     the order of ``records``. This is the reference the Spark job is tested against.
     """
-    chosen: dict[str, tuple[int, str, Record]] = {}
-    for record in records:
-        if not record.entry_ids:
-            continue
-        candidate = (text_choice_key(seed, record.uid, record.text), record.text, record)
-        current = chosen.get(record.uid)
-        if current is None or candidate[:2] < current[:2]:
-            chosen[record.uid] = candidate
+    matched = sorted((r for r in records if r.entry_ids), key=lambda r: (r.uid, r.text))
+    starts = [i == 0 or r.uid != matched[i - 1].uid for i, r in enumerate(matched)]
+    image = np.cumsum(starts) - 1
+    picked = choose_texts(seed, [r.uid for r in matched], [r.text for r in matched], image)
+    chosen = {r.uid: r for r, keep in zip(matched, picked) if keep}
     decisions = []
     for uid in sorted(chosen):
-        record = chosen[uid][2]
+        record = chosen[uid]
         prob = keep_probability(probs_by_lang[record.lang], record.entry_ids)
         decisions.append(Decision(record, prob, keep_uniform(seed, uid) < prob))
     return decisions

@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from curation import metadata  # noqa: E402
-from curation.languages import load_languages  # noqa: E402
-from curation.metadata_build import BuildConfig, build  # noqa: E402
-from curation.spark import absolute, error_line, get_spark, size_shuffle_partitions  # noqa: E402
-from curation.tables import HadoopFS  # noqa: E402
-from curation.wordnet import load_omw_table  # noqa: E402
+from curation.core.jobs import run_job  # noqa: E402
+from curation.core.uris import absolute, open_binary  # noqa: E402
+from curation.metadata import entries  # noqa: E402
+from curation.metadata.job import BuildConfig, run, session  # noqa: E402
 
 
 def parse_args(argv):
-    d = metadata.METACLIP2
+    d = entries.METACLIP2
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -68,7 +65,7 @@ def parse_args(argv):
     )
     p.add_argument(
         "--en-recipe",
-        choices=sorted(metadata.RECIPES),
+        choices=sorted(entries.RECIPES),
         default="metaclip2",
         help="selection for English: metaclip2 (default) or the MetaCLIP 1 recipe",
     )
@@ -99,80 +96,52 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def requested_languages(args, known: list[str]) -> list[str]:
+def languages_of(args) -> tuple[str, ...]:
+    """--languages, else the codes in --languages-file, else () (every language)."""
     if args.languages:
-        codes = [c.strip() for c in args.languages.split(",") if c.strip()]
-    elif args.languages_file:
-        from curation.uris import open_binary
+        return tuple(c.strip() for c in args.languages.split(",") if c.strip())
+    if args.languages_file:
+        with open_binary(absolute(args.languages_file)) as f:
+            return tuple(f.read().decode("utf-8").split())
+    return ()
 
-        with open_binary(args.languages_file) as f:
-            codes = f.read().decode("utf-8").split()
-    else:
-        codes = list(known)
-    unknown = sorted(set(codes) - set(known))
-    if unknown:
-        raise ValueError(f"unknown Wikipedia language codes: {', '.join(unknown)}")
-    return codes
+
+def config_from_args(args) -> BuildConfig:
+    selection = entries.Selection(
+        unigram_fraction=args.unigram_fraction,
+        unigram_max=args.unigram_max,
+        unigram_min_count=args.unigram_min_count,
+        bigram_min_pmi=args.bigram_min_pmi,
+        bigram_min_count=args.bigram_min_count,
+        bigram_max=args.bigram_max,
+        title_fraction=args.title_fraction,
+        title_max=args.title_max,
+        title_min_popularity=args.title_min_popularity,
+    )
+    return BuildConfig(
+        output=absolute(args.output),
+        languages=languages_of(args),
+        wordnet=absolute(args.wordnet) if args.wordnet else None,
+        omw=tuple(absolute(u) for u in args.omw),
+        dumps=tuple(absolute(u) for u in args.wikipedia_dumps),
+        pageviews=tuple(absolute(u) for u in args.pageviews),
+        use_wordfreq=not args.no_wordfreq,
+        selection=selection,
+        selection_en=entries.METACLIP1 if args.en_recipe == "metaclip1" else None,
+        max_languages=args.max_languages,
+        shuffle_partitions=args.shuffle_partitions,
+    )
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.output = absolute(args.output)
-    args.wordnet = absolute(args.wordnet) if args.wordnet else None
-    args.languages_file = absolute(args.languages_file) if args.languages_file else None
-    args.omw = [absolute(u) for u in args.omw]
-    args.wikipedia_dumps = [absolute(u) for u in args.wikipedia_dumps]
-    args.pageviews = [absolute(u) for u in args.pageviews]
-    started = time.perf_counter()
-    try:
-        languages = load_languages()
-        codes = requested_languages(args, [lang.code for lang in languages])
-        selection = metadata.Selection(
-            unigram_fraction=args.unigram_fraction,
-            unigram_max=args.unigram_max,
-            unigram_min_count=args.unigram_min_count,
-            bigram_min_pmi=args.bigram_min_pmi,
-            bigram_min_count=args.bigram_min_count,
-            bigram_max=args.bigram_max,
-            title_fraction=args.title_fraction,
-            title_max=args.title_max,
-            title_min_popularity=args.title_min_popularity,
-        )
-        config = BuildConfig(
-            output=args.output,
-            languages=codes,
-            no_space=frozenset(lang.code for lang in languages if lang.no_space),
-            wordnet=args.wordnet,
-            omw=args.omw,
-            omw_codes=load_omw_table() if args.omw else {},
-            dumps=args.wikipedia_dumps,
-            pageviews=args.pageviews,
-            use_wordfreq=not args.no_wordfreq,
-            selection=selection,
-            selection_en=metadata.METACLIP1 if args.en_recipe == "metaclip1" else None,
-            max_languages=args.max_languages,
-        )
-        spark = get_spark("build_metadata", args.master, {"spark.ui.showConsoleProgress": "false"})
-        fs = HadoopFS(spark)
-        if args.wordnet and not fs.exists(args.wordnet):
-            raise FileNotFoundError(f"--wordnet {args.wordnet}: no such directory")
-        if args.shuffle_partitions:
-            spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
-        else:
-            size_shuffle_partitions(spark, sum(fs.glob_bytes(u) for u in args.wikipedia_dumps))
-        fs.check_writable(args.output)
-        report = build(spark, config)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"build_metadata: error: {error_line(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - a failed Spark task: say why in one line
-        print(f"build_metadata: error: {error_line(error)}", file=sys.stderr)
-        return 1
-    print(
-        f"done in {time.perf_counter() - started:.0f}s: {len(report.entries)} languages, "
-        f"{sum(report.entries.values())} entries, {len(report.warnings)} warnings"
-    )
-    return 0
+
+    def body() -> int:
+        report = run(config_from_args(args), session(args.master))
+        print(report.summary())
+        return 0
+
+    return run_job("build_metadata", body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     python jobs/curate.py ...   (local Spark, all cores)
 
 Writes under --output: matches/, entry_counts/, thresholds/, curated/ (Parquet or Delta),
-run.json and, last, _SUCCESS. Rules: ../shared/docs/curation-semantics.md, sections 3-9.
+run.json and, last, _SUCCESS. Rules: docs/semantics.md, sections 3-9.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2  # noqa: E402
-from curation.curate import INPUT_READERS, PLANS, CurateConfig, CurationError, run  # noqa: E402
+from curation.core.jobs import run_job  # noqa: E402
+from curation.core.uris import absolute  # noqa: E402
+from curation.curate.job import INPUT_READERS, CurateConfig, run, session  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> CurateConfig:
@@ -70,22 +72,6 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         help="skip stages whose outputs exist for the same inputs and flags",
     )
     parser.add_argument(
-        "--salt-buckets",
-        type=int,
-        default=1024,
-        help="--plan per-stage only: hash buckets of uid within a language, which that plan's "
-        "matching stage range-partitions on (default 1024)",
-    )
-    parser.add_argument(
-        "--plan",
-        choices=list(PLANS),
-        default="one-shuffle",
-        help="one-shuffle (default): Python tasks match the records where they read them, send "
-        "them across one shuffle on uid as Arrow blobs and write the tables with pyarrow; "
-        "per-stage: the previous plan (Spark SQL, three shuffles of full rows), kept to compare "
-        "outputs",
-    )
-    parser.add_argument(
         "--partitions",
         type=int,
         help="partitions of the shuffle on uid, i.e. tasks that de-duplicate and choose texts and "
@@ -99,7 +85,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         help="who reads the input records: pyarrow in the Python tasks (auto's choice for "
         "Parquet and plain Delta tables on filesystems pyarrow reaches), or Spark (auto's "
         "choice otherwise, e.g. Delta with deletion vectors); pyarrow is several times cheaper "
-        "per record. --plan per-stage always reads with Spark",
+        "per record",
     )
     parser.add_argument(
         "--lid-model",
@@ -113,8 +99,6 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         if args.languages
         else None
     )
-    from curation.spark import absolute
-
     config = CurateConfig(
         metadata=absolute(args.metadata),
         input=absolute(args.input),
@@ -125,10 +109,8 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         format=args.format,
         languages=languages,
         resume=args.resume,
-        salt_buckets=args.salt_buckets,
         lid_model=absolute(args.lid_model) if args.lid_model else None,
         partitions=args.partitions,
-        plan=args.plan,
         input_reader=args.input_reader,
     )
     return config, args.master
@@ -139,43 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    try:
+
+    def body() -> int:
         config, master = parse_args(argv)
-        from curation.spark import LOCAL_JAVA_OPTIONS, get_spark
+        report = run(config, session(master))
+        print(report.summary(config.output))
+        return 0
 
-        java_options, local_conf = LOCAL_JAVA_OPTIONS, {}
-        if config.plan == "one-shuffle":
-            # The JVM only schedules Python tasks and moves a few rows per task: compiling it
-            # with C1 alone halves its start-up CPU, and the blobs it shuffles are lz4 already.
-            java_options += " -XX:TieredStopAtLevel=1"
-            local_conf["spark.shuffle.compress"] = "false"
-        spark = get_spark(
-            "curate", master=master, local_conf=local_conf, local_java_options=java_options
-        )
-        context = spark.sparkContext
-        if context.master.startswith("local"):
-            # a laptop run: file scans cut into enough tasks that the cores finish together
-            key = "spark.sql.files.minPartitionNum"
-            if not context.getConf().contains(key):
-                spark.conf.set(key, str(4 * context.defaultParallelism))
-        report = run(spark, config)
-    except CurationError as error:
-        print(f"curate: error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
-        print(f"curate: error: not found: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - a failed Spark task: say why in one line
-        from curation.spark import error_line
-
-        print(f"curate: error: {error_line(error)}", file=sys.stderr)
-        return 1
-    counts = report.counts
-    print(
-        f"curated {counts['curated_records']:,} of {counts['matched_records']:,} matched records "
-        f"-> {config.output}"
-    )
-    return 0
+    return run_job("curate", body)
 
 
 if __name__ == "__main__":

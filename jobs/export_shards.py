@@ -14,7 +14,9 @@ import argparse
 import os
 import sys
 
-from curation import shards
+from curation.core.jobs import run_job
+from curation.core.uris import absolute
+from curation.shards import export as shards
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -136,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
             d.strip() for d in args.disallowed_header_directives.split(",") if d.strip()
         ),
         allow_local=args.allow_local or args.serve_local is not None,
+        serve_local=args.serve_local,
         resolve_hosts=args.resolve_hosts,
         max_image_pixels=args.max_image_pixels,
         extract_exif=args.extract_exif,
@@ -148,46 +151,14 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from curation.spark import absolute, error_line
-
     args = parse_args(argv)
     args.curated, args.output = absolute(args.curated), absolute(args.output)
-    config = config_from_args(args)
-    if config.distributor == "pyspark":
-        # img2dataset uses the active session; the env reaches local executors at startup.
-        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_image_pixels)
-        from curation.spark import get_spark
 
-        get_spark(
-            "export_shards",
-            conf={"spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS": str(config.max_image_pixels)},
-        )
-    try:
-        if args.serve_local:
-            if args.serve_local == "skimage":
-                args.serve_local = str(shards.bundled_photo_dir())
-            names = shards.image_names(args.serve_local)
-            with shards.serve_directory(args.serve_local) as base:
-                manifest, _ = shards.export_shards(
-                    config, url_rewrite=lambda t: shards.localize_urls(t, base, names)
-                )
-        else:
-            manifest, _ = shards.export_shards(config)
-    except (shards.ExportError, OSError) as err:
-        print(f"export_shards: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - a failed Spark task or worker: say why in one line
-        print(f"export_shards: error: {error_line(err)}", file=sys.stderr)
-        return 1
-    if manifest["incomplete_shards"]:
-        print(
-            f"export_shards: error: {len(manifest['incomplete_shards'])} shard(s) failed "
-            f"({', '.join(manifest['incomplete_shards'][:5])}...); rerun the same command "
-            "to finish them",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    def body() -> int:
+        shards.run(config_from_args(args))
+        return 0
+
+    return run_job("export_shards", body)
 
 
 if __name__ == "__main__":

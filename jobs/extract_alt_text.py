@@ -19,11 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.alt_text import CC_BASE_URI, ExtractOptions, list_inputs, run_extract  # noqa: E402
-from curation.extract import DROP_REASONS, Columns, Limits  # noqa: E402
-from curation.lid import SECOND_OPINIONS  # noqa: E402
-
-FORMATS = ("auto", "warc", "wat", "paths", "tsv", "jsonl", "parquet")
+from curation.alt_text.extract import DROP_REASONS, Columns, Limits  # noqa: E402
+from curation.alt_text.job import (  # noqa: E402
+    CC_BASE_URI,
+    FORMATS,
+    ExtractConfig,
+    ExtractOptions,
+    run,
+)
+from curation.alt_text.lid import SECOND_OPINIONS  # noqa: E402
+from curation.core.jobs import run_job  # noqa: E402
+from curation.core.uris import absolute  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,25 +154,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from curation.spark import absolute
-
-    args = parse_args(argv)
-    args.input = [absolute(uri) for uri in args.input]
-    args.output = absolute(args.output)
-    if args.lid_model:
-        args.lid_model = absolute(args.lid_model)
-    try:
-        files = list_inputs(args.input, args.input_format, args.base_uri)
-        if not files:
-            raise ValueError(f"no input files found in {args.input}")
-    except (OSError, ValueError) as error:
-        print(f"extract_alt_text: error: {error}", file=sys.stderr)
-        return 2
+def config_from_args(args) -> ExtractConfig:
     options = ExtractOptions(
         limits=Limits(args.max_alt_chars, args.max_html_bytes, args.max_member_bytes),
         columns=Columns(args.text_column, args.url_column, args.page_url_column),
-        lid_model=args.lid_model,
+        lid_model=absolute(args.lid_model) if args.lid_model else None,
         page_prior=not args.no_page_prior,
         prior_weight=args.prior_weight,
         declared_prior_weight=args.declared_prior_weight,
@@ -174,44 +166,28 @@ def main(argv: list[str] | None = None) -> int:
         second_opinion_gate=args.lid_second_opinion_gate,
         second_opinion_weight=args.lid_second_opinion_weight,
     )
-    from pyspark.sql import SparkSession
+    return ExtractConfig(
+        inputs=tuple(absolute(uri) for uri in args.input),
+        output=absolute(args.output),
+        input_format=args.input_format,
+        base_uri=args.base_uri,
+        options=options,
+        output_partitions=args.output_partitions,
+        shuffle_partitions=args.shuffle_partitions,
+    )
 
-    from curation.spark import error_line, get_spark, size_shuffle_partitions
-    from curation.tables import HadoopFS
 
-    ours = SparkSession.getActiveSession() is None  # else: a caller's session, keep its settings
-    spark = get_spark("extract_alt_text", master=args.master)
-    if args.shuffle_partitions:
-        spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
-    elif ours and spark.sparkContext.master.startswith("local"):
-        spark.conf.set("spark.sql.shuffle.partitions", "8")  # not 200 tiny tasks on a laptop
-    elif ours:
-        size_shuffle_partitions(spark, len(files) << 27)  # about one partition per input file
-    from py4j.protocol import Py4JError
-    from pyspark.errors import PySparkException
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
-    try:
-        HadoopFS(spark).check_writable(args.output)
-        summary = run_extract(spark, files, args.output, options, args.output_partitions)
-    except (OSError, ValueError, RuntimeError, PySparkException, Py4JError) as error:
-        print(f"extract_alt_text: error: {error_line(error)}", file=sys.stderr)
-        return 1
-    drops = summary["drops"]
-    if (
-        summary["records"] == 0
-        and drops.get("unreadable_file")
-        and set(drops) == {"unreadable_file"}
-    ):
-        print(
-            f"extract_alt_text: error: none of the {len(files)} input file(s) could be read "
-            f"(unreadable_file: {drops['unreadable_file']}; per file in "
-            f"{args.output.rstrip('/')}/drops)",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"wrote {summary['records']} alt-texts to {args.output.rstrip('/')}/alt_text")
-    print(json.dumps(summary, sort_keys=True))
-    return 0
+    def body() -> int:
+        config = config_from_args(args)
+        report = run(config, master=args.master)
+        print(report.summary())
+        print(json.dumps(report.counts(), sort_keys=True))
+        return 0
+
+    return run_job("extract_alt_text", body)
 
 
 if __name__ == "__main__":

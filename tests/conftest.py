@@ -76,7 +76,7 @@ def wordnet_lemmas() -> list[str]:
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] Spark session for the whole test run."""
-    from curation.spark import get_spark, local_test_conf
+    from curation.core.spark import get_spark, local_test_conf
 
     session = get_spark("tests", master="local[2]", conf=local_test_conf())
     session.sparkContext.setLogLevel("ERROR")

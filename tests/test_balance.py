@@ -2,6 +2,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -228,3 +229,49 @@ def test_batch_keys_from_arrow_columns_across_blake2b_block_sizes():
         text_choice_key(5, u, t) for u, t in zip(uids[7:], texts[7:])
     ]
     assert keep_uniforms(5, pa.array(texts)).tolist() == [keep_uniform(5, t) for t in texts]
+
+
+def test_t_en_defaults_to_metaclip2_and_metaclip1_is_at_hand():
+    """Rule 7.2: the job's default English threshold is MetaCLIP 2's; MetaCLIP 1's is named."""
+    from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2
+    from curation.curate.job import CurateConfig
+
+    assert (T_EN_METACLIP2, T_EN_METACLIP1) == (170_000, 20_000)
+    assert CurateConfig(metadata="m", input="i", output="o").t_en == T_EN_METACLIP2
+
+
+def test_a_given_tail_fraction_sets_every_language_english_included():
+    """Rule 7.5: with p given, English gets threshold_for_fraction(count_en, p) like the rest,
+    and without p English needs a match to derive it."""
+    from curation.balance import compute_thresholds
+
+    rng = np.random.default_rng(5)
+    counts = {lang: rng.zipf(1.6, 400).astype(np.int64) for lang in ("en", "ja", "ko")}
+    given = compute_thresholds(counts, None, 0.3)
+    for lang, values in counts.items():
+        assert given[lang] == (float(threshold_for_fraction(values, 0.3)), 0.3)
+    derived = compute_thresholds(counts, 50, None)
+    p = tail_fraction(counts["en"], 50)
+    assert derived["en"] == (50.0, p)
+    assert derived["ja"] == (float(threshold_for_fraction(counts["ja"], p)), p)
+    with pytest.raises(ValueError, match="no English record matched"):
+        compute_thresholds({"ja": counts["ja"]}, 50, None)
+
+
+def test_choose_texts_is_the_smallest_key_then_text_per_image():
+    """Rule 8.2 in its one home, `choose_texts`, against the scalar key on every image."""
+    from curation.balance import choose_texts
+
+    rng = np.random.default_rng(9)
+    uids = sorted(f"u{rng.integers(60)}" for _ in range(400))
+    pairs = sorted({(u, f"text {rng.integers(12)}") for u in uids})
+    image = np.cumsum([i == 0 or pairs[i][0] != pairs[i - 1][0] for i in range(len(pairs))]) - 1
+    chosen = choose_texts(3, [u for u, _ in pairs], [t for _, t in pairs], image)
+    by_image = defaultdict(list)
+    for (uid, text), flag in zip(pairs, chosen):
+        by_image[uid].append((text_choice_key(3, uid, text), text, flag))
+    assert len(by_image) > 40
+    for options in by_image.values():
+        assert sum(flag for _, _, flag in options) == 1
+        assert min(options)[2], "the smallest (key, text) is the chosen one"
+    assert not choose_texts(3, [], [], np.zeros(0, np.int64)).size

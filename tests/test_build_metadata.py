@@ -13,8 +13,8 @@ import pytest
 from conftest import PROJECT_ROOT, shared_path
 from metadata_fixtures import AF_PAGES, EN_LEMMAS, HEADER, af_dump_bytes, page, write_wordnet
 
-from curation import metadata
-from curation.segment import segmenter_name
+from curation.metadata import entries as metadata
+from curation.metadata.segment import segmenter_name
 from jobs import build_metadata
 
 # af fixture with these flags: unigrams top 50% of 7 -> 4 (cat, dog, then Beta, alpha by code
@@ -216,7 +216,7 @@ def test_ids_identical_across_partitions_and_hash_seeds(spark, tmp_path, wordnet
 
 
 def test_plan_max_languages_prefers_wordnet_and_dumps(spark, fixture_inputs):
-    from curation.metadata_build import BuildConfig, _plan
+    from curation.metadata.job import BuildConfig, _plan
 
     config = BuildConfig(
         output="unused",

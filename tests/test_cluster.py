@@ -95,7 +95,7 @@ def packed_env(tmp_path_factory) -> Path:
     """The archive `make pack-env` writes (same module, same options), in a temp folder."""
     out = tmp_path_factory.mktemp("pack") / "curation-env.tar.gz"
     result = subprocess.run(
-        [sys.executable, "-m", "curation.pack_env", "--output", str(out)],
+        [sys.executable, "-m", "curation.tools.pack_env", "--output", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -4,8 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import exchange
-from curation.extract import image_uid
+from curation.core import hashing
+from curation.curate import exchange
+from curation.identity import image_uid
 from tests.curation_fixtures import caption_rows
 
 
@@ -34,14 +35,14 @@ def test_spark_int_hash_is_sparks_hash(spark):
     values = np.array([0, 1, -1, 7, 42, 2**31 - 1, -(2**31), 123456789, -98765], dtype=np.int64)
     frame = spark.createDataFrame(pa.table({"k": pa.array(values, pa.int32())}))
     got = [row.h for row in frame.select(F.hash("k").alias("h")).collect()]
-    assert got == exchange.spark_int_hash(values).tolist()
+    assert got == hashing.spark_int_hash(values).tolist()
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 8, 61])
 def test_each_partition_key_lands_in_its_own_partition(spark, partitions):
     from pyspark.sql import functions as F
 
-    keys = exchange.partition_keys(partitions)
+    keys = hashing.partition_keys(partitions)
     assert len(set(keys.tolist())) == partitions and keys.min() >= 0
     table = pa.table({"key": keys, "p": pa.array(range(partitions), pa.int32())})
     shuffled = spark.createDataFrame(table).repartition(partitions, "key")
@@ -51,14 +52,14 @@ def test_each_partition_key_lands_in_its_own_partition(spark, partitions):
 
 def test_uid_hash_is_the_same_for_every_arrow_layout(records):
     uids = records.column("uid").combine_chunks()
-    hashes = exchange.uid_hashes(uids)
+    hashes = hashing.uid_hashes(uids)
     assert hashes.dtype == np.uint64 and len(np.unique(hashes)) == len(set(uids.to_pylist()))
-    assert np.array_equal(exchange.uid_hashes(uids.cast(pa.large_string())), hashes)
-    assert np.array_equal(exchange.uid_hashes(uids.slice(100, 50)), hashes[100:150])
+    assert np.array_equal(hashing.uid_hashes(uids.cast(pa.large_string())), hashes)
+    assert np.array_equal(hashing.uid_hashes(uids.slice(100, 50)), hashes[100:150])
     chunked = pa.chunked_array([uids.slice(0, 10), uids.slice(10)])
-    assert np.array_equal(exchange.uid_hashes(chunked), hashes)
+    assert np.array_equal(hashing.uid_hashes(chunked), hashes)
     # the same bytes, the same hash: a uid's hash does not depend on its neighbours
-    again = exchange.uid_hashes(pa.array(uids.to_pylist()[::-1]))
+    again = hashing.uid_hashes(pa.array(uids.to_pylist()[::-1]))
     assert np.array_equal(again[::-1], hashes)
     # spread: P partitions from the hash are close to even
     counts = np.bincount((hashes % np.uint64(8)).astype(np.int64), minlength=8)
@@ -66,8 +67,8 @@ def test_uid_hash_is_the_same_for_every_arrow_layout(records):
 
 
 def test_pack_sends_each_row_once_to_its_partition_in_order(records):
-    keys = exchange.partition_keys(5)
-    partition = (exchange.uid_hashes(records.column("uid")) % np.uint64(5)).astype(np.int64)
+    keys = hashing.partition_keys(5)
+    partition = (hashing.uid_hashes(records.column("uid")) % np.uint64(5)).astype(np.int64)
     blobs = list(exchange.pack(records, partition, keys, blob_bytes=64 * 1024))
     key_to_partition = {int(k): p for p, k in enumerate(keys)}
     per_partition = {}

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import shared_path
 
-from curation.extract import (
+from curation.alt_text.extract import (
     Columns,
     Limits,
     clean_alt,
@@ -19,11 +19,10 @@ from curation.extract import (
     extract_tsv,
     extract_warc,
     extract_wat,
-    image_uid,
     infer_format,
     iter_warc_records,
-    normalize_url,
 )
+from curation.identity import image_uid, normalize_url
 
 PAGE = "https://an.wikipedia.org/wiki/Escopete"
 

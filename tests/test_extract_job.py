@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PROJECT_ROOT, shared_path
 
-from curation.alt_text import ALT_TEXT_COLUMNS, ExtractOptions, list_inputs, run_extract
+from curation.alt_text.job import ALT_TEXT_COLUMNS, ExtractOptions, list_inputs, run_extract
 
 
 def load_job():

@@ -1,5 +1,5 @@
-"""curation.fasttext_model gives fasttext-predict's answers: lid.176 on the real caption samples,
-edge cases, and small hand-written models for the code paths lid.176 does not use.
+"""curation.alt_text.fasttext_model gives fasttext-predict's answers: lid.176 on the real
+caption samples, edge cases, and small hand-written models for the code paths lid.176 does not use.
 
 No fastText trainer is installed here (fasttext-predict only predicts), so `write_model` writes
 a supervised model file by hand, following fastText 0.9.2's binary layout (little endian):
@@ -29,8 +29,8 @@ import fasttext
 import numpy as np
 import pytest
 
-from curation.fasttext_model import FastTextModel, encode_texts
-from curation.lid import default_model_path
+from curation.alt_text.fasttext_model import FastTextModel, encode_texts
+from curation.alt_text.lid import default_model_path
 
 HS, NS, SOFTMAX, OVA = 1, 2, 3, 4
 

@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PROJECT_ROOT, shared_path
 
-from curation.curate import STAGES, CurateConfig, run
-from curation.extract import extract_file, image_uid
-from curation.tables import code_version
+from curation.alt_text.extract import extract_file
+from curation.core.tables import code_version
+from curation.curate.job import STAGES, CurateConfig, run
+from curation.identity import image_uid
 from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
 from tests.test_curate import reference_run
 
@@ -75,7 +76,6 @@ def curate_config(root: Path, output: Path, **extra) -> CurateConfig:
         output=str(output),
         t_en=5,
         seed=3,
-        salt_buckets=2,
         **extra,
     )
 
@@ -97,7 +97,7 @@ def kill_curate_during(stage: str, root: Path, output: Path) -> str:
         "--metadata", str(root / "metadata"),
         "--input", str(root / "alt_text"),
         "--output", str(output),
-        "--t-en", "5", "--seed", "3", "--salt-buckets", "2",
+        "--t-en", "5", "--seed", "3",
         "--master", "local[2]", "--partitions", "2",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -151,11 +151,11 @@ def test_curation_killed_mid_stage_then_rerun_loses_and_duplicates_nothing(
     assert not (killed / "curated").exists()
     shutil.copytree(killed, tmp_path / "killed_copy")
 
-    resumed = run(spark, curate_config(root, killed, resume=True))
+    resumed = run(curate_config(root, killed, resume=True), spark)
     if code_version() == version:  # a code edit in between (shared tree) invalidates all stages
         assert resumed.stages["matches"] == "skipped"  # finished before the kill
     assert isinstance(resumed.stages["entry_counts"], float)  # interrupted: rebuilt
-    rerun = run(spark, curate_config(root, tmp_path / "killed_copy"))
+    rerun = run(curate_config(root, tmp_path / "killed_copy"), spark)
     assert all(isinstance(rerun.stages[s], float) for s in STAGES)
     assert resumed.counts == rerun.counts
     for name in STAGES:

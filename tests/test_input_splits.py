@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.input_splits import list_input, read_split
+from curation.curate.input_splits import list_input, read_split
 from tests.curation_fixtures import caption_rows
 
 COLUMNS = ["uid", "url", "page_url", "text", "lang"]

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from curation import pack_env
-from curation.spark import absolute, error_line
+from curation.core.jobs import error_line
+from curation.core.uris import absolute
+from curation.tools import pack_env
 from tests.conftest import shared_path
 from tests.curation_fixtures import wit_entries, write_metadata
 
@@ -138,7 +139,7 @@ def test_a_broken_python_link_is_caught(tmp_path):
         "--python-prefix /usr)",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "curation.pack_env", "--check", str(broken)],
+        [sys.executable, "-m", "curation.tools.pack_env", "--check", str(broken)],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 1

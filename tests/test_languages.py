@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from curation.alt_text.lid import model_labels
 from curation.languages import (
     OTHER,
     Language,
@@ -14,7 +15,6 @@ from curation.languages import (
     load_unmapped,
     no_space_languages,
 )
-from curation.lid import model_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_the_wheel_carries_the_schemas_so_a_packed_environment_needs_no_checkout
     )
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
-        "import curation, curation.languages as L, curation.wordnet as W;"
+        "import curation, curation.languages as L, curation.metadata.wordnet as W;"
         "print(curation.__file__); print(L.schemas_dir());"
         "print(len(L.load_languages()), len(W.load_omw_table()), L.label_table('lid176')['en'])"
     )

@@ -6,8 +6,8 @@ import fasttext
 import pytest
 from conftest import WIT_LANGUAGES, shared_path
 
+from curation.alt_text.lid import FastTextLID, default_model_path, get_identifier, model_labels
 from curation.languages import wikipedia_language
-from curation.lid import FastTextLID, default_model_path, get_identifier, model_labels
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_numba_and_fasttext_engines_give_identical_results(lid, wit_rows):
 def test_quoted_foreign_titles_do_not_decide_against_the_page_language(lid, wit_rows):
     """et.wikipedia's map captions quote a German atlas title that is longer than the Estonian
     around it: lid.176 says German; the unquoted text, with the page prior, says Estonian."""
-    from curation.lid import unquoted
+    from curation.alt_text.lid import unquoted
 
     atlas = [
         r["caption_reference_description"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curation.alt_text.lid import PATH_FUSED, PATH_LID176, FastTextLID, model_labels
+from curation.alt_text.second_opinion import Py3LangID, load_mapping
 from curation.languages import load_languages
-from curation.lid import PATH_FUSED, PATH_LID176, FastTextLID, model_labels
-from curation.second_opinion import Py3LangID, load_mapping
 
 CROWD = (
     Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "xflickrco_test_captions.tsv.xz"

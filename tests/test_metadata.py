@@ -12,8 +12,9 @@ import pytest
 from conftest import PROJECT_ROOT, shared_path
 from metadata_fixtures import EN_LEMMAS, af_dump_bytes, write_wordnet
 
-from curation import metadata, wikipedia, wordnet
-from curation.segment import character_segments, segmenter_name, whitespace_segments
+from curation.metadata import entries as metadata
+from curation.metadata import wikipedia, wordnet
+from curation.metadata.segment import character_segments, segmenter_name, whitespace_segments
 
 
 def test_wordnet_index_files_plain_and_gz(tmp_path):
@@ -143,7 +144,7 @@ def test_segmenters():
 
 def test_japanese_segmenter_when_installed():
     pytest.importorskip("fugashi")
-    from curation.segment import SEGMENTERS
+    from curation.metadata.segment import SEGMENTERS
 
     if segmenter_name("ja", no_space=True) != "mecab":
         pytest.skip("fugashi has no dictionary here")

@@ -17,9 +17,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from curation.curate import CurateConfig, run
-from curation.online import OnlineCuration, OnlineCurationError, pool_from_matches
-from curation.shards import read_pool
+from curation.curate.job import CurateConfig, run
+from curation.curate.online import OnlineCuration, OnlineCurationError, pool_from_matches
+from curation.shards.export import read_pool
 from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def curation_run(spark, tmp_path_factory):
     caption n-gram metadata (head and tail entries in every language)."""
     root = tmp_path_factory.mktemp("online")
     rows = caption_rows(1500, ("el", "ja"))
-    from curation.extract import image_uid
+    from curation.identity import image_uid
 
     table = pa.table(
         {
@@ -55,7 +55,7 @@ def curation_run(spark, tmp_path_factory):
         metadata=str(root / "metadata"), input=str(root / "alt_text.parquet"),
         output=str(root / "run"), t_en=30, seed=5,
     )  # fmt: skip
-    run(spark, config)
+    run(config, spark)
     return root / "run"
 
 

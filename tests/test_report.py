@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.curate import CurateConfig, run
-from curation.report import CurationOutput, ReportError, html_report
+from curation.curate.job import CurateConfig, run
+from curation.report.job import CurationOutput, ReportError, html_report
 from tests.conftest import PROJECT_ROOT
 from tests.curation_fixtures import caption_rows, wit_entries, write_metadata
 
@@ -171,7 +171,7 @@ def test_delta_output_reads_the_same(curation_output, delta_output):
 def test_delta_is_read_through_its_log(delta_output, tmp_path, monkeypatch):
     import shutil
 
-    import curation.report
+    import curation.report.job
 
     out = tmp_path / "out"
     shutil.copytree(delta_output, out)
@@ -182,7 +182,7 @@ def test_delta_is_read_through_its_log(delta_output, tmp_path, monkeypatch):
     shutil.copy(stale, stale.with_name("stale-old-version.parquet"))
     pd.testing.assert_frame_equal(CurationOutput(out).languages(), before)
     # tables DuckDB cannot scan as plain files (deletion vectors, renamed paths) go via delta-rs
-    monkeypatch.setattr(curation.report, "_plain_delta_files", lambda table: None)
+    monkeypatch.setattr(curation.report.job, "_plain_delta_files", lambda table: None)
     via_arrow = CurationOutput(out)
     assert via_arrow.tables["entry_counts"] == "delta"
     pd.testing.assert_frame_equal(via_arrow.languages(), before)
@@ -214,7 +214,7 @@ def test_missing_tables_give_a_clear_error(tmp_path):
 def test_cli_writes_a_standalone_html_report(curation_output, tmp_path):
     target = tmp_path / "sub" / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "curation.report", str(curation_output), "--html", str(target)],
+        [sys.executable, "-m", "curation.report.job", str(curation_output), "--html", str(target)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -232,7 +232,14 @@ def test_cli_writes_a_standalone_html_report(curation_output, tmp_path):
     top_en = CurationOutput(curation_output).top_entries("en", 1)["entry"][0]
     assert f"<td>{top_en}</td>" in page
     bad = subprocess.run(
-        [sys.executable, "-m", "curation.report", str(tmp_path / "nowhere"), "--html", "x.html"],
+        [
+            sys.executable,
+            "-m",
+            "curation.report.job",
+            str(tmp_path / "nowhere"),
+            "--html",
+            "x.html",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

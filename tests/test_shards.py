@@ -18,7 +18,9 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from curation import samples, shards
+from curation.core import samples
+from curation.shards import export as shards
+from curation.shards import loopback
 
 pytest.importorskip("img2dataset")
 pytest.importorskip("skimage")
@@ -47,8 +49,8 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 def site(tmp_path_factory):
     """The served folder: the CC0 photographs plus one file per failure case."""
     root = tmp_path_factory.mktemp("site")
-    photos = shards.bundled_photo_dir()
-    for name in shards.BUNDLED_PHOTOS:
+    photos = loopback.bundled_photo_dir()
+    for name in loopback.BUNDLED_PHOTOS:
         shutil.copy(photos / name, root / name)
     rocket = (photos / "rocket.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(rocket[: len(rocket) // 2])
@@ -67,7 +69,7 @@ ROBOTS_HEADERS = {
     "/noimageai_for_us.png": {"X-Robots-Tag": f"{UA_TOKEN}: noimageai, nofollow"},
     "/noai_for_other_bot.png": {"X-Robots-Tag": "otherbot: noai"},  # not addressed to us
 }
-GOOD = (*shards.BUNDLED_PHOTOS, "noai_for_other_bot.png")
+GOOD = (*loopback.BUNDLED_PHOTOS, "noai_for_other_bot.png")
 # name -> expected failure category (img2dataset's reason, mapped by reason_category)
 FAILURES = {
     "missing.jpg": "http_404",
@@ -180,7 +182,7 @@ def exported(site, tmp_path_factory):
     """One real export, shared by the assertions below; the server lives for the module."""
     delays = {"/slow.png": 4.0}
     seen = []
-    with shards.serve_directory(
+    with loopback.serve_directory(
         site, headers=ROBOTS_HEADERS, delays=delays, lifetime_s=120, seen=seen
     ) as base:
         work = tmp_path_factory.mktemp("export")
@@ -423,7 +425,7 @@ def test_job_cli_help_and_one_line_error(tmp_path, capsys):
 
 def test_pyspark_distributor_on_the_shared_session(spark, site, tmp_path):
     """The cluster path: img2dataset hands shards to the active Spark session's executors."""
-    with shards.serve_directory(site, lifetime_s=120) as base:
+    with loopback.serve_directory(site, lifetime_s=120) as base:
         rows = [r for r in curated_rows(base) if r["url"].endswith(("chelsea.png", "rocket.jpg"))]
         rows += [{**rows[0], "uid": "ffff0001", "url": f"{base}/missing.jpg"}]
         curated = write_curated(rows, tmp_path / "curated")
@@ -465,7 +467,7 @@ def test_job_serve_local_demo_mode_and_idempotent_rerun(site, tmp_path, capsys):
 def test_pool_export_carries_every_candidate_of_every_matched_image(site, tmp_path):
     """--pool matched: one sample per image of the run's matches/ with at least one matched
     text, KEY.json listing all of them; unmatched records and texts are left out."""
-    with shards.serve_directory(site, lifetime_s=60) as base:
+    with loopback.serve_directory(site, lifetime_s=60) as base:
         rows = [r for r in curated_rows(base) if r["url"].endswith(tuple(GOOD))]
         run_dir = tmp_path / "run"
         write_curated(rows, run_dir / "curated")

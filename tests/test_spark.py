@@ -25,7 +25,7 @@ def test_local_spark_runs_python_workers_with_pyarrow(spark):
 def test_local_sessions_use_the_throughput_collector_unless_the_user_set_jvm_options(
     spark, monkeypatch
 ):
-    from curation import spark as spark_helpers
+    from curation.core import spark as spark_helpers
 
     if spark_helpers._java_options_given():
         pytest.skip("this environment passes its own JVM options")
@@ -49,15 +49,15 @@ def test_local_sessions_map_the_spark_class_archive(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from curation import spark_cds
+    from curation.core import spark as spark_cds
     from tests.conftest import PROJECT_ROOT
 
     path = spark_cds.archive_path()
     if path is None or not path.is_file():
         pytest.skip("no Spark class archive in this environment (`make` builds it)")
-    assert spark_cds.java_options() == f" -XX:SharedArchiveFile={path}"
+    assert spark_cds.archive_java_options() == f" -XX:SharedArchiveFile={path}"
     code = (
-        "from curation.spark import get_spark\n"
+        "from curation.core.spark import get_spark\n"
         "spark = get_spark('cds', 'local[1]')\n"
         "print(spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
         "print(spark.range(5).count())\n"
@@ -73,7 +73,7 @@ def test_local_sessions_map_the_spark_class_archive(tmp_path, monkeypatch):
     assert f"-XX:SharedArchiveFile={path} -Xshare:on" in options and count == "5"
 
     monkeypatch.setenv("CURATION_SPARK_CDS", "0")
-    assert spark_cds.java_options() == ""
+    assert spark_cds.archive_java_options() == ""
     monkeypatch.setenv("CURATION_SPARK_CDS", "1")
     monkeypatch.setenv("CURATION_SPARK_CDS_DIR", str(tmp_path))
-    assert spark_cds.java_options() == "", "no archive for this JDK and Spark: no option"
+    assert spark_cds.archive_java_options() == "", "no archive for this JDK and Spark: no option"

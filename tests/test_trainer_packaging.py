@@ -52,13 +52,13 @@ def test_train_extra_covers_every_trainer_import():
 
 
 def test_the_trainer_imports_curation_without_spark():
-    """--online-curation imports curation.online (and through it curation.curate): a
+    """--online-curation imports curation.curate.online (and through it curation.curate.job): a
     trainer-only install has no pyspark, so none of that may import it."""
     import subprocess
 
     code = (
         "import sys; sys.modules['pyspark'] = None\n"
-        "import curation.online, trainer.data, trainer.train\n"
+        "import curation.curate.online, trainer.data, trainer.train\n"
         "print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -49,6 +49,8 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from curation.curate.online import parse_candidates
+
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard", "not_a_pool_sample")
 # open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
@@ -499,8 +501,6 @@ def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str |
 def online_text(online, sample: dict, counts: dict, drops: Counter) -> str | None:
     """The text online curation keeps this sample with in its epoch, or None (skipped, or not
     a pool sample: counted)."""
-    from curation.online import parse_candidates
-
     try:
         meta = json.loads(sample.get("json") or b"{}")
         candidates = parse_candidates(meta["candidates"])
@@ -547,7 +547,7 @@ class ShardBatches(IterableDataset):
         self.slot_states = slot_states or {}
         self.worker_offset = worker_offset
         self.record_keys, self.hflip, self.gpu_decode = record_keys, hflip, gpu_decode
-        self.online = online  # curation.online.OnlineCuration: balance the pool per epoch
+        self.online = online  # curation.curate.online.OnlineCuration: balance the pool per epoch
 
     def __iter__(self):
         info = get_worker_info()

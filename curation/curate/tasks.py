@@ -1,0 +1,612 @@
+"""What the curation job's Python tasks run on the executors (the plan: curation/curate/job.py).
+
+1. `read_and_pack` (or `pack_batches`, when Spark reads the input): the records of an input
+   split, matched where they are read, sent on as one Arrow blob per reduce partition
+   (curation/exchange.py).
+2. `choose_and_write`: a reduce partition's records, which hold every copy of its images:
+   distinct records, routed languages and the one chosen text per image, written as the
+   partition's matches/ files (one per language), with its partial entry counts.
+3. `keep_and_write`: the chosen rows of matches/ files, kept by their seeded draws against the
+   global counts, written as curated/ files.
+Tasks write their files with pyarrow (`tables.write_parquet`) and return one row per file.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.alt_text.derive import derive_columns
+from curation.balance import (
+    choose_texts,
+    entry_probabilities,
+    keep_probabilities,
+    keep_uniforms,
+)
+from curation.core import hashing, tables
+from curation.curate import exchange
+from curation.curate.input_splits import Split, read_split
+from curation.matching import EntryMatcher
+
+OTHER = "other"
+RECORD_COLUMNS = ("uid", "url", "page_url", "text", "lang")
+UNIQUE_STRINGS = ("uid", "url", "text")  # written without dictionary pages or statistics
+# A Python worker keeps automata up to this many entries (~0.7 KB each, so ~1.4 GB; English
+# alone is ~0.5M in MetaCLIP 2's metadata), evicting the least recently used: 329 languages
+# never all sit in one worker.
+MATCHER_CACHE_ENTRIES = 2_000_000
+PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
+MATCH_BATCH_ROWS = 65_536
+# the rows choose_and_write returns: one per matches/ file, and one (lang null) with the input
+# counts its partition received
+FILES_SCHEMA = pa.schema(
+    [
+        ("part", pa.int32()),
+        ("lang", pa.string()),
+        ("file", pa.string()),
+        ("rows", pa.int64()),
+        ("chosen", pa.int64()),
+        ("matched", pa.int64()),
+        ("input_records", pa.int64()),
+        ("nulls", pa.int64()),
+    ]
+)
+KEPT_SCHEMA = pa.schema([("lang", pa.string()), ("file", pa.string()), ("rows", pa.int64())])
+
+
+_MATCHERS: OrderedDict = OrderedDict()
+_PROBS: OrderedDict = OrderedDict()
+
+
+def _cached(cache: OrderedDict, key, build, size, budget: int):
+    """A per-worker LRU bounded by `size` (entries) of what it holds, newest always kept."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = build()
+    while len(cache) > 1 and sum(size(v) for v in cache.values()) > budget:
+        cache.popitem(last=False)
+    return value
+
+
+def language_matcher(
+    metadata_uri: str, lang: str, version: str = ""
+) -> tuple[EntryMatcher, np.ndarray | None]:
+    """The matcher of one language, built from the metadata table (never unpickled)."""
+
+    def build():
+        table = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
+        table = table.sort_by("entry_id")
+        entry_ids = table.column("entry_id").to_numpy().astype(np.int32)
+        identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
+        matcher = EntryMatcher(table.column("entry").to_pylist())
+        # a reused worker's collector would otherwise rescan the automaton's objects forever
+        gc.freeze()
+        return matcher, None if identity else entry_ids
+
+    return _cached(
+        _MATCHERS,
+        (metadata_uri, version, lang),
+        build,
+        lambda value: max(1, len(value[0])),
+        MATCHER_CACHE_ENTRIES,
+    )
+
+
+def match_language(metadata_uri: str, lang: str, version: str, texts) -> pa.ListArray:
+    """entry_ids of each text (list<int32>); none for `other` (no metadata language)."""
+    if lang == OTHER:
+        return pa.ListArray.from_arrays(
+            pa.array(np.zeros(len(texts) + 1, np.int32)), pa.array([], pa.int32())
+        )
+    matcher, entry_ids = language_matcher(metadata_uri, lang, version)
+    matched = matcher.match_arrow(texts)
+    if entry_ids is not None:
+        values = entry_ids[matched.values.to_numpy()]
+        matched = pa.ListArray.from_arrays(matched.offsets, pa.array(values))
+    return matched
+
+
+def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
+    """mapInArrow function, before the shuffle: entry_ids of each input record against the
+    entries of its (routed) language, the input's own lang column kept for de-duplication."""
+    known = frozenset(metadata_langs)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            encoded = pc.dictionary_encode(batch.column("lang"))
+            # routed language of code + 1; a null lang (code -1) is `other`
+            langs = [OTHER, *(x if x in known else OTHER for x in encoded.dictionary.to_pylist())]
+            codes = pc.fill_null(encoded.indices, -1).to_numpy()
+            if (codes == codes[0]).all():
+                texts = batch.column("text")
+                entry_ids = match_language(metadata_uri, langs[codes[0] + 1], version, texts)
+            else:
+                entry_ids = _match_mixed(batch.column("text"), codes, langs, metadata_uri, version)
+            yield pa.RecordBatch.from_arrays(
+                [*(batch.column(c) for c in RECORD_COLUMNS), entry_ids],
+                names=[*RECORD_COLUMNS, "entry_ids"],
+            )
+
+    return run
+
+
+def _match_mixed(texts, codes, langs, metadata_uri, version) -> pa.ListArray:
+    """entry_ids of a batch of several languages (`langs[code + 1]`), in the batch's row order:
+    each language's texts are matched together and their ids scattered back."""
+    order = np.argsort(codes, kind="stable")
+    cuts = [0, *(np.flatnonzero(np.diff(codes[order])) + 1), len(order)]
+    lengths = np.zeros(len(order), dtype=np.int64)
+    pieces = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        rows = order[start:stop]
+        lang = langs[codes[rows[0]] + 1]
+        matched = match_language(metadata_uri, lang, version, texts.take(pa.array(rows)))
+        piece_offsets = matched.offsets.to_numpy()
+        lengths[rows] = np.diff(piece_offsets)
+        pieces.append((rows, piece_offsets, matched.values.to_numpy()))
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.empty(offsets[-1], dtype=np.int32)
+    for rows, piece_offsets, piece_values in pieces:
+        first, last = piece_offsets[0], piece_offsets[-1]
+        shift = np.repeat(offsets[rows] - piece_offsets[:-1], np.diff(piece_offsets))
+        values[shift + np.arange(first, last)] = piece_values[first:last]
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
+# --- map: read, match, pack ------------------------------------------------------------------
+
+
+def read_and_pack(
+    metadata_uri: str,
+    version: str,
+    metadata_langs: list[str],
+    num_partitions: int,
+    derive: tuple[str, ...] = (),
+    lid_model: str | None = None,
+):
+    """mapInArrow function over input splits (input_splits.SPLIT_SCHEMA): each split's records,
+    `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA)."""
+    match = match_records(metadata_uri, version, metadata_langs)
+    keys = hashing.partition_keys(num_partitions)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                split = Split(row["path"], row["start"], row["length"], row["partition"])
+                records = derive_columns(read_split(split, list(RECORD_COLUMNS)), derive, lid_model)
+                yield _pack(records, match, keys)
+
+    return run
+
+
+def pack_batches(
+    metadata_uri: str,
+    version: str,
+    metadata_langs: list[str],
+    num_partitions: int,
+    derive: tuple[str, ...] = (),
+    lid_model: str | None = None,
+):
+    """mapInArrow function over records that Spark read (RECORD_COLUMNS): as read_and_pack."""
+    match = match_records(metadata_uri, version, metadata_langs)
+    keys = hashing.partition_keys(num_partitions)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            records = pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
+            yield _pack(derive_columns(records, derive, lid_model), match, keys)
+
+    return run
+
+
+def _pack(records: pa.Table, match, keys: np.ndarray) -> pa.RecordBatch:
+    """Blob rows of some records: the matched ones with a uid, url and text, by partition of
+    their uid hash; first a row (no blob) with the number of records read and dropped."""
+    columns = [records.column(c) for c in ("uid", "url", "text")]
+    valid = pc.and_(
+        pc.and_(pc.is_valid(columns[0]), pc.is_valid(columns[1])), pc.is_valid(columns[2])
+    )
+    kept = records.filter(valid)
+    row_keys, blobs = [int(keys[0])], [None]
+    if kept.num_rows:
+        matched = pa.Table.from_batches(match(kept.to_batches(max_chunksize=MATCH_BATCH_ROWS)))
+        matched = matched.cast(exchange.RECORD_SCHEMA)
+        hashes = hashing.uid_hashes(matched.column("uid"))
+        partition = (hashes % np.uint64(len(keys))).astype(np.int64)
+        for key, blob in exchange.pack(matched, partition, keys):
+            row_keys.append(key)
+            blobs.append(blob)
+    counts = np.zeros(len(blobs), dtype=np.int64)
+    read, dropped = counts.copy(), counts.copy()
+    read[0], dropped[0] = records.num_rows, records.num_rows - kept.num_rows
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(row_keys, pa.int32()),
+            pa.array(read),
+            pa.array(dropped),
+            pa.array(blobs, pa.binary()),
+        ],
+        names=["key", "records", "nulls", "blob"],
+    )
+
+
+# --- reduce: distinct records, the chosen text, matches/ files -------------------------------
+
+
+def choose_and_write(matches_uri: str, counts_uri: str, seed: int, metadata_langs: list[str]):
+    """mapInArrow function over a reduce partition's blob rows: writes its matches/ files
+    (`lang=L/part-NNNNN.parquet`, NNNNN the partition) and its partial entry counts
+    (`counts_uri/part-NNNNN.parquet`); returns FILES_SCHEMA rows."""
+    known = pa.array(sorted(metadata_langs), pa.string())
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        blobs, read, dropped = [], 0, 0
+        for batch in batches:
+            read += int(pc.sum(batch.column("records")).as_py() or 0)
+            dropped += int(pc.sum(batch.column("nulls")).as_py() or 0)
+            blobs += [blob.as_buffer() for blob in batch.column("blob") if blob.is_valid]
+        stats = dict(part=part, rows=0, chosen=0, matched=0, input_records=read, nulls=dropped)
+        rows = [stats]
+        if blobs:
+            records = partition_records(exchange.unpack(blobs), seed, known)
+            del blobs
+            rows += write_matches(matches_uri, counts_uri, part, records)
+            if any(r["matched"] for r in rows):  # the partial counts file (lang null)
+                stats["file"] = counts_file(part)
+        yield pa.RecordBatch.from_pylist(rows, schema=FILES_SCHEMA)
+
+    return run
+
+
+def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
+    """The matches/ rows of one partition, which holds every copy of its images: one row per
+    distinct (uid, text) record, languages without metadata routed to `other`, and the one
+    chosen text per image flagged (section 8). Rows come out grouped by lang (code-point
+    order), the chosen ones first in each group, then in (uid hash, uid, text) order.
+
+    Rows are grouped by a 64-bit hash of their uid: a row alone with its hash is its own
+    record. Only rows that share their hash (several texts or copies of one image, or the rare
+    collision of two uids) are resolved by comparing the strings (`_resolve_copies`)."""
+    hashes = hashing.uid_hashes(table.column("uid"))
+    order = np.argsort(hashes, kind="stable")
+    ranked = hashes[order]
+    starts = np.ones(order.size, dtype=np.bool_)
+    starts[1:] = ranked[1:] != ranked[:-1]
+    group = np.cumsum(starts) - 1
+    shared = np.bincount(group)[group] > 1
+    alone = order[~shared]
+    columns = [*RECORD_COLUMNS, "entry_ids"]
+    source = table.select(columns)
+    lang = _routed(table.column("lang").take(alone), known)
+    lengths = pc.list_value_length(table.column("entry_ids").take(alone))
+    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    rows, hashes, tie = alone, hashes[alone], np.zeros(alone.size, dtype=np.int64)
+    if shared.any():
+        copies = _resolve_copies(table.take(order[shared]), seed, known)
+        source = pa.concat_tables([source, copies.select(columns)])
+        rows = np.concatenate([rows, table.num_rows + np.arange(copies.num_rows)])
+        lang = pa.concat_arrays([lang, copies.column("lang").combine_chunks()])
+        chosen = np.concatenate([chosen, copies.column("chosen").to_numpy()])
+        hashes = np.concatenate([hashes, hashing.uid_hashes(copies.column("uid"))])
+        tie = np.concatenate([tie, np.arange(copies.num_rows)])
+    final = np.lexsort((tie, hashes, ~chosen, _lang_ranks(lang)))
+    out = source.take(rows[final])
+    out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
+    return out.append_column("chosen", pa.array(chosen[final]))
+
+
+def _lang_ranks(lang: pa.Array) -> np.ndarray:
+    """Each row's rank of its lang in sorted order: a sort key that groups rows by language."""
+    encoded = pc.dictionary_encode(lang)
+    rank = np.argsort(np.argsort(np.array(encoded.dictionary.to_pylist(), dtype=object)))
+    return rank[encoded.indices.to_numpy()]
+
+
+def _routed(lang: pa.Array | pa.ChunkedArray, known: pa.Array) -> pa.Array:
+    """Labels with metadata as they are, the rest (and null) as `other`."""
+    routed = pc.if_else(pc.is_in(lang, value_set=known), lang, pa.scalar(OTHER))
+    return routed.combine_chunks() if isinstance(routed, pa.ChunkedArray) else routed
+
+
+def write_matches(matches_uri: str, counts_uri: str, part: int, records: pa.Table) -> list[dict]:
+    """One file per language of partition_records' output (chosen rows in their own first row
+    groups) and the partition's per-entry counts; the FILES_SCHEMA row of each file."""
+    langs = records.column("lang").combine_chunks()
+    cuts = np.flatnonzero(run_starts(langs))
+    bounds = np.append(cuts, records.num_rows)
+    chosen = records.column("chosen").to_numpy()
+    lengths = pc.list_value_length(records.column("entry_ids")).to_numpy(zero_copy_only=False)
+    body = records.drop_columns(["lang"])
+    rows, counted = [], []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        lang = langs[start].as_py()
+        first = int(chosen[start:stop].sum())
+        name = f"lang={lang}/part-{part:05d}.parquet"
+        pieces = [body.slice(start, first), body.slice(start + first, stop - start - first)]
+        tables.write_parquet(
+            f"{matches_uri}/{name}", [p for p in pieces if p.num_rows], plain=UNIQUE_STRINGS
+        )
+        matched = int(np.count_nonzero(lengths[start:stop]))
+        rows.append(dict(part=part, lang=lang, file=name, rows=int(stop - start), chosen=first,
+                         matched=matched, input_records=0, nulls=0))  # fmt: skip
+        if matched:
+            ids = pc.list_flatten(records.column("entry_ids").slice(start, stop - start))
+            counts = np.bincount(ids.to_numpy())
+            entry_ids = np.flatnonzero(counts)
+            counted.append(
+                pa.table(
+                    {
+                        "lang": pa.array([lang] * entry_ids.size, pa.string()),
+                        "entry_id": pa.array(entry_ids.astype(np.int32)),
+                        "count": pa.array(counts[entry_ids].astype(np.int64)),
+                    }
+                )
+            )
+    if counted:
+        tables.write_parquet(f"{counts_uri}/{counts_file(part)}", [pa.concat_tables(counted)])
+    return rows
+
+
+def counts_file(part: int) -> str:
+    return f"part-{part:05d}.parquet"
+
+
+# --- entry counts: partial counts summed per language ----------------------------------------
+
+# rows of count_blobs: one language's partial counts from one file; blob null marks a language
+COUNT_BLOBS_DDL = "key int, lang string, blob binary"
+ENTRY_COUNTS_FILE = "part-00000.parquet"
+
+
+def count_blobs(lang_keys: dict[str, int]):
+    """mapInArrow function over partial counts files (path): each file's counts of each
+    language as one blob (entry_id, count), keyed to that language's reduce task."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                fs, local = tables.filesystem(path)
+                with fs.open_input_file(local) as handle:
+                    counts = pq.read_table(handle)
+                langs = counts.column("lang").combine_chunks()
+                bounds = np.append(np.flatnonzero(run_starts(langs)), counts.num_rows)
+                keys, names, blobs = [], [], []
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    lang = langs[start].as_py()
+                    piece = counts.slice(start, stop - start).select(["entry_id", "count"])
+                    keys.append(lang_keys[lang])
+                    names.append(lang)
+                    blobs.append(exchange.to_blob(piece))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(keys, pa.int32()), pa.array(names, pa.string()), pa.array(blobs)],
+                    names=["key", "lang", "blob"],
+                )
+
+    return run
+
+
+def sum_counts_and_write(metadata_uri: str, entry_counts_uri: str):
+    """mapInArrow function over count blobs (a marker row per language, so that a language
+    without matches is written too): every metadata entry of the language with its summed
+    count, zeros included, as `lang=L/part-00000.parquet`. Returns (lang, entries) rows."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        blobs: dict[str, list] = {}
+        for batch in batches:
+            for lang, blob in zip(batch.column("lang").to_pylist(), batch.column("blob")):
+                blobs.setdefault(lang, [])
+                if blob.is_valid:
+                    blobs[lang].append(blob.as_buffer())
+        langs, entries = [], []
+        for lang in sorted(blobs):
+            metadata = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
+            metadata = metadata.sort_by("entry_id")
+            entry_ids = metadata.column("entry_id").to_numpy().astype(np.int64)
+            counts = np.zeros(int(entry_ids.max()) + 1 if entry_ids.size else 0, dtype=np.int64)
+            for blob in blobs[lang]:
+                piece = pa.ipc.open_stream(blob).read_all()
+                np.add.at(
+                    counts, piece.column("entry_id").to_numpy(), piece.column("count").to_numpy()
+                )
+            table = pa.table(
+                {
+                    "entry_id": pa.array(entry_ids.astype(np.int32)),
+                    "entry": metadata.column("entry").combine_chunks().cast(pa.string()),
+                    "count": pa.array(counts[entry_ids]),
+                }
+            )
+            path = f"{entry_counts_uri}/lang={lang}/{ENTRY_COUNTS_FILE}"
+            tables.write_parquet(path, [table], plain=("entry",))
+            langs.append(lang)
+            entries.append(table.num_rows)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(langs, pa.string()), pa.array(entries, pa.int64())], names=["lang", "entries"]
+        )
+
+    return run
+
+
+def _resolve_copies(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
+    """partition_records for rows that share their uid hash, by comparing the strings
+    themselves: grouped by lang, chosen ones first, each group in (uid, text) order. The full
+    rows are copied once, into their final order; only images with several rows pay for
+    comparing texts."""
+    keys = [("uid", "ascending", "at_end"), ("text", "ascending", "at_end")]
+    order = pc.sort_indices(table, sort_keys=[*keys, ("lang", "ascending", "at_end")])
+    order = order.to_numpy()
+    uid = table.column("uid").take(order)
+    image = np.cumsum(run_starts(uid)) - 1
+    first = np.ones(order.size, dtype=np.bool_)  # the first copy of each distinct (uid, text)
+    several = np.flatnonzero(np.bincount(image)[image] > 1)
+    if several.size:
+        texts = table.column("text").take(order[several])
+        first[several] = run_starts(uid.take(several), texts)
+    rows, image = order[first], image[first]  # one row per record, smallest lang first
+    lang = _routed(table.column("lang").take(rows), known)
+    chosen = chosen_texts(seed, table, rows, image)
+    final = np.lexsort((~chosen, _lang_ranks(lang)))
+    out = table.take(rows[final])
+    if not first.all():  # url and page_url: the smallest of the record's copies
+        group = np.cumsum(first) - 1
+        out = _smallest_of_copies(out, table, order, group, final)
+    out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
+    return out.append_column("chosen", pa.array(chosen[final]))
+
+
+def _smallest_of_copies(out, table, order, group, final) -> pa.Table:
+    """`out` (records in `final` order) with url and page_url replaced, for the records that had
+    several copies, by the smallest non-null value among them (Spark's min)."""
+    copies = np.flatnonzero(np.bincount(group)[group] > 1)
+    subset = table.select(["url", "page_url"]).take(order[copies])
+    smallest = (
+        subset.append_column("g", pa.array(group[copies]))
+        .group_by("g", use_threads=False)
+        .aggregate([("url", "min"), ("page_url", "min")])
+    )
+    position = np.empty(final.size, dtype=np.int64)
+    position[final] = np.arange(final.size)  # record (in uid order) -> row of out
+    where = position[smallest.column("g").to_numpy()]
+    ascending = np.argsort(where)
+    mask = np.zeros(final.size, dtype=np.bool_)
+    mask[where] = True
+    for name in ("url", "page_url"):
+        values = smallest.column(f"{name}_min").take(pa.array(ascending))
+        column = pc.replace_with_mask(out.column(name), pa.array(mask), values.combine_chunks())
+        out = out.set_column(out.schema.get_field_index(name), name, column)
+    return out
+
+
+def run_starts(*columns) -> np.ndarray:
+    """True where a row differs from the previous one in any of the (sorted) columns."""
+    n = len(columns[0])
+    starts = np.ones(n, dtype=np.bool_)
+    if n > 1:
+        same = None
+        for column in columns:
+            equal = pc.equal(column.slice(1), column.slice(0, n - 1))
+            same = equal if same is None else pc.and_(same, equal)
+        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+    return starts
+
+
+def chosen_texts(seed: int, table: pa.Table, rows: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Section 8's one text per image, for records `rows` of `table` in (uid, text) order
+    (`image` numbers their uids): among an image's matched texts the smallest
+    (text_choice_key, text). Only images with several matched texts hash a key."""
+    lengths = pc.list_value_length(table.column("entry_ids").take(rows))
+    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    matched = np.flatnonzero(chosen)
+    if matched.size < 2:
+        return chosen
+    shared = np.bincount(image[matched], minlength=image[-1] + 1)[image[matched]] > 1
+    matched = matched[shared]
+    if not matched.size:
+        return chosen
+    candidates = pa.array(rows[matched])
+    best = choose_texts(
+        seed,
+        table.column("uid").take(candidates),
+        table.column("text").take(candidates),
+        image[matched],
+    )
+    chosen[matched[~best]] = False
+    return chosen
+
+
+def language_probabilities(counts_uri: str, lang: str, t: float, version: str = "") -> np.ndarray:
+    """prob per entry id of one language, from its entry_counts partition (zeros included)."""
+
+    def build():
+        table = tables.read_partition(counts_uri, lang, ["entry_id", "count"])
+        ids = table.column("entry_id").to_numpy()
+        counts = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=np.int64)
+        counts[ids] = table.column("count").to_numpy()
+        return entry_probabilities(counts, t)
+
+    return _cached(
+        _PROBS, (counts_uri, version, lang, t), build, lambda p: max(1, p.size), PROBS_CACHE_ENTRIES
+    )
+
+
+def batch_keep_probabilities(
+    batch: pa.RecordBatch, counts_uri: str, thresholds: dict[str, float], version: str
+) -> np.ndarray:
+    """keep_probability of each row of a batch (lang, entry_ids), language by language."""
+    entry_ids = batch.column("entry_ids")
+    offsets = entry_ids.offsets.to_numpy()
+    values = entry_ids.values.to_numpy()
+    langs = batch.column("lang").to_numpy(zero_copy_only=False)
+    keep_probs = np.empty(batch.num_rows, dtype=np.float64)
+    for lang in dict.fromkeys(langs):
+        rows = np.flatnonzero(langs == lang)
+        probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
+        keep_probs[rows] = keep_probabilities(probs, offsets, values, rows)
+    return keep_probs
+
+
+# --- curated: the keep draw over the chosen rows ---------------------------------------------
+
+
+def keep_and_write(
+    matches_uri: str,
+    curated_uri: str,
+    counts_uri: str,
+    thresholds: dict[str, float],
+    seed: int,
+    version: str,
+):
+    """mapInArrow function over matches/ files (lang, file, chosen): the keep probability of
+    each chosen row from its language's counts, kept when its image's seeded draw falls below
+    it; the kept rows written to the same file name under curated/. Returns KEPT_SCHEMA rows."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        done = []
+        for batch in batches:
+            files = zip(*(batch.column(c).to_pylist() for c in ("lang", "file", "chosen")))
+            for lang, name, chosen in files:
+                rows = _first_rows(
+                    f"{matches_uri}/{name}", chosen, ["uid", "url", "text", "entry_ids"]
+                )
+                entry_ids = rows.column("entry_ids").combine_chunks()
+                probs = language_probabilities(counts_uri, lang, thresholds[lang], version)
+                keep_probs = keep_probabilities(
+                    probs,
+                    entry_ids.offsets.to_numpy(),
+                    entry_ids.values.to_numpy(),
+                    np.arange(rows.num_rows),
+                )
+                kept = keep_uniforms(seed, rows.column("uid")) < keep_probs
+                if kept.any():
+                    out = rows.append_column("keep_prob", pa.array(keep_probs, pa.float64()))
+                    tables.write_parquet(
+                        f"{curated_uri}/{name}", [out.filter(pa.array(kept))], plain=UNIQUE_STRINGS
+                    )
+                done.append(dict(lang=lang, file=name, rows=int(kept.sum())))
+        yield pa.RecordBatch.from_pylist(done, schema=KEPT_SCHEMA)
+
+    return run
+
+
+def _first_rows(uri: str, n: int, columns: list[str]) -> pa.Table:
+    """The first n rows of a Parquet file, reading only the row groups that hold them."""
+    fs, path = tables.filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        groups, total = [], 0
+        while total < n:
+            total += parquet.metadata.row_group(len(groups)).num_rows
+            groups.append(len(groups))
+        return parquet.read_row_groups(groups, columns=columns, use_threads=False).slice(0, n)
