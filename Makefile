@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: .venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 demo: .venv
 	$(PY) -m curation.tools.demo --output $(OUT)

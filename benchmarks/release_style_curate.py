@@ -9,7 +9,7 @@ MetaCLIP 2 release's three stages, on the same input and metadata as jobs/curate
    max(min(1, t / count)) over its entries, drawn from a generator seeded per record.
 
 Everything is held in memory, as the release's scripts do. Not a reimplementation of our
-semantics (see `curation-semantics.md`'s deliberate differences): the cost a user of the
+semantics (see the deliberate differences in docs/semantics.md): the cost a user of the
 release's scripts would pay, which is what the benchmark compares against.
 
     python benchmarks/release_style_curate.py INPUT_DIR METADATA_DIR OUT.parquet [--t-en 2000]

@@ -179,11 +179,25 @@ def keep_uniforms(seed: int, uids) -> np.ndarray:
     return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def choose_texts(seed: int, uids, texts, image: np.ndarray) -> np.ndarray:
+SMALL_CHOICE = 64  # rows up to which choose_texts hashes with hashlib instead of in a batch
+
+
+def choose_texts(seed: int, uids, texts, image) -> np.ndarray:
     """Rule 8.2, the one per-image choice: for matched records grouped by image (`image[i]`
     numbers row i's image, the rows of an image in text order), True at the one row chosen for
     each image, the smallest (text_choice_key(seed, uid, text), text). `uids` and `texts` are
     Arrow string arrays or sequences of str."""
+    if len(image) <= SMALL_CHOICE and not isinstance(uids, (pa.Array, pa.ChunkedArray)):
+        # one image's few candidates (online curation, per sample): the scalar keys, which are
+        # the same bits (rule 8.5), without the batch path's fixed cost
+        best: dict = {}
+        for row, (uid, text, group) in enumerate(zip(uids, texts, image)):
+            key = (_hash64(seed, "choose", uid, text), text)
+            if group not in best or key < best[group][0]:
+                best[group] = (key, row)
+        chosen = np.zeros(len(image), dtype=np.bool_)
+        chosen[[row for _, row in best.values()]] = True
+        return chosen
     image = np.asarray(image, dtype=np.int64)
     chosen = np.zeros(image.size, dtype=np.bool_)
     if not image.size:

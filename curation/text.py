@@ -1,4 +1,4 @@
-"""Text normalization shared by alt-text and metadata entries (semantics doc, sections 1-2)."""
+"""Text normalization shared by alt-text and metadata entries (docs/semantics.md, sections 1-2)."""
 
 from __future__ import annotations
 

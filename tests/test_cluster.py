@@ -17,6 +17,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from curation.alt_text.job import ExtractConfig
+from curation.alt_text.job import run as extract_run
+from curation.curate.job import CurateConfig
+from curation.curate.job import run as curate_run
 from tests.conftest import free_port, shared_path
 from tests.curation_fixtures import wit_entries, write_metadata
 
@@ -117,12 +121,6 @@ def submit(cluster, archive, job, *args, cwd: Path, python=None, conf=()):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=600)
 
 
-def run_local(job, *args, cwd: Path):
-    cmd = [sys.executable, str(ROOT / "jobs" / job), *args, "--master", "local[2]"]
-    env = {**_env(), "PYSPARK_PYTHON": sys.executable}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
-
 def rows(table: Path, sort_by: list[str]) -> list[dict]:
     data = ds.dataset(str(table), format="parquet", partitioning="hive").to_table()
     return sorted(data.to_pylist(), key=lambda r: tuple(str(r[k]) for k in sort_by))
@@ -145,27 +143,39 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
-def test_extract_and_curate_on_the_cluster_equal_a_local_run(cluster, packed_env, inputs):
-    """Relative paths (as `make` passes them) on both sides; the cluster's driver runs in the
-    inputs folder, its executors in their own work directories."""
+def test_extract_and_curate_on_the_cluster_equal_a_local_run(spark, cluster, packed_env, inputs):
+    """The jobs submitted with relative paths (as `make` passes them): the cluster's driver runs
+    in the inputs folder, its executors in their own work directories. The local run is the
+    same stages' `run` in the test session (local[2]), on the same files."""
     files = ["cc3m.tsv", "wit_el.jsonl", "wit_ja.jsonl"]
     curate_args = ["--metadata", "metadata", "--t-en", "20"]
-    for where, run in (
-        ("local", lambda job, *a: run_local(job, *a, cwd=inputs)),
-        ("cluster", lambda job, *a: submit(cluster, packed_env, job, *a, cwd=inputs)),
-    ):
-        extract = run("extract_alt_text.py", "--input", *files, "--output", where)
-        assert extract.returncode == 0, extract.stderr[-3000:]
-        curate = run(
-            "curate.py", *curate_args, "--input", f"{where}/alt_text", "--output", f"{where}/cur"
-        )
-        assert curate.returncode == 0, curate.stderr[-3000:]
-        if where == "cluster":
-            # WARN by default under spark-submit: a few lines, not Spark's INFO log (the first
-            # 3 lines, Spark's version banner, come before spark.log.level takes effect)
-            for result in (extract, curate):
-                assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]
-                assert result.stderr.count(" INFO ") <= 3, result.stderr[-3000:]
+    extract_run(
+        ExtractConfig(inputs=[str(inputs / f) for f in files], output=str(inputs / "local")),
+        spark,
+    )
+    curate_run(
+        CurateConfig(
+            metadata=str(inputs / "metadata"), input=str(inputs / "local" / "alt_text"),
+            output=str(inputs / "local" / "cur"), t_en=20,
+        ),
+        spark,
+    )  # fmt: skip
+    where = "cluster"
+    extract = submit(
+        cluster, packed_env, "extract_alt_text.py", "--input", *files, "--output", where,
+        cwd=inputs,
+    )  # fmt: skip
+    assert extract.returncode == 0, extract.stderr[-3000:]
+    curate = submit(
+        cluster, packed_env, "curate.py", *curate_args, "--input", f"{where}/alt_text",
+        "--output", f"{where}/cur", cwd=inputs,
+    )  # fmt: skip
+    assert curate.returncode == 0, curate.stderr[-3000:]
+    # WARN by default under spark-submit: a few lines, not Spark's INFO log (the first 3 lines,
+    # Spark's version banner, come before spark.log.level takes effect)
+    for result in (extract, curate):
+        assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]
+        assert result.stderr.count(" INFO ") <= 3, result.stderr[-3000:]
 
     alt_local = rows(inputs / "local" / "alt_text", ["uid", "text"])
     assert len(alt_local) > 600

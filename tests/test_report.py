@@ -35,7 +35,6 @@ def curation_output(spark, tmp_path_factory, wordnet_lemmas, wit_captions):
     write_metadata(root / "metadata", entries)
     out = root / "out"
     run(
-        spark,
         CurateConfig(
             metadata=str(root / "metadata"),
             input=str(root / "alt_text.parquet"),
@@ -43,6 +42,7 @@ def curation_output(spark, tmp_path_factory, wordnet_lemmas, wit_captions):
             t_en=T_EN,
             seed=3,
         ),
+        spark,
     )
     return out
 

@@ -17,7 +17,7 @@ pytest.importorskip("sklearn")
 
 from conftest import run_trainer  # noqa: E402
 
-from trainer import caption, models  # noqa: E402
+from trainer import caption, evaluate, models  # noqa: E402
 from trainer.datasets import build_digits  # noqa: E402
 from trainer.losses import compute_loss  # noqa: E402
 
@@ -184,14 +184,12 @@ def test_caption_only_learns_digits_zero_shot_by_likelihood(digits, tmp_path):
     assert acc >= 0.4, f"caption-likelihood zero-shot top-1 {acc} (chance 0.1)"
     ckpt = torch.load(tmp_path / "checkpoints" / "step_00000300.pt", weights_only=True)
     assert not any(k.startswith("text.") for k in ckpt["model"])  # no text tower was trained
-    # the CLI evaluates it the same way (caption likelihood)
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", "--checkpoint",
-         str(tmp_path / "checkpoints" / "step_00000300.pt"), "--dataset",
-         str(digits / "zeroshot"), "--languages", "en", "--max-samples", "200"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+    # trainer.evaluate's main evaluates it the same way (caption likelihood)
+    result = evaluate.main(
+        ["--checkpoint", str(tmp_path / "checkpoints" / "step_00000300.pt"), "--dataset",
+         str(digits / "zeroshot"), "--languages", "en", "--max-samples", "200"]
     )  # fmt: skip
-    assert json.loads(result.stdout)["metrics"]["en"]["acc1"] == pytest.approx(acc, abs=1e-9)
+    assert result["metrics"]["en"]["acc1"] == pytest.approx(acc, abs=1e-9)
     retrieval = subprocess.run(
         [sys.executable, "-m", "trainer.evaluate", "--checkpoint",
          str(tmp_path / "checkpoints" / "step_00000300.pt"), "--dataset",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,9 +109,22 @@ def test_ddp_run_learns_on_disjoint_samples(uninterrupted):
     assert len(events.Scalars("val/image_to_text_R@1")) == 1
 
 
-def test_resume_mid_epoch_matches_uninterrupted_run(shards, uninterrupted, tmp_path):
-    first = torchrun(shards, tmp_path, "--exit-after", "10")
+@pytest.fixture(scope="module")
+def preempted(shards, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same 2-rank run stopped after step 10; each test resumes a copy of it."""
+    out = tmp_path_factory.mktemp("run_preempted")
+    return out, torchrun(shards, out, "--exit-after", "10")
+
+
+def resumable_copy(preempted, tmp_path: Path) -> Path:
+    shutil.copytree(preempted[0], tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(shards, uninterrupted, preempted, tmp_path):
+    first = preempted[1]
     assert "stopping after step 10" in first.stdout
+    resumable_copy(preempted, tmp_path)
     assert not (tmp_path / "checkpoints" / f"step_{STEPS:08d}.pt").exists()
     # a write that a kill interrupted leaves a temp file that must be ignored
     (tmp_path / "checkpoints" / ".step_00000015.pt.tmp.123").write_bytes(b"partial")
@@ -127,10 +141,10 @@ def test_resume_mid_epoch_matches_uninterrupted_run(shards, uninterrupted, tmp_p
         assert torch.equal(expected[name], got[name]), name
 
 
-def test_elastic_resume_on_one_rank_continues_the_pass(shards, uninterrupted, tmp_path):
+def test_elastic_resume_on_one_rank_continues_the_pass(shards, preempted, tmp_path):
     """A 2-rank run preempted at step 10 comes back on 1 rank: the checkpoint is accepted, the
     log says what is approximated, and no sample of the pass is trained on twice."""
-    torchrun(shards, tmp_path, "--exit-after", "10")
+    resumable_copy(preempted, tmp_path)
     before = trained_keys(tmp_path, 0) + trained_keys(tmp_path, 1)
     second = torchrun(shards, tmp_path, "--resume", "latest", ranks=1)
     assert "elastic resume (2 -> 1 data streams)" in second.stdout

@@ -1,7 +1,7 @@
 """The curation job (docs/semantics.md, sections 3-9) as Spark stages, on the driver.
 
 records -> matches/ -> entry_counts/ -> thresholds/ -> curated/, each a table under the output
-URI, then run.json and _SUCCESS. Python tasks (curation/curate_tasks.py) read, match, choose
+URI, then run.json and _SUCCESS. Python tasks (curation/curate/tasks.py) read, match, choose
 and write every record with pyarrow; Spark schedules them and moves narrow rows
 (docs/architecture.md); tasks.py holds what they run:
 1. matches (one Spark job): map tasks read input splits, match each record against its

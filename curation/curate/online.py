@@ -128,10 +128,9 @@ class OnlineCuration:
     def decide(self, uid: str, candidates: Sequence[Candidate], epoch: int):
         """(chosen candidate, its keep probability, kept?) of one pool sample in one epoch."""
         seed = self.epoch_seed(epoch)
-        ordered = sorted(candidates, key=lambda c: c.text)
-        texts = [c.text for c in ordered]
-        picked = choose_texts(seed, [uid] * len(texts), texts, np.zeros(len(texts), np.int64))
-        chosen = ordered[int(np.flatnonzero(picked)[0])]
+        texts = [c.text for c in candidates]
+        picked = choose_texts(seed, [uid] * len(texts), texts, [0] * len(texts))
+        chosen = candidates[int(picked.argmax())]
         prob = self.keep_prob(chosen)
         return chosen, prob, keep_uniform(seed, uid) < prob
 

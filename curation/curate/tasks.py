@@ -2,7 +2,7 @@
 
 1. `read_and_pack` (or `pack_batches`, when Spark reads the input): the records of an input
    split, matched where they are read, sent on as one Arrow blob per reduce partition
-   (curation/exchange.py).
+   (curation/curate/exchange.py).
 2. `choose_and_write`: a reduce partition's records, which hold every copy of its images:
    distinct records, routed languages and the one chosen text per image, written as the
    partition's matches/ files (one per language), with its partial entry counts.
