@@ -1,4 +1,5 @@
-"""Substring matching of normalized alt-text against one language's entries (section 3).
+"""Substring matching of normalized alt-text against one language's entries (docs/semantics.md,
+section 3).
 
 Automata are built in memory from the entry list (in each Spark worker, once per language) and
 never serialized.

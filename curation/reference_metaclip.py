@@ -1,7 +1,8 @@
 """The MetaCLIP 2 reference release's matching and threshold rules, for parity tests and benchmarks.
 
-These reproduce the reference behaviour listed under "Deliberate differences" in the semantics
-doc, defects included; tests compare against them only where the rules are not defective.
+These reproduce the reference behaviour listed under "Deliberate differences" in
+docs/semantics.md, defects included; tests compare against them only where the rules are not
+defective.
 """
 
 from __future__ import annotations

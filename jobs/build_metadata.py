@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from curation.core.jobs import run_job  # noqa: E402
+from curation.core.jobs import MetadataError, run_job  # noqa: E402
 from curation.core.uris import absolute, open_binary  # noqa: E402
 from curation.metadata import entries  # noqa: E402
 from curation.metadata.job import BuildConfig, run, session  # noqa: E402
@@ -96,14 +96,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def languages_of(args) -> tuple[str, ...]:
-    """--languages, else the codes in --languages-file, else () (every language)."""
+def languages_of(args) -> tuple[str, ...] | None:
+    """--languages, else the codes in --languages-file, else None (every language)."""
     if args.languages:
         return tuple(c.strip() for c in args.languages.split(",") if c.strip())
     if args.languages_file:
-        with open_binary(absolute(args.languages_file)) as f:
-            return tuple(f.read().decode("utf-8").split())
-    return ()
+        try:
+            with open_binary(absolute(args.languages_file)) as f:
+                return tuple(f.read().decode("utf-8").split())
+        except OSError as error:
+            raise MetadataError(f"--languages-file: {error}") from None
+    return None
 
 
 def config_from_args(args) -> BuildConfig:

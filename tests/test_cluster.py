@@ -4,6 +4,7 @@ pyspark's own `spark-class`, code and dependencies shipped the documented way (t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -17,10 +18,6 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from curation.alt_text.job import ExtractConfig
-from curation.alt_text.job import run as extract_run
-from curation.curate.job import CurateConfig
-from curation.curate.job import run as curate_run
 from tests.conftest import free_port, shared_path
 from tests.curation_fixtures import wit_entries, write_metadata
 
@@ -107,6 +104,14 @@ def packed_env(tmp_path_factory) -> Path:
     return out
 
 
+def load_job(name: str):
+    """jobs/NAME.py as a module, for its `main` in this process."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def submit(cluster, archive, job, *args, cwd: Path, python=None, conf=()):
     python = python or "./environment/bin/python"
     cmd = [
@@ -143,23 +148,19 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
-def test_extract_and_curate_on_the_cluster_equal_a_local_run(spark, cluster, packed_env, inputs):
-    """The jobs submitted with relative paths (as `make` passes them): the cluster's driver runs
-    in the inputs folder, its executors in their own work directories. The local run is the
-    same stages' `run` in the test session (local[2]), on the same files."""
+def test_extract_and_curate_on_the_cluster_equal_a_local_run(
+    spark, cluster, packed_env, inputs, monkeypatch, capsys
+):
+    """Relative paths (as `make` passes them) on both sides: the cluster's driver runs in the
+    inputs folder, its executors in their own work directories; the local run is the same jobs'
+    `main` in the inputs folder, on the test session (local[2]: no second JVM to start)."""
     files = ["cc3m.tsv", "wit_el.jsonl", "wit_ja.jsonl"]
     curate_args = ["--metadata", "metadata", "--t-en", "20"]
-    extract_run(
-        ExtractConfig(inputs=[str(inputs / f) for f in files], output=str(inputs / "local")),
-        spark,
-    )
-    curate_run(
-        CurateConfig(
-            metadata=str(inputs / "metadata"), input=str(inputs / "local" / "alt_text"),
-            output=str(inputs / "local" / "cur"), t_en=20,
-        ),
-        spark,
-    )  # fmt: skip
+    monkeypatch.chdir(inputs)
+    where = "local"
+    assert load_job("extract_alt_text").main(["--input", *files, "--output", where]) == 0
+    argv = [*curate_args, "--input", f"{where}/alt_text", "--output", f"{where}/cur"]
+    assert load_job("curate").main(argv) == 0, capsys.readouterr().err[-3000:]
     where = "cluster"
     extract = submit(
         cluster, packed_env, "extract_alt_text.py", "--input", *files, "--output", where,

@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import shutil
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -623,3 +625,23 @@ def test_tables_equal_the_recorded_run_byte_for_byte(curated_run):
     assert rows == RECORDED["rows"]
     if pa.__version__ == RECORDED["pyarrow"]:
         assert files == RECORDED["files"]
+
+
+def test_code_version_covers_every_subpackage_wherever_the_checkout_is(tmp_path):
+    """H.6: the --resume fingerprint's code digest changes with a source file of any
+    subpackage, not with docs or with where the package lies."""
+    from importlib.metadata import version
+
+    from curation.core.tables import code_version
+
+    package = Path(__file__).resolve().parents[1] / "curation"
+    here = code_version()
+    assert here.startswith(f"{version('metaclip-pipeline')}+")
+    copy = tmp_path / "elsewhere" / "curation"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "sample_data"))
+    assert code_version(copy) == here
+    (copy / "README.md").write_text("docs do not count")
+    assert code_version(copy) == here
+    tasks = copy / "curate" / "tasks.py"
+    tasks.write_text(tasks.read_text() + "\n# a change deep in a stage package\n")
+    assert code_version(copy) != here

@@ -214,7 +214,7 @@ def test_missing_tables_give_a_clear_error(tmp_path):
 def test_cli_writes_a_standalone_html_report(curation_output, tmp_path):
     target = tmp_path / "sub" / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "curation.report.job", str(curation_output), "--html", str(target)],
+        [sys.executable, "-m", "curation.report", str(curation_output), "--html", str(target)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -235,7 +235,7 @@ def test_cli_writes_a_standalone_html_report(curation_output, tmp_path):
         [
             sys.executable,
             "-m",
-            "curation.report.job",
+            "curation.report",
             str(tmp_path / "nowhere"),
             "--html",
             "x.html",

@@ -52,8 +52,8 @@ def test_train_extra_covers_every_trainer_import():
 
 
 def test_the_trainer_imports_curation_without_spark():
-    """--online-curation imports curation.curate.online (and through it curation.curate.job): a
-    trainer-only install has no pyspark, so none of that may import it."""
+    """--online-curation imports curation.curate.online (and through it the contract and
+    curation.core): a trainer-only install has no pyspark, so none of that may import it."""
     import subprocess
 
     code = (

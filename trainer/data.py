@@ -49,8 +49,6 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curation.curate.online import parse_candidates
-
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard", "not_a_pool_sample")
 # open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
@@ -501,6 +499,9 @@ def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str |
 def online_text(online, sample: dict, counts: dict, drops: Counter) -> str | None:
     """The text online curation keeps this sample with in its epoch, or None (skipped, or not
     a pool sample: counted)."""
+    # deferred on purpose: numba and the curation library load only with --online-curation
+    from curation.curate.online import parse_candidates
+
     try:
         meta = json.loads(sample.get("json") or b"{}")
         candidates = parse_candidates(meta["candidates"])

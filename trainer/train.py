@@ -27,7 +27,6 @@ if __package__ in (None, ""):  # `python trainer/train.py` / `torchrun trainer/t
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from curation.curate.online import OnlineCuration, pool_from_matches
 from trainer import (  # noqa: E402
     accumulate,
     augment,
@@ -716,6 +715,9 @@ def run_evals(
 def online_curation(args, urls):
     """(OnlineCuration, pool images, expected kept per epoch), after checking that the shards
     are pool shards of this run (their manifest.json names it)."""
+    # deferred on purpose: numba and the curation library load only with --online-curation
+    from curation.curate.online import OnlineCuration, pool_from_matches
+
     manifest = data._read_json_next_to(urls[0], "manifest.json") or {}
     source = manifest.get("source", {})
     if source.get("pool") != "matched":

@@ -118,7 +118,10 @@ def session(master: str | None = None):
 def run(config: ExtractConfig, spark=None, master: str | None = None, log=print) -> ExtractReport:
     """List the inputs, check the output, size the shuffle, then `run_extract` (on `spark`, else
     the active session, else a local one on `master`)."""
-    files = list_inputs(list(config.inputs), config.input_format, config.base_uri)
+    try:
+        files = list_inputs(list(config.inputs), config.input_format, config.base_uri)
+    except OSError as error:  # a paths file or folder that cannot be read: bad input, exit 2
+        raise ExtractError(str(error)) from None
     if not files:
         raise ExtractError(f"no input files found in {list(config.inputs)}")
     from pyspark.sql import SparkSession

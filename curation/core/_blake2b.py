@@ -147,7 +147,7 @@ def initial_state(digest_size: int, person: bytes) -> np.ndarray:
 
 
 def hash_rows(prefix: bytes, person: bytes, *columns) -> np.ndarray:
-    """digests64 over one or two (offsets, data) string buffers (exchange.string_buffers)."""
+    """digests64 over one or two (offsets, data) string buffers (hashing.string_buffers)."""
     (offsets_a, data_a), (offsets_b, data_b) = columns[0], columns[-1]
     return digests64(
         np.frombuffer(prefix, dtype=np.uint8),

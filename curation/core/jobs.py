@@ -50,6 +50,8 @@ class ReportError(PipelineError):
 class PackError(PipelineError):
     """`make pack-env` (curation/tools/pack_env.py): the executors' environment is unusable."""
 
+    exit_code = 1
+
 
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 
@@ -85,9 +87,11 @@ def run_job(name: str, body) -> int:
     except PipelineError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except FileNotFoundError as error:
+    except FileNotFoundError as error:  # FileNotFoundError(uri) names just the path
         text = str(error)
-        print(f"{name}: error: {text if ' ' in text else f'not found: {text}'}", file=sys.stderr)
+        if not error.strerror and (len(error.args) != 1 or " " not in text):
+            text = f"not found: {text}"
+        print(f"{name}: error: {text}", file=sys.stderr)
         return 2
     except ValueError as error:
         print(f"{name}: error: {error_line(error)}", file=sys.stderr)

@@ -236,31 +236,6 @@ class HadoopFS:
         if not fs.rename(tmp, path):
             raise OSError(f"could not write {uri}")
 
-    def read_text(self, uri: str) -> str | None:
-        path, fs = self._path(uri)
-        if not fs.exists(path):
-            return None
-        io = self._jvm.java.io
-        reader = io.BufferedReader(io.InputStreamReader(fs.open(path), "UTF-8"))
-        try:
-            lines = []
-            while (line := reader.readLine()) is not None:
-                lines.append(line)
-            return "\n".join(lines)
-        finally:
-            reader.close()
-
-    def partition_values(self, uri: str, column: str) -> list[str]:
-        path, fs = self._path(uri)
-        if not fs.exists(path):
-            raise FileNotFoundError(uri)
-        prefix = f"{column}="
-        return sorted(
-            status.getPath().getName()[len(prefix) :]
-            for status in fs.listStatus(path)
-            if status.isDirectory() and status.getPath().getName().startswith(prefix)
-        )
-
     def glob_bytes(self, pattern: str) -> int:
         """Total size of the files a glob URI matches (0 when none)."""
         path, fs = self._path(pattern)

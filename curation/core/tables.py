@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from curation.core.spark import HadoopFS
 from curation.core.uris import local_path
 
 HIVE_LANG = ds.partitioning(pa.schema([("lang", pa.string())]), flavor="hive")
@@ -169,11 +170,17 @@ def read_table(spark, uri: str, schema: str | None = None):
     `schema` (DDL, partition columns included) is for tables this project wrote: it skips the
     Spark job that infers the schema from file footers on every read."""
     uri = uri.rstrip("/")
-    if not exists(uri):
+    try:
+        found, delta, folder = exists(uri), is_delta(uri), is_dir(uri)
+    except (pa.ArrowException, OSError, ValueError):  # a filesystem only Hadoop's layer reaches
+        hadoop = HadoopFS(spark)
+        found, delta = hadoop.exists(uri), hadoop.exists(f"{uri}/_delta_log")
+        folder = hadoop.is_dir(uri)
+    if not found:
         raise FileNotFoundError(uri)
     reader = spark.read.schema(schema) if schema else spark.read
-    if not is_delta(uri):
-        reader = reader.option("basePath", uri) if is_dir(uri) else reader
+    if not delta:
+        reader = reader.option("basePath", uri) if folder else reader
         return reader.parquet(uri)
     if spark_has_delta(spark):
         return reader.format("delta").load(uri)
@@ -280,21 +287,22 @@ def has_success(uri: str) -> bool:
     return exists(posixpath.join(uri.rstrip("/"), "_SUCCESS"))
 
 
-def code_version() -> str:
+def code_version(root: Path | None = None) -> str:
     """The package version plus a digest of the library's source: what `--resume` compares.
 
-    A digest of every `curation/**/*.py` rather than a git commit, so a docs-only commit does not
-    invalidate finished stages, an uncommitted code change does, and a cluster without git works.
+    A digest of every `curation/**/*.py` (paths relative to the package, so the checkout's
+    location does not matter) rather than a git commit: a docs-only commit does not invalidate
+    finished stages, a code change in any subpackage does, and a cluster without git works.
     """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        package = version("metaclip-pipeline")
+        release = version("metaclip-pipeline")
     except PackageNotFoundError:
-        package = "unknown"
+        release = "unknown"
+    root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode())
+    for source in sorted(root.rglob("*.py")):
+        digest.update(source.relative_to(root).as_posix().encode())
         digest.update(source.read_bytes())
-    return f"{package}+{digest.hexdigest()[:12]}"
+    return f"{release}+{digest.hexdigest()[:12]}"

@@ -5,8 +5,9 @@ share of its records as one compressed Arrow IPC stream. The JVM moves a few row
 (map task, partition) instead of converting, serializing and compressing every record.
 
 The blob rows are repartitioned with Spark's own hash partitioning of an int `key` column.
-`partition_keys(P)[p]` is a key that Spark sends to partition p: Spark's Murmur3 hash is
-reproduced here and checked against Spark in tests, so every reduce task gets exactly one
+`hashing.partition_keys(P)[p]` is a key that Spark sends to partition p: Spark's Murmur3 hash
+is reproduced in curation/core/hashing.py and checked against Spark in tests, so every reduce
+task gets exactly one
 partition's records. A wrong guess would only unbalance the tasks: a reduce task processes
 whatever it is sent, and every copy of a uid is always sent to the same task.
 """

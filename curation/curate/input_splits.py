@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from curation.core import tables
 from curation.core.tables import filesystem
 
 log = logging.getLogger("curate")
@@ -56,7 +57,7 @@ def list_input(uri: str, split_bytes: int) -> InputFiles | None:
         raise FileNotFoundError(uri)
     if info.type == pafs.FileType.File:
         files = [(root, info.size, {})]
-    elif fs.get_file_info(f"{root}/_delta_log").type == pafs.FileType.Directory:
+    elif tables.is_delta(uri):
         files = _delta_files(uri, root)
         if files is None:
             return None

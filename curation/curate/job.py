@@ -45,13 +45,10 @@ log = logging.getLogger("curate")
 
 INPUT_READERS = ("auto", "pyarrow", "spark")
 STAGES = ("matches", "entry_counts", "thresholds", "curated")
-MATCHED_SCHEMA = (
-    "uid string, url string, page_url string, text string, lang string, entry_ids array<int>"
-)
-MATCHES_SCHEMA = MATCHED_SCHEMA + ", chosen boolean"
-# what the job's own tables hold (schemas/tables.json; lang is the partition directory)
+# what the job's own tables hold, for Spark readers (schemas/tables.json; lang is the partition
+# directory): matches/ is the records that crossed the shuffle, plus the chosen flag
 TABLE_SCHEMAS = {
-    "matches": MATCHES_SCHEMA,
+    "matches": from_arrow_schema(exchange.RECORD_SCHEMA.append(pa.field("chosen", pa.bool_()))),
     "entry_counts": "lang string, entry_id int, entry string, count long",
     "thresholds": "lang string, t double, tail_fraction double, entries long, matched_records long",
     "curated": "uid string, url string, text string, lang string, entry_ids array<int>, "
@@ -130,14 +127,11 @@ class CurationJob:
     def _content_summary(self, uri: str) -> list[int]:
         try:
             return tables.content_summary(uri)
-        except (pa.ArrowException, ValueError):
+        except (pa.ArrowException, ValueError, OSError):
             return HadoopFS(self.spark).content_summary(uri)
 
     def table_uri(self, name: str) -> str:
         return f"{self.out}/{name}"
-
-    def read(self, name: str):
-        return tables.read_table(self.spark, self.table_uri(name), TABLE_SCHEMAS[name])
 
     def summary_uri(self, name: str) -> str:
         """What a stage found out (counts, the files it wrote): `--resume` reads it back."""

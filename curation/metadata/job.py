@@ -3,7 +3,8 @@
 Dumps are split across tasks by file (one task per dump file); counts are summed by key, so a
 language split over many dump files gets the same counts as one file. Selection uses window
 ranks with code-point tie-breaks, and ids are assigned per language with Python's `sorted()`
-(section 9), so the output does not depend on partitioning, task order or hash seeds.
+(docs/semantics.md, section 9), so the output does not depend on partitioning, task order or
+hash seeds.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class BuildConfig:
     file names -> Wikipedia codes) default to the project's tables."""
 
     output: str
-    languages: tuple[str, ...] = ()
+    languages: tuple[str, ...] | None = None
     no_space: frozenset[str] | None = None
     wordnet: str | None = None
     omw: tuple[str, ...] = ()
@@ -50,15 +51,18 @@ class BuildConfig:
     def __post_init__(self):
         known = load_languages()
         codes = [lang.code for lang in known]
-        unknown = sorted(set(self.languages) - set(codes))
+        if self.languages is not None and not self.languages:
+            raise MetadataError("no language given (--languages or --languages-file is empty)")
+        unknown = sorted(set(self.languages or ()) - set(codes))
         if unknown:
             raise MetadataError(f"unknown Wikipedia language codes: {', '.join(unknown)}")
-        if self.max_languages is not None and self.max_languages < 1:
-            raise MetadataError(f"--max-languages must be at least 1, got {self.max_languages}")
-        for name in ("languages", "omw", "dumps", "pageviews"):
+        if self.max_languages is not None and self.max_languages < 0:
+            raise MetadataError(
+                f"--max-languages must be 0 (no limit) or more, got {self.max_languages}"
+            )
+        for name in ("omw", "dumps", "pageviews"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.languages:
-            object.__setattr__(self, "languages", tuple(codes))
+        object.__setattr__(self, "languages", tuple(self.languages or codes))
         if self.no_space is None:
             no_space = frozenset(lang.code for lang in known if lang.no_space)
             object.__setattr__(self, "no_space", no_space)
@@ -105,9 +109,9 @@ def run(config: BuildConfig, spark=None, log: Callable[[str], None] = print) -> 
         size_shuffle_partitions(spark, sum(fs.glob_bytes(u) for u in config.dumps))
     try:
         fs.check_writable(config.output)
-    except OSError as error:
+        report = build(spark, config, log)
+    except OSError as error:  # an input or the output out of reach (driver side): exit 2
         raise MetadataError(str(error)) from None
-    report = build(spark, config, log)
     report.seconds = time.perf_counter() - started
     return report
 

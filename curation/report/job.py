@@ -22,7 +22,7 @@ import pandas as pd
 
 from curation.core import tables
 from curation.core.jobs import ReportError
-from curation.core.uris import local_path, open_binary
+from curation.core.uris import local_path
 
 TABLES = ("entry_counts", "thresholds", "curated", "matches")
 REQUIRED = ("entry_counts", "thresholds")
@@ -51,17 +51,9 @@ def _open_source(uri: str):
         if not next(root.rglob("*.parquet"), None):
             return None
         return "parquet", str(root / "**" / "*.parquet")
-    import pyarrow.dataset as ds
-    import pyarrow.fs as pafs
-
-    filesystem, root = pafs.FileSystem.from_uri(uri)
-    return "arrow", ds.dataset(
-        root,
-        filesystem=filesystem,
-        format="parquet",
-        partitioning="hive",
-        ignore_prefixes=[".", "_"],
-    )
+    if not tables.exists(uri):
+        return None
+    return "arrow", tables.dataset(uri, partitioning="hive")
 
 
 def _plain_delta_files(table) -> list[str] | None:
@@ -140,19 +132,13 @@ class CurationOutput:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _read_text(self, name: str) -> str | None:
-        path = local_path(f"{self.output}/{name}")
-        if path is not None:
-            p = Path(path)
-            return p.read_text(encoding="utf-8") if p.is_file() else None
-
         try:
-            with open_binary(f"{self.output}/{name}") as stream:
-                return stream.read().decode("utf-8")
+            return tables.read_text(f"{self.output}/{name}")
         except OSError:
             return None
 
     def _exists(self, name: str) -> bool:
-        return self._read_text(name) is not None
+        return tables.exists(f"{self.output}/{name}")
 
     def _read_run_json(self) -> dict:
         text = self._read_text("run.json")

@@ -102,17 +102,20 @@ def run(config: ExportConfig, log=print) -> ExportReport:
             "export_shards",
             conf={"spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS": str(config.max_image_pixels)},
         )
-    if config.serve_local:
-        folder = config.serve_local
-        if folder == "skimage":
-            folder = str(loopback.bundled_photo_dir())
-        names = loopback.image_names(folder)
-        with loopback.serve_directory(folder) as base:
-            manifest, built = export_shards(
-                config, url_rewrite=lambda t: loopback.localize_urls(t, base, names), log=log
-            )
-    else:
-        manifest, built = export_shards(config, log=log)
+    try:
+        if config.serve_local:
+            folder = config.serve_local
+            if folder == "skimage":
+                folder = str(loopback.bundled_photo_dir())
+            names = loopback.image_names(folder)
+            with loopback.serve_directory(folder) as base:
+                manifest, built = export_shards(
+                    config, url_rewrite=lambda t: loopback.localize_urls(t, base, names), log=log
+                )
+        else:
+            manifest, built = export_shards(config, log=log)
+    except OSError as error:  # an input or output the export cannot reach: bad input, exit 2
+        raise ExportError(str(error)) from None
     if manifest["incomplete_shards"]:
         raise ShardsIncomplete(
             f"{len(manifest['incomplete_shards'])} shard(s) failed "
@@ -140,8 +143,7 @@ def read_curated(
 ) -> tuple[pa.Table, dict | None]:
     """The curated pairs (of `languages` only, when given: only those `lang=` partitions are
     read) and the producing run's `run.json` (None when absent)."""
-    fs, path = _fs_and_path(uri)
-    if not fs.exists(path):
+    if not tables.exists(uri):
         raise ExportError(f"curated table not found: {uri}")
     is_delta = tables.is_delta(uri)
     if require_success and not is_delta and not tables.has_success(uri):
@@ -154,6 +156,7 @@ def read_curated(
     if is_delta:
         dataset = tables.dataset(uri)
     else:
+        fs, path = tables.filesystem(uri)
         dataset = ds.dataset(
             path,
             filesystem=fs,
@@ -166,7 +169,7 @@ def read_curated(
         raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
     row_filter = ds.field("lang").isin(list(languages)) if languages else None
     table = dataset.to_table(columns=list(CURATED_COLUMNS), filter=row_filter)
-    return _normalize_types(table), _read_run(fs, path, require_success)
+    return _normalize_types(table), _read_run(uri, require_success)
 
 
 def read_pool(
@@ -175,14 +178,12 @@ def read_pool(
     """--pool matched: one row per matched image of the run that wrote `curated_uri`, from its
     `matches/` (uid, url, text of the first candidate, its lang, and `candidates`: a JSON list
     of {text, lang, entry_ids} of every distinct matched text, in text order)."""
-    fs, path = _fs_and_path(curated_uri)
-    run_dir = posixpath.dirname(path.rstrip("/"))
-    matches = posixpath.join(run_dir, "matches")
-    if not fs.exists(matches):
+    run_dir = _parent(curated_uri)
+    matches = f"{run_dir}/matches"
+    if not tables.exists(matches):
         raise ExportError(f"--pool matched needs the run's matches/ table, not found: {matches}")
-    run = _read_run(fs, posixpath.join(run_dir, "curated"), require_success)
-
-    images = matched_images(curated_uri.rstrip("/").rsplit("/", 1)[0], languages)
+    run = _read_run(f"{run_dir}/curated", require_success)
+    images = matched_images(run_dir, languages)
     candidates = [
         [{"text": c.text, "lang": c.lang, "entry_ids": list(c.entry_ids)} for c in cands]
         for _, _, cands in images
@@ -202,23 +203,22 @@ def read_pool(
     return pool, run
 
 
-def _read_run(fs, path: str, require_success: bool) -> dict | None:
+def _parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _read_run(uri: str, require_success: bool) -> dict | None:
     """jobs/curate.py writes run.json and _SUCCESS next to curated/ when the whole run is done."""
-    run_dir = posixpath.dirname(path.rstrip("/"))
-    if (
-        require_success
-        and fs.exists(posixpath.join(run_dir, "_stages"))
-        and not fs.exists(posixpath.join(run_dir, "_SUCCESS"))
-    ):
+    run_dir = _parent(uri)
+    if require_success and tables.exists(f"{run_dir}/_stages") and not tables.has_success(run_dir):
         raise ExportError(
             f"the curation run in {run_dir} has not finished (no _SUCCESS): "
             "rerun it, or pass --allow-incomplete"
         )
-    for folder in (path, run_dir):
-        run_path = posixpath.join(folder, "run.json")
-        if fs.exists(run_path):
-            with fs.open(run_path, "r") as f:
-                return json.load(f)
+    for folder in (uri.rstrip("/"), run_dir):
+        text = tables.read_text(f"{folder}/run.json")
+        if text is not None:
+            return json.loads(text)
     return None
 
 

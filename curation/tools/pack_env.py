@@ -34,15 +34,13 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
+from curation.core.jobs import PackError, run_job
+
 PROJECT = "metaclip-pipeline"
 EXTRAS = ("curate",)  # + shards for `export_shards.py --distributor pyspark`
 NOT_SHIPPED = {"pyspark", "py4j"}  # Spark ships its own to every executor
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # curation/, every subpackage of it
 SCHEMAS_DIR = PACKAGE_DIR.parent / "schemas"
-
-
-class PackError(Exception):
-    pass
 
 
 def _key(name: str) -> str:
@@ -208,7 +206,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--check", metavar="ARCHIVE", help="only check an existing archive's links")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.check:
             problems = check_archive(Path(args.check), args.python_prefix)
             if problems:
@@ -216,17 +215,19 @@ def main(argv=None) -> int:
             print(f"{args.check}: bin/python links resolve")
             return 0
         started = time.perf_counter()
-        info = pack(Path(args.output), args.python_prefix, tuple(args.extras.split(",")))
-    except (PackError, OSError, tarfile.TarError) as error:
-        print(f"pack_env: error: {error}", file=sys.stderr)
-        return 1
-    seconds = time.perf_counter() - started
-    print(
-        f"wrote {info['archive']}: {info['bytes'] / 2**20:.0f} MiB, {info['files']} files from "
-        f"{info['distributions']} distributions + curation, in {seconds:.0f}s; executors run "
-        f"{info['python']} (the nodes need it there)"
-    )
-    return 0
+        try:
+            info = pack(Path(args.output), args.python_prefix, tuple(args.extras.split(",")))
+        except tarfile.TarError as error:
+            raise PackError(f"{args.output}: {error}") from None
+        seconds = time.perf_counter() - started
+        print(
+            f"wrote {info['archive']}: {info['bytes'] / 2**20:.0f} MiB, {info['files']} files "
+            f"from {info['distributions']} distributions + curation, in {seconds:.0f}s; "
+            f"executors run {info['python']} (the nodes need it there)"
+        )
+        return 0
+
+    return run_job("pack_env", body)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def build(force: bool = False) -> Path | None:
 
 
 def _dump(target: str) -> None:
-    """The representative run: a small curation (the one-shuffle plan with its Python tasks)
+    """The representative run: a small curation (the curation job with its Python tasks)
     and the Spark SQL the other jobs use; the JVM writes the archive as it exits."""
     options = f"{LOCAL_JAVA_OPTIONS} -XX:TieredStopAtLevel=1 -XX:ArchiveClassesAtExit={target}"
     spark = get_spark("spark-cds", "local[1]", local_java_options=options)
