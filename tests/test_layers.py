@@ -154,3 +154,22 @@ def test_the_checker_sees_a_violation(tmp_path):
     assert list(project_imports(source, {"curation.curate.job"})) == [
         ("curation.curate.job", 2, True)
     ]
+
+
+def test_no_pickle_in_the_library():
+    """D7 of docs/semantics.md: automata (and everything else) are rebuilt from the Parquet
+    tables in each worker, never loaded from pickles: no library module imports a pickler."""
+    picklers = {"pickle", "cloudpickle", "dill", "joblib", "_pickle", "shelve"}
+    found = []
+    for name, path in sources().items():
+        if not name.startswith("curation"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{name} imports {n}" for n in names if n.split(".")[0] in picklers]
+    assert not found, found
