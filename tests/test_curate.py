@@ -645,3 +645,34 @@ def test_code_version_covers_every_subpackage_wherever_the_checkout_is(tmp_path)
     tasks = copy / "curate" / "tasks.py"
     tasks.write_text(tasks.read_text() + "\n# a change deep in a stage package\n")
     assert code_version(copy) != here
+
+
+def test_duplicated_metadata_is_an_error_naming_the_language_not_new_counts(
+    spark, corpus, tmp_path
+):
+    """Issue 36, case 1: the same lang=da file twice (or the same words under second ids) would
+    count every da entry twice; the job stops with one line naming the partition instead."""
+    from curation.curate.tasks import metadata_entries
+
+    root, _, entries = corpus
+    metadata = tmp_path / "metadata"
+    shutil.copytree(root / "metadata", metadata)
+    assert metadata_entries(str(metadata), "da").column("entry").to_pylist() == entries["da"]
+    (first,) = (metadata / "lang=da").glob("*.parquet")
+    shutil.copy(first, first.with_name("copy-" + first.name))
+    with pytest.raises(ValueError, match=r"lang=da: \d+ duplicate entry_id value"):
+        metadata_entries(str(metadata), "da")
+    flags = dict(metadata=str(metadata), languages=("da", "en"), partitions=2)
+    with pytest.raises(Exception, match=r"lang=da: \d+ duplicate entry_id value"):
+        run(corpus_config(root, tmp_path / "out", **flags), spark)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    # the same words under a second set of ids
+    table = pq.read_table(first)
+    shifted = table.set_column(
+        table.schema.get_field_index("entry_id"),
+        "entry_id",
+        pa.compute.add(table.column("entry_id"), len(entries["da"])),
+    )
+    pq.write_table(shifted, first.with_name("copy-" + first.name))
+    with pytest.raises(ValueError, match=r"lang=da: \d+ duplicate entry value"):
+        metadata_entries(str(metadata), "da")

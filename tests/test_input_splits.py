@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -114,3 +115,31 @@ def test_split_columns_are_strings(tmp_path):
     assert got.schema.types == [pa.string()] * len(COLUMNS)
     assert got.column("url").to_pylist() == ["https://a.org/x.jpg"]
     assert np.all(np.array(got.column("uid").is_null()))
+
+
+def test_a_column_of_numbers_is_an_error_naming_the_file_not_captions(captions, tmp_path):
+    """Issue 36, case 2: one file with `text` as int64 beside files with text: its split fails
+    with one line naming the file and the column; the text files still read as before."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    pq.write_table(captions.slice(0, 500), root / "part-0.parquet")
+    numbers = captions.slice(500, 100).set_column(2, "text", pa.array(np.arange(100), pa.int64()))
+    pq.write_table(numbers, root / "part-1.parquet")
+    files = list_input(str(root), 1 << 20)
+    good, bad = sorted(files.splits, key=lambda s: s.path)
+    assert read_split(good, COLUMNS).num_rows == 500
+    with pytest.raises(ValueError, match=r"part-1\.parquet: column text is int64, not text"):
+        read_split(bad, COLUMNS)
+    # dictionary-encoded and all-null text columns are text
+    encoded = captions.slice(0, 10).set_column(
+        2, "text", pc.dictionary_encode(captions["text"][:10])
+    )
+    pq.write_table(encoded, root / "part-2.parquet")
+    nulls = captions.slice(0, 10).set_column(2, "text", pa.nulls(10))
+    pq.write_table(nulls, root / "part-3.parquet")
+    splits = sorted(list_input(str(root), 1 << 20).splits, key=lambda s: s.path)
+    assert (
+        read_split(splits[2], COLUMNS).column("text").to_pylist()
+        == captions["text"][:10].to_pylist()
+    )
+    assert read_split(splits[3], COLUMNS).column("text").null_count == 10

@@ -139,12 +139,26 @@ def read_split(split: Split, columns: list[str]) -> pa.Table:
     for name in columns:
         if name in stored:
             column = table.column(name)
+            if not _is_text(column.type):  # never a number turned into a caption
+                raise ValueError(
+                    f"input file {split.path}: column {name} is {column.type}, not text "
+                    "(files of one input must agree on their columns' types)"
+                )
         elif partition.get(name) is not None:
             column = pa.array([partition[name]] * table.num_rows, pa.string())
         else:
             column = pa.nulls(table.num_rows, pa.string())
         out.append(column.cast(pa.string()))
     return pa.table(out, names=columns)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    view = getattr(pa.types, "is_string_view", lambda _: False)(kind)
+    return (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or view or pa.types.is_null(kind)
+    )
 
 
 def _row_groups(metadata: pq.FileMetaData, start: int, length: int) -> list[int]:

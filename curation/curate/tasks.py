@@ -75,14 +75,36 @@ def _cached(cache: OrderedDict, key, build, size, budget: int):
     return value
 
 
+def metadata_entries(metadata_uri: str, lang: str) -> pa.Table:
+    """(entry_id, entry) of one language of the metadata table, in id order, checked: a table
+    with a duplicated or null entry or id (two copies of a file, a hand-edited table) would
+    change every count silently, so it is an error naming the partition (section 9)."""
+    table = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"]).sort_by("entry_id")
+    where = f"metadata {metadata_uri.rstrip('/')}/lang={lang}"
+    for name in ("entry_id", "entry"):
+        column = table.column(name)
+        if column.null_count:
+            raise ValueError(f"{where}: {column.null_count} row(s) with a null {name}")
+        distinct = pc.count_distinct(column).as_py()
+        if distinct != table.num_rows:
+            counts = pc.value_counts(column).to_pylist()
+            example = next(c["values"] for c in counts if c["counts"] > 1)
+            raise ValueError(
+                f"{where}: {table.num_rows - distinct} duplicate {name} value(s), e.g. "
+                f"{example!r} (the same file twice?); each entry and id must appear once"
+            )
+    if table.num_rows and pc.min(table.column("entry_id")).as_py() < 0:
+        raise ValueError(f"{where}: negative entry_id")
+    return table
+
+
 def language_matcher(
     metadata_uri: str, lang: str, version: str = ""
 ) -> tuple[EntryMatcher, np.ndarray | None]:
     """The matcher of one language, built from the metadata table (never unpickled)."""
 
     def build():
-        table = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
-        table = table.sort_by("entry_id")
+        table = metadata_entries(metadata_uri, lang)
         entry_ids = table.column("entry_id").to_numpy().astype(np.int32)
         identity = bool(np.array_equal(entry_ids, np.arange(len(entry_ids))))
         matcher = EntryMatcher(table.column("entry").to_pylist())
@@ -412,8 +434,7 @@ def sum_counts_and_write(metadata_uri: str, entry_counts_uri: str):
                     blobs[lang].append(blob.as_buffer())
         langs, entries = [], []
         for lang in sorted(blobs):
-            metadata = tables.read_partition(metadata_uri, lang, ["entry_id", "entry"])
-            metadata = metadata.sort_by("entry_id")
+            metadata = metadata_entries(metadata_uri, lang)
             entry_ids = metadata.column("entry_id").to_numpy().astype(np.int64)
             counts = np.zeros(int(entry_ids.max()) + 1 if entry_ids.size else 0, dtype=np.int64)
             for blob in blobs[lang]:
