@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -500,3 +501,24 @@ def test_pool_export_carries_every_candidate_of_every_matched_image(site, tmp_pa
     assert manifest["source"]["pool"] == "matched"
     assert manifest["source"]["run_dir"] == str(run_dir)
     assert manifest["total_samples"] == len(rows)
+
+
+def test_a_table_that_is_not_curated_is_refused(tmp_path):
+    """Issue 36, case 3: matches/ (every candidate, duplicates per image) and a whole run folder
+    used to export as if they were curated/; both are one clear error now."""
+    run_dir = tmp_path / "run"
+    rows = curated_rows("https://x.org")
+    write_curated(rows, run_dir / "curated")
+    assert shards.read_curated(str(run_dir / "curated"))[0].num_rows == len(rows)
+    with pytest.raises(shards.ExportError, match="a curation run's folder: pass its curated/"):
+        shards.read_curated(str(run_dir))
+    matches = [{**r, "chosen": True, "page_url": None} for r in rows]
+    for r in matches:
+        r.pop("keep_prob")
+    folder = run_dir / "matches" / "lang=en"
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "lang"} for r in matches])
+    pq.write_table(table, folder / "part-00000.parquet")
+    (run_dir / "matches" / "_SUCCESS").write_text("")
+    with pytest.raises(shards.ExportError, match="is not a curated/ table"):
+        shards.read_curated(str(run_dir / "matches"))

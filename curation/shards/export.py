@@ -145,6 +145,10 @@ def read_curated(
     read) and the producing run's `run.json` (None when absent)."""
     if not tables.exists(uri):
         raise ExportError(f"curated table not found: {uri}")
+    if tables.exists(f"{uri.rstrip('/')}/curated"):
+        raise ExportError(
+            f"{uri} is a curation run's folder: pass its curated/ table, {uri.rstrip('/')}/curated"
+        )
     is_delta = tables.is_delta(uri)
     if require_success and not is_delta and not tables.has_success(uri):
         raise ExportError(
@@ -167,6 +171,11 @@ def read_curated(
     missing = [c for c in CURATED_COLUMNS if c not in dataset.schema.names]
     if missing:
         raise ExportError(f"{uri} lacks column(s) {', '.join(missing)} (schema: {dataset.schema})")
+    if "keep_prob" not in dataset.schema.names or "chosen" in dataset.schema.names:
+        raise ExportError(
+            f"{uri} is not a curated/ table (its rows carry keep_prob; matches/ carries chosen, "
+            "every candidate text, and is exported with --pool matched)"
+        )
     row_filter = ds.field("lang").isin(list(languages)) if languages else None
     table = dataset.to_table(columns=list(CURATED_COLUMNS), filter=row_filter)
     return _normalize_types(table), _read_run(uri, require_success)
