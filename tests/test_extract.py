@@ -11,6 +11,7 @@ import pytest
 from conftest import shared_path
 
 from curation.alt_text.extract import (
+    DROP_REASONS,
     Columns,
     Limits,
     clean_alt,
@@ -453,3 +454,25 @@ def test_pages_without_img_and_uppercase_tags():
     records, drops = run_warc(no_images + upper)
     assert [(r.url, r.text) for r in records] == [("https://example.dk/a.jpg", "Stor")]
     assert drops == Counter()
+
+
+def test_undecodable_bytes_in_a_url_are_a_counted_drop():
+    """Issue 36, case 5: bytes that are not UTF-8 in a TSV's URL made a broken host (U+FFFD)
+    that was kept; now the row is dropped as invalid_url_encoding, like such bytes in text."""
+    lines = (
+        b"a dog on a beach\thttps://thumb7.shutt\xff(erstock.com/a.jpg\n"
+        b"a cat on a sofa\thttps://thumb7.shutterstock.com/b.jpg\n"
+    )
+    drops = Counter()
+    records = list(extract_tsv(io.BytesIO(lines), drops))
+    assert [r.text for r in records] == ["a cat on a sofa"]
+    assert drops == Counter({"invalid_url_encoding": 1})
+    assert "invalid_url_encoding" in DROP_REASONS
+
+
+def test_a_table_without_its_text_column_is_an_error_naming_the_file(tmp_path):
+    """Issue 36, case 4: the job's one line must say which file lacks the column."""
+    path = tmp_path / "no_text.parquet"
+    pq.write_table(pa.table({"url": ["https://x.org/a.jpg"], "title": ["a dog"]}), path)
+    with pytest.raises(ValueError, match=r"no_text\.parquet: none of the columns"):
+        list(extract_file(str(path), "parquet", Counter()))

@@ -50,6 +50,7 @@ DROP_REASONS = {
     "non_http_url": "image URL is not http(s) (data:, javascript:, ...)",
     "relative_url_without_base": "relative image URL and no page URL to resolve it",
     "url_too_long": "image URL longer than 2048 characters",
+    "invalid_url_encoding": "image URL contains undecodable bytes (U+FFFD)",
     # dataset level (counted by the job)
     "duplicate": "exact (uid, text) duplicate of an earlier record",
 }
@@ -100,6 +101,9 @@ class Limits:
 def _image_url(url: str | None, page_url: str | None, drops: Counter) -> str | None:
     if not url or not url.strip():
         drops["no_image_url"] += 1
+        return None
+    if "\ufffd" in url:  # bytes that were not UTF-8: a broken host or path, not a URL to fetch
+        drops["invalid_url_encoding"] += 1
         return None
     try:
         absolute = normalize_url(url, page_url)
@@ -856,6 +860,10 @@ def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
         try:
             yield from reader(stream, drops, limits, **kwargs)
+        except ValueError as error:  # e.g. a table without the text column: say which file
+            if isinstance(error, UnicodeDecodeError):
+                raise
+            raise ValueError(f"{uri}: {error}") from None
         except gzip.BadGzipFile:  # the bytes themselves are bad: reading again will not help
             raise _Unreadable(transient=False) from None
         except (OSError, HTTPException, ArrowException):  # dropped connection, bad footer
