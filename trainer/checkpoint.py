@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +102,46 @@ def resolve(resume: str, directory: Path) -> Path | None:
     return path
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that cannot be read (truncated, overwritten, not ours)."""
+
+
 def load(path: Path) -> dict:
     """The checkpoint's state; for a DCP folder its trainer_state.json (model and optimizer
-    are loaded into live objects by `load_sharded`)."""
+    are loaded into live objects by `load_sharded`). Only ever with weights_only=True: a file
+    that needs more is refused, never unpickled."""
     path = Path(path)
-    if path.is_dir():
-        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.is_dir():
+            return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = type(e).__name__ if "weights_only" in first else first[:200]
+        raise DamagedCheckpoint(f"checkpoint {path} cannot be read ({reason})") from None
+
+
+def resolve_and_load(resume: str, directory: Path, warn) -> tuple[Path | None, dict | None]:
+    """`resolve` then `load`; with 'latest', a damaged newest checkpoint (a write cut short by
+    a full disk, a copy that stopped) is passed over with one warning for the one before."""
+    if resume != "latest":
+        path = resolve(resume, directory)
+        return path, load(path)
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load(path)
+        except DamagedCheckpoint as error:
+            warn(f"warning: {error}; resuming from the checkpoint before it")
+    return None, None
 
 
 def load_sharded(path: Path, model, optimizer=None) -> None:

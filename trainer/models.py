@@ -129,9 +129,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
     if path.is_dir():
         if not checkpoint.is_complete(path):
             raise ValueError(f"{path} is not a complete DCP checkpoint of trainer/train.py")
-        ckpt = checkpoint.load(path)
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict) or "args" not in ckpt or not (path.is_dir() or "model" in ckpt):
         raise ValueError(f"{path} is not a checkpoint of trainer/train.py")
     args = ckpt["args"]

@@ -413,9 +413,11 @@ def main(argv=None) -> dict:
 
     # resume
     step, data_state, elastic, rng_state = 0, None, None, None
-    resume_path = checkpoint.resolve(args.resume, ckpt_dir) if args.resume else None
+    resume_path, ckpt = None, None
+    if args.resume:
+        warn = (lambda line: print(line, flush=True)) if is_main else (lambda line: None)
+        resume_path, ckpt = checkpoint.resolve_and_load(args.resume, ckpt_dir, warn)
     if resume_path is not None:
-        ckpt = checkpoint.load(resume_path)
         if resume_path.is_dir():
             checkpoint.load_sharded(resume_path, raw_model, optimizer)
         elif args.fsdp:

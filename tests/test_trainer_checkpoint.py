@@ -1,0 +1,57 @@
+"""A damaged newest checkpoint (issue 36, case 7): `--resume latest` passes over it with one
+warning and resumes from the one before; the tools that read a checkpoint say which file in one
+line, and nothing is ever loaded with weights_only=False."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_checkpoints(directory: Path) -> tuple[Path, Path]:
+    """step 10 complete, step 20 cut short as a full disk would leave it."""
+    good = checkpoint.save({"step": 10, "model": {"w": torch.ones(64, 64)}}, directory, 10)
+    newest = checkpoint.save({"step": 20, "model": {"w": torch.zeros(64, 64)}}, directory, 20)
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    return good, newest
+
+
+def test_a_truncated_newest_checkpoint_is_passed_over_with_one_warning(tmp_path):
+    good, newest = write_checkpoints(tmp_path)
+    assert checkpoint.list_checkpoints(tmp_path) == [good, newest]
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"step_00000020\.pt cannot be read"):
+        checkpoint.load(newest)
+    warnings = []
+    path, state = checkpoint.resolve_and_load("latest", tmp_path, warnings.append)
+    assert path == good and state["step"] == 10
+    assert torch.equal(state["model"]["w"], torch.ones(64, 64))
+    assert len(warnings) == 1 and "step_00000020.pt" in warnings[0]
+    assert "weights_only" not in warnings[0]
+    # named explicitly, the damaged file is an error, not a silent fallback
+    with pytest.raises(checkpoint.DamagedCheckpoint):
+        checkpoint.resolve_and_load(str(newest), tmp_path, warnings.append)
+    newest.unlink()
+    good.write_bytes(b"not a checkpoint at all")
+    assert checkpoint.resolve_and_load("latest", tmp_path, warnings.append) == (None, None)
+
+
+def test_evaluate_names_a_damaged_checkpoint_in_one_line(tmp_path):
+    _, newest = write_checkpoints(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", "--checkpoint", str(newest), "--dataset",
+         str(tmp_path / "none")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "weights_only" not in result.stderr
