@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import socket
+import tarfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -385,7 +386,7 @@ def write_download_list(table: pa.Table, output: str, overwrite: bool = False) -
 
 
 def reset_broken_shards(output: str) -> list[str]:
-    """Make img2dataset redo shards whose .tar or .parquet is gone.
+    """Make img2dataset redo shards whose .tar or .parquet is gone, or whose tar is cut short.
 
     img2dataset treats a shard as done when its `_stats.json` exists, and it would choke on our
     own top-level json files; both are removed here (summarize rewrites them).
@@ -400,12 +401,36 @@ def reset_broken_shards(output: str) -> list[str]:
     for stats in sorted(fs.glob(posixpath.join(out, "*_stats.json"))):
         shard = posixpath.basename(stats).split("_")[0]
         files = [posixpath.join(out, f"{shard}.{ext}") for ext in ("tar", "parquet")]
-        if not all(fs.exists(p) for p in files):
+        if not all(fs.exists(p) for p in files) or not _tar_complete(fs, files[0], stats):
             for p in [stats, *files]:
                 if fs.exists(p):
                     fs.rm(p)
             reset.append(shard)
     return reset
+
+
+def _tar_complete(fs, tar_path: str, stats_path: str) -> bool:
+    """Whether a shard's tar is whole: its size a multiple of 512 bytes ending in the two zero
+    blocks a finished tar has (a copy or write cut short does not), and, for a local shard, as
+    many samples as its stats file says img2dataset wrote."""
+    size = fs.size(tar_path)
+    if size < 1024 or size % 512:
+        return False
+    with fs.open(tar_path, "rb") as f:
+        f.seek(size - 1024)
+        if f.read(1024).strip(b"\0"):
+            return False
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "file" not in protocols:  # an object store: reading every shard again costs too much
+        return True
+    with fs.open(stats_path, "r") as f:
+        successes = json.load(f).get("successes")
+    try:
+        with tarfile.open(tar_path) as tar:
+            keys = {m.name.split(".", 1)[0] for m in tar if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return successes is None or len(keys) == successes
 
 
 def run_img2dataset(list_uri: str, config: ExportConfig) -> None:
