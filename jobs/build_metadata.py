@@ -98,7 +98,7 @@ def parse_args(argv):
 
 def languages_of(args) -> tuple[str, ...] | None:
     """--languages, else the codes in --languages-file, else None (every language)."""
-    if args.languages:
+    if args.languages is not None:
         return tuple(c.strip() for c in args.languages.split(",") if c.strip())
     if args.languages_file:
         try:

@@ -143,3 +143,20 @@ def test_a_column_of_numbers_is_an_error_naming_the_file_not_captions(captions, 
         == captions["text"][:10].to_pylist()
     )
     assert read_split(splits[3], COLUMNS).column("text").null_count == 10
+
+
+def test_text_written_as_bytes_reads_as_text_and_bad_bytes_name_the_file(captions, tmp_path):
+    """Parquet without the UTF8 annotation (binary columns) is text; bytes that are not UTF-8
+    are an error naming the file, not a garbled caption."""
+    texts = captions["text"][:20].to_pylist()
+    raw = captions.slice(0, 20).set_column(
+        2, "text", pa.array([t.encode() for t in texts], pa.binary())
+    )
+    pq.write_table(raw, tmp_path / "raw.parquet")
+    (split,) = list_input(str(tmp_path / "raw.parquet"), 1 << 20).splits
+    assert read_split(split, COLUMNS).column("text").to_pylist() == texts
+    bad = raw.set_column(2, "text", pa.array([b"\xff\xfe"] * 20, pa.binary()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    (split,) = list_input(str(tmp_path / "bad.parquet"), 1 << 20).splits
+    with pytest.raises(ValueError, match=r"bad\.parquet: column text"):
+        read_split(split, COLUMNS)

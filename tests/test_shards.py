@@ -275,6 +275,24 @@ def test_rerun_after_deleting_a_shard_rebuilds_only_that_shard(exported):
     assert manifest["download"] == first["manifest"]["download"]
 
 
+def test_a_truncated_shard_is_found_and_rebuilt(exported):
+    """Issue 36, case 6: a tar cut short (its stats file still there) used to pass for done
+    ('every shard is already done', sizes.json keeping the old count); now it is rebuilt."""
+    out = exported["out"]
+    first = exported["first"]
+    victim = sorted(out.glob("*.tar"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    manifest, built = shards.export_shards(config_for(exported["curated"], out))
+    assert built == [victim.stem]
+    with tarfile.open(victim) as tar:  # whole again: readable to its end
+        assert len(tar.getmembers()) > 0
+    assert {u: s["shard"] for u, s in read_tars(out).items()} == {
+        u: s["shard"] for u, s in first["samples"].items()
+    }
+    assert manifest["total_samples"] == first["manifest"]["total_samples"]
+
+
 def test_nothing_local_is_fetched_without_allow_local(exported, tmp_path):
     with pytest.raises(shards.ExportError, match="nothing to fetch"):
         shards.export_shards(config_for(exported["curated"], tmp_path / "o", allow_local=False))
@@ -522,21 +540,3 @@ def test_a_table_that_is_not_curated_is_refused(tmp_path):
     (run_dir / "matches" / "_SUCCESS").write_text("")
     with pytest.raises(shards.ExportError, match="is not a curated/ table"):
         shards.read_curated(str(run_dir / "matches"))
-
-
-def test_a_truncated_shard_is_found_and_rebuilt(exported):
-    """Issue 36, case 6: a tar cut short (its stats file still there) used to pass for done
-    ('every shard is already done', sizes.json keeping the old count); now it is rebuilt."""
-    out = exported["out"]
-    first = exported["first"]
-    victim = sorted(out.glob("*.tar"))[0]
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])
-    manifest, built = shards.export_shards(config_for(exported["curated"], out))
-    assert built == [victim.stem]
-    with tarfile.open(victim) as tar:  # whole again: readable to its end
-        assert len(tar.getmembers()) > 0
-    assert {u: s["shard"] for u, s in read_tars(out).items()} == {
-        u: s["shard"] for u, s in first["samples"].items()
-    }
-    assert manifest["total_samples"] == first["manifest"]["total_samples"]

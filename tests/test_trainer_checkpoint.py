@@ -4,6 +4,7 @@ line, and nothing is ever loaded with weights_only=False."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,19 +40,36 @@ def test_a_truncated_newest_checkpoint_is_passed_over_with_one_warning(tmp_path)
     # named explicitly, the damaged file is an error, not a silent fallback
     with pytest.raises(checkpoint.DamagedCheckpoint):
         checkpoint.resolve_and_load(str(newest), tmp_path, warnings.append)
-    newest.unlink()
+    # every checkpoint unreadable: an error, never a fresh start over them
     good.write_bytes(b"not a checkpoint at all")
-    assert checkpoint.resolve_and_load("latest", tmp_path, warnings.append) == (None, None)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="none of the 2 checkpoints"):
+        checkpoint.resolve_and_load("latest", tmp_path, warnings.append)
+    # an I/O failure that is not damage is not passed over silently
+    newest.unlink()
+    good.chmod(0)
+    if os.access(good, os.R_OK):  # root reads anything: make the file a folder instead
+        good.chmod(0o644)
+        good.unlink()
+        good.mkdir()
+    with pytest.raises(OSError):
+        checkpoint.load(good)
+    assert checkpoint.resolve_and_load("latest", tmp_path / "empty", warnings.append) == (
+        None,
+        None,
+    )
 
 
-def test_evaluate_names_a_damaged_checkpoint_in_one_line(tmp_path):
+def test_export_and_evaluate_name_a_damaged_checkpoint_in_one_line(tmp_path):
     _, newest = write_checkpoints(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", "--checkpoint", str(newest), "--dataset",
-         str(tmp_path / "none")],
+        [sys.executable, "-m", "trainer.export", str(newest), str(tmp_path / "exported")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    assert "weights_only" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint "), result.stderr[-2000:]
+    assert "step_00000020.pt cannot be read" in lines[0] and "weights_only" not in result.stderr
+    from trainer import models
+
+    with pytest.raises(ValueError, match=r"step_00000020\.pt cannot be read"):
+        models.load_checkpoint_model(newest)  # what trainer.evaluate and --init-from read with

@@ -13,6 +13,7 @@ Two kinds, both found by `--resume latest`:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -109,38 +110,52 @@ class DamagedCheckpoint(ValueError):
 def load(path: Path) -> dict:
     """The checkpoint's state; for a DCP folder its trainer_state.json (model and optimizer
     are loaded into live objects by `load_sharded`). Only ever with weights_only=True: a file
-    that needs more is refused, never unpickled."""
+    that needs more is refused, never unpickled. A file whose bytes do not decode raises
+    DamagedCheckpoint; other failures (permissions, memory, I/O) are raised as they are."""
     path = Path(path)
     try:
         if path.is_dir():
             return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        reason = type(e).__name__ if "weights_only" in first else first[:200]
+    except Exception as error:  # noqa: BLE001 - sorted just below: damage or not
+        if not _is_damage(error):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = type(error).__name__ if "weights_only" in first else first[:200]
         raise DamagedCheckpoint(f"checkpoint {path} cannot be read ({reason})") from None
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Bytes that are not a whole checkpoint: a truncated zip, a bad pickle, bad JSON."""
+    if isinstance(error, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)):
+        return True
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
+        return True
+    text = str(error)
+    if isinstance(error, RuntimeError):
+        return "PytorchStreamReader" in text or "unexpected EOF" in text or "zip archive" in text
+    # torch's zip reader reports a file cut inside its central directory as EINVAL
+    return isinstance(error, OSError) and error.errno == errno.EINVAL
 
 
 def resolve_and_load(resume: str, directory: Path, warn) -> tuple[Path | None, dict | None]:
     """`resolve` then `load`; with 'latest', a damaged newest checkpoint (a write cut short by
-    a full disk, a copy that stopped) is passed over with one warning for the one before."""
+    a full disk, a copy that stopped) is passed over with one warning for the one before. When
+    there are checkpoints and none of them loads, that is an error, not a fresh start."""
     if resume != "latest":
         path = resolve(resume, directory)
         return path, load(path)
-    for path in reversed(list_checkpoints(directory)):
+    found = list_checkpoints(directory)
+    for path in reversed(found):
         try:
             return path, load(path)
         except DamagedCheckpoint as error:
             warn(f"warning: {error}; resuming from the checkpoint before it")
+    if found:
+        raise DamagedCheckpoint(
+            f"none of the {len(found)} checkpoints in {directory} can be read; move them away "
+            "to start afresh"
+        )
     return None, None
 
 

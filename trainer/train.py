@@ -417,6 +417,9 @@ def main(argv=None) -> dict:
     if args.resume:
         warn = (lambda line: print(line, flush=True)) if is_main else (lambda line: None)
         resume_path, ckpt = checkpoint.resolve_and_load(args.resume, ckpt_dir, warn)
+        chosen = distributed.all_gather_json(resume_path and str(resume_path), dist_info)
+        if len(set(chosen)) > 1:  # a file one rank could read and another not: never diverge
+            raise ValueError(f"the ranks would resume from different checkpoints: {chosen}")
     if resume_path is not None:
         if resume_path.is_dir():
             checkpoint.load_sharded(resume_path, raw_model, optimizer)

@@ -111,6 +111,9 @@ def _image_url(url: str | None, page_url: str | None, drops: Counter) -> str | N
         reason = "relative_url_without_base" if "relative" in str(error) else "non_http_url"
         drops[reason] += 1
         return None
+    if "\ufffd" in absolute:  # a page URL with undecodable bytes, resolved into this one
+        drops["invalid_url_encoding"] += 1
+        return None
     if len(absolute) > MAX_URL_CHARS:
         drops["url_too_long"] += 1
         return None
@@ -721,16 +724,22 @@ def extract_parquet(
                 yield record
 
 
+class MissingColumn(ValueError):
+    """A caption table without the column the job needs: a one-line error naming the file."""
+
+
 def _pick(given: str | None, candidates: Iterable[str], names, required: bool = True):
     if given:
         if given not in names:
-            raise ValueError(f"column {given!r} not found (columns: {', '.join(names)})")
+            raise MissingColumn(f"column {given!r} not found (columns: {', '.join(names)})")
         return given
     for name in candidates:
         if name in names:
             return name
     if required:
-        raise ValueError(f"none of the columns {list(candidates)} found (columns: {list(names)})")
+        raise MissingColumn(
+            f"none of the columns {list(candidates)} found (columns: {list(names)})"
+        )
     return None
 
 
@@ -860,10 +869,8 @@ def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
         try:
             yield from reader(stream, drops, limits, **kwargs)
-        except ValueError as error:  # e.g. a table without the text column: say which file
-            if isinstance(error, UnicodeDecodeError):
-                raise
-            raise ValueError(f"{uri}: {error}") from None
+        except MissingColumn as error:  # a table without the text column: say which file
+            raise MissingColumn(f"{uri}: {error}") from None
         except gzip.BadGzipFile:  # the bytes themselves are bad: reading again will not help
             raise _Unreadable(transient=False) from None
         except (OSError, HTTPException, ArrowException):  # dropped connection, bad footer

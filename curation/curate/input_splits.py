@@ -148,17 +148,21 @@ def read_split(split: Split, columns: list[str]) -> pa.Table:
             column = pa.array([partition[name]] * table.num_rows, pa.string())
         else:
             column = pa.nulls(table.num_rows, pa.string())
-        out.append(column.cast(pa.string()))
+        try:
+            out.append(column.cast(pa.string()))
+        except pa.ArrowInvalid as error:  # bytes that are not UTF-8
+            raise ValueError(f"input file {split.path}: column {name}: {error}") from None
     return pa.table(out, names=columns)
 
 
 def _is_text(kind: pa.DataType) -> bool:
+    """Strings, or bytes (Parquet written without the UTF8 annotation: checked as cast)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     view = getattr(pa.types, "is_string_view", lambda _: False)(kind)
-    return (
-        pa.types.is_string(kind) or pa.types.is_large_string(kind) or view or pa.types.is_null(kind)
-    )
+    binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    strings = pa.types.is_string(kind) or pa.types.is_large_string(kind) or view
+    return strings or binary or pa.types.is_null(kind)
 
 
 def _row_groups(metadata: pq.FileMetaData, start: int, length: int) -> list[int]:

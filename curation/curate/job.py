@@ -270,6 +270,12 @@ class CurationJob:
         column the input lacks is null here, and uid and lang are derived in the map tasks)."""
         df = tables.read_table(self.spark, self.config.input)
         self.check_input_columns(df.columns)
+        for column in df.schema.fields:  # never a number turned into a caption
+            kind = column.dataType.typeName()
+            if column.name in RECORD_COLUMNS and kind not in ("string", "binary", "void"):
+                raise CurationError(
+                    f"input {self.config.input}: column {column.name} is {kind}, not text"
+                )
         self.derive = tuple(c for c in ("uid", "lang") if c not in df.columns)
         columns = [
             (F.col(c) if c in df.columns else F.lit(None)).cast("string").alias(c)

@@ -95,6 +95,9 @@ def metadata_entries(metadata_uri: str, lang: str) -> pa.Table:
             )
     if table.num_rows and pc.min(table.column("entry_id")).as_py() < 0:
         raise ValueError(f"{where}: negative entry_id")
+    blank = pc.sum(pc.equal(pc.utf8_trim_whitespace(table.column("entry")), "")).as_py()
+    if blank:
+        raise ValueError(f"{where}: {blank} empty or blank entr{'y' if blank == 1 else 'ies'}")
     return table
 
 

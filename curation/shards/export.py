@@ -12,6 +12,7 @@ Steps, each small and separately testable:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import ipaddress
 import json
@@ -116,6 +117,8 @@ def run(config: ExportConfig, log=print) -> ExportReport:
         else:
             manifest, built = export_shards(config, log=log)
     except OSError as error:  # an input or output the export cannot reach: bad input, exit 2
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is a failure, exit 1
+            raise
         raise ExportError(str(error)) from None
     if manifest["incomplete_shards"]:
         raise ShardsIncomplete(
