@@ -724,20 +724,20 @@ def extract_parquet(
                 yield record
 
 
-class MissingColumn(ValueError):
+class MissingColumnError(ValueError):
     """A caption table without the column the job needs: a one-line error naming the file."""
 
 
 def _pick(given: str | None, candidates: Iterable[str], names, required: bool = True):
     if given:
         if given not in names:
-            raise MissingColumn(f"column {given!r} not found (columns: {', '.join(names)})")
+            raise MissingColumnError(f"column {given!r} not found (columns: {', '.join(names)})")
         return given
     for name in candidates:
         if name in names:
             return name
     if required:
-        raise MissingColumn(
+        raise MissingColumnError(
             f"none of the columns {list(candidates)} found (columns: {list(names)})"
         )
     return None
@@ -869,8 +869,8 @@ def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
         try:
             yield from reader(stream, drops, limits, **kwargs)
-        except MissingColumn as error:  # a table without the text column: say which file
-            raise MissingColumn(f"{uri}: {error}") from None
+        except MissingColumnError as error:  # a table without the text column: say which file
+            raise MissingColumnError(f"{uri}: {error}") from None
         except gzip.BadGzipFile:  # the bytes themselves are bad: reading again will not help
             raise _Unreadable(transient=False) from None
         except (OSError, HTTPException, ArrowException):  # dropped connection, bad footer
