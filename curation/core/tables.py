@@ -9,6 +9,7 @@ curation job's `--input-reader spark`). `s3a://` and `s3n://` are read as `s3://
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import posixpath
@@ -73,13 +74,30 @@ def write_text(uri: str, text: str) -> None:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    with published(uri) as sink:
+        sink.write(data)
+
+
+@contextlib.contextmanager
+def published(uri: str):
+    """An output stream for `uri` that is written beside it under a hidden name and renamed
+    into place once complete: a reader, or a retried task writing the same name, never sees
+    half a file; on failure the hidden file is removed (`finish_table` sweeps what a killed
+    process leaves)."""
     fs, path = filesystem(uri)
     folder, name = path.rsplit("/", 1)
     temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(folder, recursive=True)
-    with fs.open_output_stream(temporary) as sink:
-        sink.write(data)
-    fs.move(temporary, path)
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(temporary) as sink:
+            yield sink
+        fs.move(temporary, path)
+    except BaseException:
+        try:
+            fs.delete_file(temporary)
+        except (OSError, pa.ArrowException):
+            pass
+        raise
 
 
 def delete(uri: str) -> None:
@@ -215,32 +233,16 @@ def _convert_to_delta(spark, uri: str, partition_by: list[str] | None) -> None:
 def write_parquet(uri: str, pieces: list[pa.Table], plain: tuple[str, ...] = ()) -> None:
     """One Parquet file from an executor (snappy, as Spark writes), each piece its own row
     groups. Written beside the target under a hidden name, then renamed: a reader, or a retried
-    task writing the same name, never sees half a file. `plain` columns (unique strings) get
-    no dictionary pages and no statistics."""
-    fs, path = filesystem(uri)
-    folder, name = path.rsplit("/", 1)
-    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    task writing the same name, never sees half a file (`published`). `plain` columns (unique
+    strings) get no dictionary pages and no statistics."""
     schema = pieces[0].schema
     encoded = [f.name for f in schema if f.name not in plain]
-    try:
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(temporary) as sink:
-            with pq.ParquetWriter(
-                sink,
-                schema,
-                compression="snappy",
-                use_dictionary=encoded,
-                write_statistics=encoded,
-            ) as writer:
-                for piece in pieces:
-                    writer.write_table(piece)
-        fs.move(temporary, path)
-    except BaseException:
-        try:
-            fs.delete_file(temporary)
-        except (OSError, pa.ArrowException):
-            pass
-        raise
+    with published(uri) as sink:
+        with pq.ParquetWriter(
+            sink, schema, compression="snappy", use_dictionary=encoded, write_statistics=encoded
+        ) as writer:
+            for piece in pieces:
+                writer.write_table(piece)
 
 
 def check_writable(uri: str) -> None:

@@ -115,6 +115,7 @@ class CurationJob:
         self.input_bytes = 0
         self._match_stats: dict[str, tuple[int, int]] | None = None
         self.derive: tuple[str, ...] = ()  # columns (uid, lang) the map tasks derive
+        self.code_version = tables.code_version()  # hashes the sources: once per run
 
     def _exists(self, uri: str) -> bool:
         """Whether the input exists: asked of pyarrow, else (a filesystem only Spark reaches,
@@ -187,7 +188,7 @@ class CurationJob:
         }[name]
 
     def fingerprint(self, name: str, previous: str, flags: list) -> str:
-        parts = [previous, name, flags, self.config.format, tables.code_version()]
+        parts = [previous, name, flags, self.config.format, self.code_version]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def stage(self, name: str, previous: str, build) -> str:
@@ -301,21 +302,17 @@ class CurationJob:
         if "lang" in derive:
             log.info("input has no lang column: identifying languages with %s",
                      config.lid_model or "lid.176")  # fmt: skip
-        if isinstance(source, input_splits.InputFiles):
+        read_splits = isinstance(source, input_splits.InputFiles)
+        pack = curate_tasks.read_and_pack(
+            config.metadata, version, langs, partitions, derive, config.lid_model, read_splits
+        )
+        if read_splits:
             rows = [s.row() for s in source.splits]
             columns = ["path", "start", "length", "partition"]
             table = pa.table(dict(zip(columns, map(list, zip(*rows)))))
             table = table.append_column("key", pa.array(hashing.partition_keys(len(rows))))
-            splits = self.local_frame(table)
-            pack = curate_tasks.read_and_pack(
-                config.metadata, version, langs, partitions, derive, config.lid_model
-            )
-            blobs = splits.repartition(len(rows), "key").mapInArrow(pack, exchange.BLOB_SCHEMA)
-        else:
-            pack = curate_tasks.pack_batches(
-                config.metadata, version, langs, partitions, derive, config.lid_model
-            )
-            blobs = source.mapInArrow(pack, exchange.BLOB_SCHEMA)
+            source = self.local_frame(table).repartition(len(rows), "key")
+        blobs = source.mapInArrow(pack, exchange.BLOB_SCHEMA)
         matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
         tables.start_table(matches_uri)
         tables.start_table(counts_uri)
@@ -363,9 +360,7 @@ class CurationJob:
                 "chosen": pa.array([f[3] for f in listed], pa.int64()),
             }
         )
-        fs, path = tables.filesystem(self.files_uri())
-        with fs.open_output_stream(path) as sink:
-            pq.write_table(table, sink)
+        tables.write_parquet(self.files_uri(), [table])
         count_files = sorted(r["file"] for r in files if r["lang"] is None and r["file"])
         summary = {
             "input": counts,

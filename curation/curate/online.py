@@ -95,10 +95,7 @@ class OnlineCuration:
                 f"--t-en needs English entries, and {counts_uri} has no English match; "
                 "pass --tail-fraction"
             )
-        try:
-            self.thresholds = compute_thresholds(nonzero, t_en, tail_fraction)
-        except ValueError as error:  # no English match: say it as this stage's error
-            raise OnlineCurationError(str(error)) from None
+        self.thresholds = compute_thresholds(nonzero, t_en, tail_fraction)
         self.t_en, self.tail_fraction = t_en, tail_fraction
         self.probs = {
             lang: entry_probabilities(counts[lang], t) for lang, (t, _) in self.thresholds.items()

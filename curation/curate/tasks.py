@@ -1,7 +1,7 @@
 """What the curation job's Python tasks run on the executors (the plan: curation/curate/job.py).
 
-1. `read_and_pack` (or `pack_batches`, when Spark reads the input): the records of an input
-   split, matched where they are read, sent on as one Arrow blob per reduce partition
+1. `read_and_pack`: the records of an input split (or those Spark read, when it reads the
+   input), matched where they are read, sent on as one Arrow blob per reduce partition
    (curation/curate/exchange.py).
 2. `choose_and_write`: a reduce partition's records, which hold every copy of its images:
    distinct records, routed languages and the one chosen text per image, written as the
@@ -198,38 +198,26 @@ def read_and_pack(
     num_partitions: int,
     derive: tuple[str, ...] = (),
     lid_model: str | None = None,
+    splits: bool = True,
 ):
-    """mapInArrow function over input splits (input_splits.SPLIT_SCHEMA): each split's records,
+    """mapInArrow function, the map side: over input splits (input_splits.SPLIT_SCHEMA, each
+    read here), or with `splits=False` over records Spark read (RECORD_COLUMNS). The records,
     `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA)."""
     match = match_records(metadata_uri, version, metadata_langs)
     keys = hashing.partition_keys(num_partitions)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for row in batch.to_pylist():
-                split = Split(row["path"], row["start"], row["length"], row["partition"])
-                records = derive_columns(read_split(split, list(RECORD_COLUMNS)), derive, lid_model)
-                yield _pack(records, match, keys)
-
-    return run
-
-
-def pack_batches(
-    metadata_uri: str,
-    version: str,
-    metadata_langs: list[str],
-    num_partitions: int,
-    derive: tuple[str, ...] = (),
-    lid_model: str | None = None,
-):
-    """mapInArrow function over records that Spark read (RECORD_COLUMNS): as read_and_pack."""
-    match = match_records(metadata_uri, version, metadata_langs)
-    keys = hashing.partition_keys(num_partitions)
+    def records_of(batch: pa.RecordBatch) -> Iterator[pa.Table]:
+        if not splits:
+            yield pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
+            return
+        for row in batch.to_pylist():
+            split = Split(row["path"], row["start"], row["length"], row["partition"])
+            yield read_split(split, list(RECORD_COLUMNS))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            records = pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
-            yield _pack(derive_columns(records, derive, lid_model), match, keys)
+            for records in records_of(batch):
+                yield _pack(derive_columns(records, derive, lid_model), match, keys)
 
     return run
 
