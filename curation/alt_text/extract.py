@@ -19,13 +19,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
 
-from curation.core.uris import local_path, open_binary
+from curation.core.uris import file_size, local_path, open_binary
 from curation.identity import normalize_url, url_uid
 from curation.languages import language_from_tag, wikipedia_language
 
 DROP_REASONS = {
     # file / container level
     "unreadable_file": "the input could not be opened or read",
+    "empty_file": "the input file holds 0 bytes (nothing lost; counted so it is seen)",
     "corrupt_gzip": "a gzip member failed to decompress (bytes skipped up to the next member)",
     "truncated_gzip": "the file ends inside a gzip member",
     "oversized_member": "a gzip member inflates beyond --max-member-bytes",
@@ -657,6 +658,7 @@ class Columns:
     page_url: str | None = None
 
 
+MAX_KEYS_SEEN = 1000  # distinct JSONL keys remembered for the missing-column check
 TEXT_COLUMNS = ("text", "caption", "alt", "caption_reference_description", "TEXT")
 URL_COLUMNS = ("url", "image_url", "URL")
 PAGE_URL_COLUMNS = ("page_url",)
@@ -668,7 +670,7 @@ def extract_tsv(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[A
     for raw in stream:
         line_offset, offset = offset, offset + len(raw)
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line.strip():
+        if not line:  # an empty line is no row; one of blanks is a row with nothing in it
             continue
         fields = line.split("\t")
         if len(fields) < 2:
@@ -684,7 +686,10 @@ def extract_tsv(stream, drops: Counter, limits: Limits = Limits()) -> Iterator[A
 def extract_jsonl(
     stream, drops: Counter, limits: Limits = Limits(), columns: Columns = Columns()
 ) -> Iterator[AltText]:
-    offset = 0
+    """One JSON object per line. Rows may omit keys (each such row is a `bad_row`), but a file
+    in which no row has a text or URL column at all is a MissingColumnError, as for Parquet:
+    the column names are wrong, not the rows."""
+    offset, keys = 0, set()
     for raw in stream:
         line_offset, offset = offset, offset + len(raw)
         if not raw.strip():
@@ -697,9 +702,15 @@ def extract_jsonl(
         if not isinstance(row, dict):
             drops["bad_json"] += 1
             continue
+        if len(keys) < MAX_KEYS_SEEN:
+            keys.update(row)
         record = _table_record(row, line_offset, drops, limits, columns)
         if record is not None:
             yield record
+    if keys and len(keys) < MAX_KEYS_SEEN:
+        names = sorted(keys)
+        _pick(columns.text, TEXT_COLUMNS, names)
+        _pick(columns.url, URL_COLUMNS, names)
 
 
 def extract_parquet(
@@ -867,16 +878,32 @@ def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
         if input_format in ("tsv", "jsonl") and _is_gzip_name(uri):
             stream = gzip.open(stream)
         kwargs = {"columns": columns} if input_format in ("jsonl", "parquet") else {}
+        found = 0
         try:
-            yield from reader(stream, drops, limits, **kwargs)
+            for record in reader(stream, drops, limits, **kwargs):
+                found += 1
+                yield record
         except MissingColumnError as error:  # a table without the text column: say which file
             raise MissingColumnError(f"{uri}: {error}") from None
         except gzip.BadGzipFile:  # the bytes themselves are bad: reading again will not help
             raise _Unreadable(transient=False) from None
         except (OSError, HTTPException, ArrowException):  # dropped connection, bad footer
+            if _is_empty(uri):  # Parquet's reader refuses a 0-byte file
+                drops["empty_file"] += 1
+                return
             raise _Unreadable(transient=True) from None
         except (EOFError, zlib.error):
             raise _Unreadable(transient=False) from None
+    if not found and not drops and _is_empty(uri):
+        drops["empty_file"] += 1
+
+
+def _is_empty(uri: str) -> bool:
+    """Whether the file is known to hold 0 bytes (an unknown size is not empty)."""
+    try:
+        return file_size(uri) == 0
+    except OSError:
+        return False
 
 
 def _is_gzip_name(uri: str) -> bool:

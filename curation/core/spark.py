@@ -111,7 +111,8 @@ def archive_java_options() -> str:
 def _quiet_task_failures(session) -> None:
     """A failed task is retried, then the job fails and says why in one line: without this, each
     attempt's WARN 'Lost task' (and, in local mode, the executor's ERROR; in a write, the
-    writer's ERROR) would print the Python worker's whole traceback first.
+    writer's ERROR; for a cached result, the block manager's WARN) would print the Python
+    worker's whole traceback first.
     CURATION_SPARK_LOG_LEVEL=INFO brings them back."""
     try:
         jvm = session.sparkContext._jvm
@@ -119,6 +120,8 @@ def _quiet_task_failures(session) -> None:
         configurator = jvm.org.apache.logging.log4j.core.config.Configurator
         configurator.setLevel("org.apache.spark.scheduler.TaskSetManager", level.ERROR)
         configurator.setLevel("org.apache.spark.executor.Executor", level.FATAL)
+        # a task failing while its output is cached (persist): "Putting block ... failed"
+        configurator.setLevel("org.apache.spark.storage.BlockManager", level.ERROR)
         # a task failing inside a write: "Aborting job" with the same traceback
         configurator.setLevel(
             "org.apache.spark.sql.execution.datasources.FileFormatWriter", level.FATAL

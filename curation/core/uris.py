@@ -55,6 +55,28 @@ def open_binary(uri: str) -> BinaryIO:
             raise OSError(f"cannot open {uri}: {error}") from error
 
 
+def file_size(uri: str) -> int | None:
+    """Bytes in the file at `uri` (None where the scheme cannot say: http without a HEAD)."""
+    path = local_path(uri)
+    if path is not None:
+        return os.path.getsize(path)
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() in ("http", "https"):
+        return None
+    uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+    try:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(uri)
+    except Exception:  # noqa: BLE001 - pyarrow has no driver for this scheme: try fsspec
+        import fsspec
+
+        filesystem, inner = fsspec.core.url_to_fs(uri)
+        return filesystem.size(inner)
+    info = filesystem.get_file_info(inner)
+    return info.size if info.type == fs.FileType.File else None
+
+
 class _LengthChecked(io.RawIOBase):
     """An HTTP body that raises OSError when the connection ends before Content-Length bytes:
     urllib returns a short read there, which a WARC reader would take for a truncated file."""

@@ -158,6 +158,21 @@ def _plan(spark, config: BuildConfig, log: Callable[[str], None]):
     )
 
 
+def _check_articles_read(dumps, pages: dict[str, int], warnings: list[str]) -> None:
+    """A language whose dump files gave no article at all (an empty file, not a MediaWiki
+    export, corrupt from its first bytes) stops the job before anything is written: building it
+    from nothing would replace its metadata with an empty table and exit 0."""
+    for lang in sorted({lang for _, lang in dumps}):
+        if pages.get(lang, 0):
+            continue
+        files = [uri for uri, dump_lang in dumps if dump_lang == lang]
+        said = [w.split(": ", 2)[-1] for w in warnings if w.startswith(f"{lang}: ")]
+        why = f": {said[0].removesuffix('; kept those pages')}" if said else ""
+        raise MetadataError(
+            f"{lang}: no article read from its {len(files)} dump file(s) {', '.join(files)}{why}"
+        )
+
+
 def _dump_counts(spark, dumps, no_space):
     """One task per dump file; counts summed by (lang, kind, key)."""
     from pyspark.sql import functions as F
@@ -391,8 +406,11 @@ def build(spark, config: BuildConfig, log: Callable[[str], None] = print) -> Bui
         counts = _dump_counts(spark, dumps, config.no_space).persist(StorageLevel.MEMORY_AND_DISK)
         for row in counts.filter(F.col("kind") == wikipedia.WARNING).collect():
             warnings.append(f"{row['lang']}: {row['k1']}")
+        pages = {}
         for row in counts.filter(F.col("kind") == wikipedia.PAGES).orderBy("lang").collect():
             log(f"  {row['lang']}: {row['count']} articles read")
+            pages[row["lang"]] = row["count"]
+        _check_articles_read(dumps, pages, warnings)
         pageviews = read_pageviews(spark, config.pageviews) if config.pageviews else None
         dump_langs = sorted({lang for _, lang in dumps})
         by_selection: dict[metadata.Selection, list[str]] = {}
