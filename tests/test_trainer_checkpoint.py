@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,50 @@ def test_export_and_evaluate_name_a_damaged_checkpoint_in_one_line(tmp_path):
 
     with pytest.raises(ValueError, match=r"step_00000020\.pt cannot be read"):
         models.load_checkpoint_model(newest)  # what trainer.evaluate and --init-from read with
+
+
+def write_dcp_checkpoints(directory: Path) -> list[Path]:
+    """Two DCP folders (steps 10 and 20) of a small model and its AdamW state, written by the
+    trainer's own ShardedCheckpointer in this one process (DCP without a process group)."""
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    writer = checkpoint.ShardedCheckpointer(directory, 0, is_main=True, use_async=False)
+    paths = []
+    for step in (10, 20):
+        model(torch.randn(4, 64)).sum().backward()
+        optimizer.step()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            paths.append(writer.save(model, optimizer, {"step": step}, step))
+    return paths
+
+
+def test_a_dcp_folder_with_a_short_or_missing_shard_is_passed_over(tmp_path):
+    """`load` checks the shards DCP's .metadata points into: a truncated or missing shard, or
+    an undecodable .metadata, is a DamagedCheckpoint found before the state is used."""
+    good, newest = write_dcp_checkpoints(tmp_path)
+    shard = newest / "__0_0.distcp"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])
+    with pytest.raises(checkpoint.DamagedCheckpoint) as error:
+        checkpoint.resolve_and_load(str(newest), tmp_path, print)  # named: one line, no fallback
+    assert str(error.value) == (
+        f"checkpoint {newest} cannot be read (shard __0_0.distcp: {size // 2} of {size} bytes)"
+    )
+    said = []
+    path, state = checkpoint.resolve_and_load("latest", tmp_path, said.append)
+    assert path == good and state == {"step": 10}
+    assert len(said) == 1 and "step_00000020.dcp cannot be read (shard __0_0" in said[0]
+    model = torch.nn.Linear(64, 64)
+    checkpoint.load_sharded(path, model)  # the one passed to loads
+    assert not torch.equal(model.weight, torch.nn.Linear(64, 64).weight)
+
+    shard.unlink()  # a lost shard file
+    said.clear()
+    assert checkpoint.resolve_and_load("latest", tmp_path, said.append)[0] == good
+    assert len(said) == 1 and "(shard __0_0.distcp: missing)" in said[0]
+    metadata = good / ".metadata"  # and the older one's .metadata cut short: none can be read
+    metadata.write_bytes(metadata.read_bytes()[:100])
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="none of the 2 checkpoints"):
+        checkpoint.resolve_and_load("latest", tmp_path, said.append)
+    assert "step_00000010.dcp cannot be read (.metadata: " in said[-1]

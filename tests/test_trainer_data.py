@@ -4,6 +4,7 @@ splitting, epoch size."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,89 @@ def test_a_checkpoint_of_the_previous_data_format_is_refused_clearly(shards, tok
         loader(shards, tokenizer, workers=0, state=old)
     with pytest.raises(ValueError, match="older trainer"):
         loader(shards, tokenizer, workers=1, elastic=([old], 1))
+
+
+def keys_of(url: str) -> list[str]:
+    return [s["__key__"] for _, s in data.read_shard(url, lambda k: True, Counter())]
+
+
+def draws(stream: data.SlotStream, n: int) -> list[dict]:
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def slot_stream(urls, buffer: int, state: dict | None = None) -> data.SlotStream:
+    state = {**data.fresh_slot_state(), **(state or {})}
+    return data.SlotStream(urls, 0, 1, 3, False, buffer, state, Counter())
+
+
+@pytest.mark.parametrize("buffer", [1000, 16])
+def test_a_stream_draws_each_pass_whole_before_the_next(shards, buffer):
+    """Epoch mode, one stream: the first 123 draws are the 123 samples of pass 0, each once,
+    the next 123 those of pass 1, also with a buffer of 1000 > the data (which then holds
+    samples of 9 passes); and a resume mid-pass continues with the same draws."""
+    urls = data.expand_urls(str(shards / "{00000..00002}.tar"))
+    one_pass = sorted(k for url in urls for k in keys_of(url))
+    assert len(one_pass) == len(set(one_pass)) == 123
+    stream = slot_stream(urls, buffer)
+    got = draws(stream, 2 * 123)
+    for n_pass in (0, 1):
+        part = got[n_pass * 123 : (n_pass + 1) * 123]
+        assert sorted(s["__key__"] for s in part) == one_pass
+        assert {s["__pass__"] for s in part} == {n_pass}
+    assert [s["__key__"] for s in got[:123]] != [s["__key__"] for s in got[123:]]  # shuffled
+
+    first = slot_stream(urls, buffer)
+    draws(first, 100)
+    state = as_stored(first.state())
+    if buffer > 123:  # the boundary case: the buffer holds samples of later passes (visit >= 3)
+        assert max(v for v, _, _ in state["buffer"]) >= 3
+    resumed = draws(slot_stream(urls, buffer, state), 146)
+    assert [s["__key__"] for s in resumed] == [s["__key__"] for s in got[100:]]
+
+
+def cut_copy(shards: Path, out: Path, name: str, sample: int, into_data: bool, sizes=True) -> Path:
+    """A copy of the shards with `name` cut short at the `sample`-th sample's first member:
+    inside its data (a read error) or right at its header (the tar just ends there)."""
+    import shutil
+    import tarfile
+
+    out.mkdir()
+    for tar in shards.glob("*.tar"):
+        shutil.copy(tar, out / tar.name)
+    if sizes:
+        shutil.copy(shards / "sizes.json", out / "sizes.json")
+    with tarfile.open(out / name) as tar:
+        member = tar.getmembers()[3 * sample]  # jpg, json, txt per sample
+    cut = member.offset_data + 10 if into_data else member.offset
+    (out / name).write_bytes((out / name).read_bytes()[:cut])
+    return out / name
+
+
+def test_a_truncated_shard_counts_the_samples_it_lost_and_warns_once(
+    shards, tokenizer, tmp_path, capsys
+):
+    """00001.tar (40 samples in sizes.json) cut inside its 16th sample: every pass loses 25
+    samples and counts them as bad_shard; the warning comes once, not once per visit."""
+    cut_copy(shards, tmp_path / "cut", "00001.tar", 15, into_data=True)
+    it = loader(tmp_path / "cut", tokenizer, workers=0, buffer=1, batch_size=1)
+    batches = 0
+    while batches == 0 or it.slots[0]["visit"] < 6:  # up to the first sample of pass 2
+        next(it)
+        batches += 1
+    assert batches == 2 * (123 - 25 - 3) + 1  # the 3 broken samples are dropped as before
+    assert it.dropped()["bad_shard"] == 2 * 25
+    lines = capsys.readouterr().err.splitlines()
+    warnings = [x for x in lines if x.startswith("warning: skipping unreadable shard")]
+    assert len(warnings) == 1 and "00001.tar after 15 of 40 samples" in warnings[0], lines
+
+    # cut at a header, the tar just ends early: sizes.json tells, and 40 - 30 are lost
+    url = str(cut_copy(shards, tmp_path / "header", "00002.tar", 30, into_data=False))
+    counters = Counter()
+    assert len(list(data.read_shard(url, lambda k: True, counters))) == 30
+    assert counters["bad_shard"] == 10
+    # without sizes.json an unreadable shard counts 1 (and a cut at a header goes unseen)
+    url = str(cut_copy(shards, tmp_path / "unsized", "00001.tar", 15, into_data=True, sizes=False))
+    counters = Counter()
+    assert len(list(data.read_shard(url, lambda k: True, counters))) == 15
+    assert counters["bad_shard"] == 1

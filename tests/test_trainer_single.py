@@ -83,3 +83,43 @@ def test_device_decode_and_flip_run(tmp_path):
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dropped"]["bad_image"] >= 1
+
+
+def test_an_unknown_model_is_one_line_naming_close_names(tmp_path):
+    make_shards(tmp_path / "shards", num_shards=1, per_shard=8)
+    result = train(
+        "--train-data", str(tmp_path / "shards"), "--model", "ViT-B-3",
+        "--output-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("error: unknown --model 'ViT-B-3'; close names: ViT-B-32")
+    assert "trainer/model_configs/" in lines[0] and "ViT-bigG-14" not in lines[0]  # not all
+
+
+def test_a_global_batch_larger_than_the_data_is_one_line(tmp_path, capsys):
+    """20 samples (sizes.json): a contrastive batch of more would hold a pair twice, also
+    when resampled; the error says both numbers and the largest --batch-size that fits."""
+    from trainer.train import cli, global_batch_size, parse_args
+
+    make_shards(tmp_path / "shards", num_shards=1, per_shard=20)
+    common = ["--train-data", str(tmp_path / "shards"), "--model", "tiny-clip"]
+    common += ["--workers", "0", "--output-dir", str(tmp_path / "run")]
+    assert cli(common) == 2  # the default --batch-size 256
+    assert cli([*common, "--batch-size", "6", "--accum-steps", "4", "--resampled"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "error: global batch 256 (256 x 1 rank(s) x 1 micro-batch(es)) is larger than the 20 "
+        "training samples per epoch, so a batch would repeat pairs; the largest --batch-size "
+        "that fits is 20",
+        "error: global batch 24 (6 x 1 rank(s) x 4 micro-batch(es)) is larger than the 20 "
+        "training samples per epoch, so a batch would repeat pairs; the largest --batch-size "
+        "that fits is 5",
+    ]
+    args = parse_args([*common, "--batch-size", "5", "--accum-steps", "2"])
+    assert global_batch_size(args, 20, world_size=2) == 20  # all 20 in one batch: fine
+    with pytest.raises(ValueError, match="largest --batch-size that fits is 2$"):
+        global_batch_size(args, 19, world_size=4)
+    with pytest.raises(ValueError, match="no --batch-size fits"):
+        global_batch_size(args, 19, world_size=16)

@@ -8,7 +8,7 @@ Two kinds, both found by `--resume latest`:
   `.metadata` (written after every rank's shards) and our `trainer_state.json` (step, data
   positions, RNG, scheduler: JSON) are in it, so a killed writer leaves only a temp folder.
   DCP reshards on load: a checkpoint saved at one world size resumes at another, with or
-  without FSDP.
+  without FSDP. A folder with a missing or short shard counts as damaged, like a cut `.pt`.
 """
 
 from __future__ import annotations
@@ -109,12 +109,14 @@ class DamagedCheckpoint(ValueError):
 
 def load(path: Path) -> dict:
     """The checkpoint's state; for a DCP folder its trainer_state.json (model and optimizer
-    are loaded into live objects by `load_sharded`). Only ever with weights_only=True: a file
-    that needs more is refused, never unpickled. A file whose bytes do not decode raises
+    are loaded into live objects by `load_sharded`) once its shards are checked whole. Only
+    ever with weights_only=True: a file that needs more is refused, never unpickled. A file
+    whose bytes do not decode, or a DCP shard that is missing or short, raises
     DamagedCheckpoint; other failures (permissions, memory, I/O) are raised as they are."""
     path = Path(path)
     try:
         if path.is_dir():
+            _check_shards(path)
             return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - sorted just below: damage or not
@@ -123,6 +125,31 @@ def load(path: Path) -> dict:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         reason = type(error).__name__ if "weights_only" in first else first[:200]
         raise DamagedCheckpoint(f"checkpoint {path} cannot be read ({reason})") from None
+
+
+def _check_shards(path: Path) -> None:
+    """Every shard file that DCP's .metadata points into exists and reaches the end of each of
+    its entries (offset + length), so a folder whose copy stopped or that lost a shard is found
+    here, before its state is used, not deep inside `dcp.load` with a long traceback."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:  # torch's own reader of torch's own file
+        entries = list(FileSystemReader(str(path)).read_metadata().storage_data.values())
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure to decode .metadata is damage
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise DamagedCheckpoint(f"checkpoint {path} cannot be read (.metadata: {reason})") from None
+    needed: dict[str, int] = {}
+    for entry in entries:
+        end = entry.offset + entry.length
+        needed[entry.relative_path] = max(needed.get(entry.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        have = shard.stat().st_size if shard.is_file() else None
+        if have is None or have < size:
+            held = "missing" if have is None else f"{have} of {size} bytes"
+            raise DamagedCheckpoint(f"checkpoint {path} cannot be read (shard {name}: {held})")
 
 
 def _is_damage(error: BaseException) -> bool:

@@ -9,7 +9,10 @@ Every (rank, worker) pair owns a *slot* that reads an infinite, deterministic se
   resampled mode  visit v draws a shard from (seed, salt, slot, v), with replacement.
 A seeded shuffle buffer follows (the n-th draw from it is a hash of (seed, slot, n); a sample
 that has waited 2 x buffer-size draws leaves first, so the buffer only ever holds samples from the
-last 3 x buffer-size read, i.e. from few shards), then the
+last 3 x buffer-size read, i.e. from few shards). In epoch mode a draw picks only among the
+buffered samples of the oldest pass in the buffer, so a slot's first N draws are exactly the N
+samples of its first pass, each once, even with a buffer larger than the data (a pass's last
+draws are then less shuffled); resampled mode has no passes to keep apart. Then the
 worker decodes JPEGs (at a reduced DCT scale when they are much larger than the model's input),
 pads them onto one uint8 canvas and picks each image's random-resized-crop box and flip;
 `trainer.augment` cuts, resizes and normalises the batch on the device.
@@ -30,6 +33,7 @@ shuffle buffers are not seen until the next pass (the count is logged).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -50,6 +54,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+# what the loader's `dropped` counts, in samples: bad_shard is the samples an unreadable or
+# truncated shard lost on each visit (exact when sizes.json gives the shard's size; an unreadable
+# shard whose size is not known counts 1), not the number of shards or visits
 DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard", "not_a_pool_sample")
 # open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
 CROP_SCALE = (0.9, 1.0)
@@ -133,13 +140,16 @@ def _open_shard(url: str):
 
 
 def read_shard(
-    url: str, want: Callable[[int], bool], counters: Counter
+    url: str, want: Callable[[int], bool], counters: Counter, warned: set | None = None
 ) -> Iterator[tuple[int, dict]]:
     """(k, sample) for the k-th sample (a run of tar members with one key) where want(k).
 
     The other samples are skipped by their tar headers: on a local file their data is seeked
-    over, on a stream it is read but never decoded. Returns the number of samples in the shard;
-    an unreadable or truncated shard counts `bad_shard` and ends early (its samples so far stay).
+    over, on a stream it is read but never decoded. Returns the number of samples in the shard.
+    An unreadable or truncated shard ends early (its samples so far stay; the partial one is
+    dropped), and so does a tar that ends cleanly before the count sizes.json gives it (cut at
+    a header); `_count_lost` counts what this read lost. Its warning is printed once per url in
+    `warned` (a stream's set: not again on every later visit), every time without one.
     """
     k, key, sample = -1, None, None
     try:
@@ -160,15 +170,47 @@ def read_shard(
                 if sample is not None:
                     sample[parts.group(2).lower()] = tar.extractfile(member).read()
     except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
-        counters["bad_shard"] += 1
-        print(
-            f"warning: skipping unreadable shard {url} after {k + 1} samples: {exc!r}",
-            file=sys.stderr,
-        )
+        _count_lost(url, max(k, 0), want, counters, warned, repr(exc))
         return k  # the partial sample is dropped with the rest of the shard
     if sample is not None:
         yield k, sample
+    if k + 1 < (shard_size(url) or 0):
+        _count_lost(url, k + 1, want, counters, warned, "the tar ends early")
     return k + 1
+
+
+def _count_lost(url, done, want, counters, warned, reason) -> None:
+    """Count `bad_shard` for the wanted samples from index `done` on that sizes.json says the
+    shard holds (1 when its size is not known), and warn unless `warned` has the url."""
+    size = shard_size(url)
+    lost = 1 if size is None else sum(1 for j in range(done, size) if want(j))
+    if lost:
+        counters["bad_shard"] += lost
+    if warned is not None and url in warned:
+        return
+    if warned is not None:
+        warned.add(url)
+    of = "" if size is None else f" of {size}"
+    print(
+        f"warning: skipping unreadable shard {url} after {done}{of} samples ({reason}); "
+        "every visit counts the samples it lost as bad_shard (said once per stream)",
+        file=sys.stderr,
+    )
+
+
+_SIZES: dict[str, dict] = {}  # shard folder -> its sizes.json, read once per process
+
+
+def shard_size(url: str) -> int | None:
+    """The shard's sample count from sizes.json next to it, or None when not known."""
+    folder = posixpath.dirname(url)
+    if folder not in _SIZES:
+        try:
+            _SIZES[folder] = _read_json_next_to(url, "sizes.json") or {}
+        except (OSError, ValueError):
+            _SIZES[folder] = {}
+    size = _SIZES[folder].get(posixpath.basename(url))
+    return None if size is None else int(size)
 
 
 # -- which shard a slot reads next ----------------------------------------------------------------
@@ -245,6 +287,7 @@ class SlotStream:
         self.visit, self.offset, self.base = state["visit"], state["offset"], state["base"]
         self.position = state["position"]
         self.counters = counters
+        self.warned: set[str] = set()  # shards whose damage this stream has reported
         self.buffer = self._refill(state["buffer"])
 
     def _refill(self, refs: list[list[int]]) -> list[tuple[tuple[int, int], dict, int]]:
@@ -256,7 +299,7 @@ class SlotStream:
         for v, ks in wanted.items():
             url = self.schedule.visit(v)[0]
             last = max(ks)
-            for k, sample in read_shard(url, ks.__contains__, self.counters):
+            for k, sample in read_shard(url, ks.__contains__, self.counters, self.warned):
                 sample["__pass__"] = self._pass_of(v)
                 found[(v, k)] = sample
                 if k == last:
@@ -287,7 +330,7 @@ class SlotStream:
                     return k >= start
 
             got = 0
-            reader = read_shard(url, want, self.counters)
+            reader = read_shard(url, want, self.counters, self.warned)
             while True:
                 try:
                     k, sample = next(reader)
@@ -325,10 +368,19 @@ class SlotStream:
             if self.buffer[0][2] + self.max_wait <= self.position:
                 j = 0
             else:
-                j = mix(self.seed, "shuffle", self.slot, self.position) % len(self.buffer)
+                j = mix(self.seed, "shuffle", self.slot, self.position) % self._drawable()
             _, sample, _ = self.buffer.pop(j)
             self.position += 1
             yield sample
+
+    def _drawable(self) -> int:
+        """How many buffered samples, from the oldest, the next draw picks among: all in
+        resampled mode; in epoch mode those of the oldest pass in the buffer (passes never
+        decrease in arrival order), so that one pass is drawn whole before the next begins."""
+        if self.schedule.resampled:
+            return len(self.buffer)
+        oldest = self.buffer[0][1]["__pass__"]
+        return bisect.bisect_right(self.buffer, oldest, key=lambda entry: entry[1]["__pass__"])
 
     def state(self) -> dict:
         return {

@@ -225,7 +225,7 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
             samples.langs.append(lang)
             if index % world_size == rank:
                 images.append((index, data.decode_image(raw)))
-    if counters["bad_shard"]:
+    if counters["bad_shard"]:  # samples an unreadable shard lost, as in training (DROP_REASONS)
         samples.dropped["bad_shard"] += counters["bad_shard"]
     return samples, images
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -28,12 +29,29 @@ def register_configs() -> None:
         _extras[path.stem] = {k: cfg.pop(k) for k in _EXTRA_KEYS if k in cfg}
 
 
+def check_model_name(name: str, what: str = "model") -> None:
+    """A ValueError in one line naming the closest known names when neither open_clip nor
+    trainer/model_configs has a config called `name` (open_clip's own error is a traceback
+    listing all of them). Names with a schema (hf-hub:, local-dir:) are left to open_clip."""
+    register_configs()
+    known = open_clip.list_models()
+    if ":" in name or name in known:
+        return
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f"close names: {', '.join(by_lower[c] for c in close)}" if close else "no close name"
+    raise ValueError(
+        f"unknown {what} {name!r}; {hint} (all: open_clip.list_models() and trainer/model_configs/)"
+    )
+
+
 def model_config(name: str) -> dict:
     """open_clip's config of `name`, with its decoder_cfg when it has one."""
     register_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown model {name!r}: not an open_clip config nor in {MODEL_CONFIGS}")
+        check_model_name(name)  # an unknown name: one line with the close ones
+        raise ValueError(f"model {name!r} has no open_clip or trainer/model_configs/ config")
     return {**cfg, **_extras.get(name, {})}
 
 
@@ -62,7 +80,7 @@ def build_model(
     from trainer.caption import CaptionDecoder, CaptionModel
     from trainer.losses import loss_parts
 
-    register_configs()
+    check_model_name(name)
     contrastive, caption = loss_parts(loss)
     clip = None
     if contrastive:

@@ -40,6 +40,11 @@ from trainer import (  # noqa: E402
 from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
 
 
+class UsageError(ValueError):
+    """Flags that cannot work with this model or data (an unknown --model, a batch larger than
+    the data): one line and exit 2, as argparse's own flag errors; other bad input exits 1."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("data")
@@ -344,8 +349,33 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def global_batch_size(args, samples_per_epoch: int, world_size: int) -> int:
+    """The contrastive batch of one optimizer step, batch-size x ranks x accum-steps. It must fit
+    in the training samples: a larger one holds the same pair twice, a positive that is also its
+    own negative (resampled draws repeat pairs just the same): UsageError."""
+    per_step = world_size * args.accum_steps
+    global_batch = args.batch_size * per_step
+    if global_batch <= samples_per_epoch:
+        return global_batch
+    fits = samples_per_epoch // per_step
+    advice = (
+        f"the largest --batch-size that fits is {fits}"
+        if fits
+        else "no --batch-size fits: use fewer ranks or --accum-steps"
+    )
+    raise UsageError(
+        f"global batch {global_batch} ({args.batch_size} x {world_size} rank(s) x "
+        f"{args.accum_steps} micro-batch(es)) is larger than the {samples_per_epoch} training "
+        f"samples per epoch, so a batch would repeat pairs; {advice}"
+    )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    try:
+        models.check_model_name(args.model, "--model")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     urls = data.expand_urls(args.train_data)
     online = None
     if args.online_curation:
@@ -364,6 +394,8 @@ def main(argv=None) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    # checked once the output folder exists: one that cannot be made is said first
+    global_batch = global_batch_size(args, samples_per_epoch, dist_info.world_size)
 
     # model, tokenizer, preprocessing
     torch.manual_seed(args.seed)
@@ -391,7 +423,6 @@ def main(argv=None) -> dict:
     image_size = models.image_size(raw_model)
 
     # optimisation
-    global_batch = args.batch_size * dist_info.world_size * args.accum_steps
     total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / global_batch))
     optimizer = torch.optim.AdamW(
         param_groups(raw_model, args.wd),
@@ -769,9 +800,16 @@ def save_checkpoint(
     print(f"saved {path}", flush=True)
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """`main` with the trainer's error path: one line on stderr, `error: ...`, and exit 2 for
+    flags that cannot work (UsageError), 1 for other bad input or I/O."""
     try:
-        main()
+        main(argv)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 2 if isinstance(exc, UsageError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
