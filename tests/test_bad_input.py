@@ -209,7 +209,7 @@ def test_every_row_of_a_caption_file_is_extracted_or_counted(tmp_path_factory, s
 
 
 @hypothesis.settings(
-    max_examples=4, deadline=None, derandomize=True, database=None,
+    max_examples=3, deadline=None, derandomize=True, database=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )  # fmt: skip
 @hypothesis.given(specs=st.lists(caption_file(), min_size=2, max_size=4))

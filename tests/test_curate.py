@@ -63,13 +63,18 @@ def uid_or_none(url, page_url):
 
 
 def reference_records(table, entries):
-    """Distinct (uid, text) records of an input table, in one process: the copies of a record
-    give it their smallest non-null lang (rule 5.4), url and page_url; a lang without metadata
-    is routed to `other` (rule 4.3). {(uid, text): (lang, url, page_url)}."""
+    """Distinct (uid, text) records of an input table, in one process: a null lang is
+    identified by LID (rule 4.1); the copies of a record give it their smallest lang (rule
+    5.4), url and page_url; a lang without metadata is routed to `other` (rule 4.3).
+    {(uid, text): (lang, url, page_url)}."""
+    from curation.alt_text.lid import get_identifier
+
     copies = defaultdict(list)
     for row in table.to_pylist():
         if row["uid"] is None or row["url"] is None or row["text"] is None:
             continue
+        if row["lang"] is None:
+            row = {**row, "lang": get_identifier(None).predict([row["text"]])[2][0]}
         copies[(row["uid"], row["text"])].append(row)
 
     def smallest(rows, column):

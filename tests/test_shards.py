@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -540,3 +541,39 @@ def test_a_table_that_is_not_curated_is_refused(tmp_path):
     (run_dir / "matches" / "_SUCCESS").write_text("")
     with pytest.raises(shards.ExportError, match="is not a curated/ table"):
         shards.read_curated(str(run_dir / "matches"))
+
+
+def test_killing_the_driver_stops_its_download_workers(site, tmp_path):
+    """Issue 36: img2dataset's spawned workers outlived a driver killed with SIGKILL, writing
+    shards for ~15 s, into the folder a rerun writes too. They now run in a process group that
+    a watcher kills as soon as the driver is gone (curation/shards/supervised.py)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    seen = []
+    delays = {f"/{name}": 30.0 for name in GOOD}  # every worker is mid-shard when it happens
+    with loopback.serve_directory(site, delays=delays, lifetime_s=90, seen=seen) as base:
+        curated = write_curated(curated_rows(base)[: len(GOOD)], tmp_path / "curated")
+        argv = [sys.executable, str(JOB), "--curated", curated, "--output", str(tmp_path / "out"),
+                "--processes", "2", "--threads", "2", "--samples-per-shard", "2",
+                "--timeout", "60", "--allow-local"]  # fmt: skip
+        driver = psutil.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers = []
+        try:
+            deadline = time.monotonic() + 60
+            while len(seen) < 2 and time.monotonic() < deadline and driver.poll() is None:
+                time.sleep(0.1)
+            assert len(seen) >= 2, "the workers never started downloading"
+            workers = driver.children(recursive=True)
+            assert len(workers) >= 3  # the supervised child and its two pool workers
+            driver.kill()
+            driver.wait(10)
+            _, alive = psutil.wait_procs(workers, timeout=5)
+            assert not alive, [p.cmdline()[:3] for p in alive]
+        finally:
+            for process in [driver, *workers]:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()

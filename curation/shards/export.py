@@ -35,7 +35,7 @@ from curation.core import tables
 from curation.core.jobs import ExportError
 from curation.core.spark import get_spark
 from curation.curate.online import matched_images
-from curation.shards import loopback
+from curation.shards import loopback, supervised
 
 CURATED_COLUMNS = ("uid", "url", "text", "lang", "entry_ids")
 EXTRA_COLUMNS = ["uid", "lang", "entry_ids"]
@@ -437,10 +437,19 @@ def _tar_complete(fs, tar_path: str, stats_path: str) -> bool:
 
 
 def run_img2dataset(list_uri: str, config: ExportConfig) -> None:
+    """img2dataset over the download list. With the multiprocessing distributor it runs in a
+    child whose worker processes die with this driver (curation/shards/supervised.py)."""
     # Spawned workers inherit these: OpenCV refuses decompression bombs before allocating,
     # and albumentations skips its network version check.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_image_pixels)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if config.distributor == "multiprocessing":
+        supervised.run_in_group(_download, list_uri, config)
+    else:  # pyspark: the tasks belong to the Spark application, which Spark cleans up
+        _download(list_uri, config)
+
+
+def _download(list_uri: str, config: ExportConfig) -> None:
     from img2dataset import download
 
     download(
