@@ -66,7 +66,7 @@ def torchrun(shards: Path, out: Path, *extra: str, ranks: int = 2) -> subprocess
 
 def losses(out: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["loss"] for row in rows}
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}  # not the eval rows
 
 
 def trained_keys(out: Path, rank: int) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,31 @@ def ddp_run(shards, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsdp_run(shards, tmp_path_factory) -> Path:
+def uneven_eval_set(shards, tmp_path_factory) -> Path:
+    """A retrieval set of 6 held-out samples, the last one's image broken: with 2 ranks and
+    --eval-batch-size 2, rank 0 decodes 3 (two forwards) and rank 1 decodes 2 (one)."""
+    from trainer.datasets import write_benchmark_dir
+
+    samples: dict[str, dict] = {}
+    with tarfile.open(shards / "val" / "00100.tar") as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            if ext in ("jpg", "txt") and (key in samples or len(samples) < 6):
+                samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+    chosen = [s for s in samples.values() if "jpg" in s and "txt" in s][:6]
+    chosen[-1]["jpg"] = chosen[-1]["jpg"][:40]  # cut inside the JPEG header: undecodable
+    root = tmp_path_factory.mktemp("uneven_eval") / "uneven"
+    write_benchmark_dir(root, chosen, "retrieval")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(shards, uneven_eval_set, tmp_path_factory) -> Path:
+    """Also evaluates every 3 steps on shares that straddle the eval batch (issue 35, case 1:
+    under FSDP every forward gathers parameters, so unequal forward counts used to hang)."""
     out = tmp_path_factory.mktemp("fsdp")
-    result = torchrun(shards, out, *STEPS, "--fsdp")
+    evals = ("--eval", f"{uneven_eval_set}:retrieval", "--eval-every", "3")
+    result = torchrun(shards, out, *STEPS, "--fsdp", *evals, "--eval-batch-size", "2")
     assert "saved " in result.stdout and "step_00000006.dcp" in result.stdout
     return out
 
@@ -70,6 +93,10 @@ def test_fsdp_trains_like_ddp(ddp_run, fsdp_run):
     assert held == [".metadata", "__0_0.distcp", "__1_0.distcp", "trainer_state.json"]
     retrieval = json.loads((fsdp_run / "summary.json").read_text())["retrieval"]
     assert retrieval["pairs"] == 64
+    rows = [json.loads(line) for line in (fsdp_run / "metrics.jsonl").read_text().splitlines()]
+    evals = {row["step"]: row["eval"] for row in rows if "eval" in row}
+    assert sorted(evals) == [3, 6]
+    assert all(e["uneven/all/images"] == 5 for e in evals.values()), evals
 
 
 def test_dcp_resumes_at_two_ranks_and_ignores_half_written_checkpoints(shards, fsdp_run, tmp_path):

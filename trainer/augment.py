@@ -13,21 +13,50 @@ import torch
 import torch.nn.functional as F
 
 
-def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """3 x H x W uint8 per image: 1-d tensors are JPEG bytes, decoded in one batched
-    `torchvision.io.decode_jpeg` call on `device` (nvJPEG on CUDA); 3-d ones were decoded by the
-    worker (H x W x 3)."""
+def decode_on_device(
+    encoded: list[torch.Tensor], device: torch.device, sizes: torch.Tensor | None = None
+) -> tuple[list[torch.Tensor], int]:
+    """(3 x H x W uint8 per image, how many JPEGs no decoder could read). 1-d tensors are JPEG
+    bytes, decoded in one batched `torchvision.io.decode_jpeg` call on `device` (nvJPEG on CUDA);
+    3-d ones were decoded by the worker (H x W x 3). A batch the device refuses (one image with
+    damage past its headers fails them all) is decoded image by image, on the device, then on
+    the CPU; an image neither reads becomes a black one of its header's size (`sizes`), so that
+    every rank's batch keeps its size, and is counted."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     jpegs = [i for i, t in enumerate(encoded) if t.ndim == 1]
     out = [
         t.permute(2, 0, 1).to(device, non_blocking=True) if t.ndim == 3 else None for t in encoded
     ]
-    if jpegs:
+    if not jpegs:
+        return out, 0
+    if device.type == "cuda":
+        # torchvision's CUDA decode allocates from this stream but decodes on its own stream,
+        # which does not wait for the work queued here (pytorch/vision#9606): let that finish
+        torch.cuda.current_stream(device).synchronize()
+    try:
         decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-        for i, image in zip(jpegs, decoded):
-            out[i] = image
-    return out
+    except RuntimeError:
+        decoded = [_decode_one(encoded[i], device) for i in jpegs]
+    failed = 0
+    for i, image in zip(jpegs, decoded):
+        if image is None:
+            failed += 1
+            h, w = (int(x) for x in sizes[i]) if sizes is not None else (1, 1)
+            image = torch.zeros(3, h, w, dtype=torch.uint8, device=device)
+        out[i] = image
+    return out, failed
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    for where in dict.fromkeys([device, torch.device("cpu")]):
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=where).to(device)
+        except RuntimeError:
+            continue
+    return None
 
 
 def _canvas(images: list[torch.Tensor], sizes: torch.Tensor, device) -> torch.Tensor:
@@ -62,10 +91,12 @@ def crop_resize_normalize(
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
     x = x.float()
     _, _, height, width = x.shape
-    boxes = boxes.to(x.device, torch.float32)
+    # copies that do not wait for the device (pinned host memory from the loader makes them
+    # truly asynchronous): the step must not block on a host round trip
+    boxes = boxes.to(x.device, non_blocking=True).float()
     top, left, h, w = boxes.unbind(1)
     ys = _sample_points(top, h, size)
-    xs = _sample_points(left, w, size, flips.to(x.device))
+    xs = _sample_points(left, w, size, flips.to(x.device, non_blocking=True))
     gy = (2 * ys + 1) / height - 1
     gx = (2 * xs + 1) / width - 1
     n = len(x)
@@ -73,9 +104,18 @@ def crop_resize_normalize(
         (gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), -1
     )
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255
-    return (out - mean) / std
+    return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
+
+
+_SCALED: dict[tuple, torch.Tensor] = {}
+
+
+def _scaled(values: tuple, device: torch.device) -> torch.Tensor:
+    """1 x 3 x 1 x 1 `values` x 255 on `device`, made once (not a host-to-device copy per step)."""
+    key = (tuple(values), str(device))
+    if key not in _SCALED:
+        _SCALED[key] = torch.tensor(values, device=device).view(1, 3, 1, 1) * 255
+    return _SCALED[key]
 
 
 class DeviceTransform:
@@ -83,6 +123,7 @@ class DeviceTransform:
 
     def __init__(self, size: int, mean, std, device: torch.device):
         self.size, self.mean, self.std, self.device = size, tuple(mean), tuple(std), device
+        self.undecodable = 0  # --gpu-decode: JPEGs no decoder read, trained as black images
 
     @classmethod
     def for_model(cls, model, device):
@@ -92,7 +133,8 @@ class DeviceTransform:
 
     def __call__(self, batch: dict) -> torch.Tensor:
         if "encoded" in batch:
-            images = decode_on_device(batch["encoded"], self.device)
+            images, failed = decode_on_device(batch["encoded"], self.device, batch["sizes"])
+            self.undecodable += failed
             canvas = _canvas(images, batch["sizes"], self.device)
             channels_last = False
         else:

@@ -37,9 +37,8 @@ def rng_state() -> dict:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
-        if torch.cuda.is_available()
-        else [],
+        # this process's GPU only (the one set_device chose): a resume may see fewer GPUs
+        "cuda": [torch.cuda.get_rng_state().tolist()] if torch.cuda.is_available() else [],
         "python": [version, list(mt), gauss],
         "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
     }
@@ -48,11 +47,19 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+        torch.cuda.set_rng_state(torch.tensor(_own_cuda_state(state["cuda"]), dtype=torch.uint8))
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def _own_cuda_state(states: list) -> list:
+    """This process's GPU generator state: the one saved, or, from a checkpoint that saved every
+    visible GPU's, the entry of the current device (the first when it saw fewer GPUs)."""
+    if len(states) == 1:
+        return states[0]
+    return states[min(torch.cuda.current_device(), len(states) - 1)]
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:

@@ -534,17 +534,59 @@ def _size(image: torch.Tensor | tuple) -> tuple[int, int]:
     return image[0] if isinstance(image, tuple) else tuple(image.shape[:2])
 
 
+# JPEG start-of-frame markers: baseline and extended sequential Huffman frames go to the device;
+# progressive, lossless, hierarchical and arithmetic-coded ones the worker decodes (nvJPEG's
+# batched decode takes the first kind only, and one image it refuses fails the whole batch)
+_DEVICE_FRAMES = frozenset({0xC0, 0xC1})
+_FRAMES = _DEVICE_FRAMES | {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(SOF marker, sample precision, height, width, components) from a JPEG's frame header,
+    walking the marker segments before it; None when they do not parse."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length: TEM, RSTn, SOI
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or a scan before any frame header
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _FRAMES:
+            if length < 8 or i + 10 > n:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return marker, data[i + 4], height, width, data[i + 9]
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
 def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str | None:
-    """For --gpu-decode: ((h, w), the JPEG bytes as a 1-d uint8 tensor) after a header and
-    end-marker check, 'bad_image', or None when the bytes are not a JPEG (decoded in the worker)."""
+    """For --gpu-decode: ((h, w), the JPEG bytes as a 1-d uint8 tensor) for a JPEG the device
+    decodes (baseline or extended sequential, 8-bit, 3 components, whole to its end marker);
+    None for what the worker decodes itself (not a JPEG, or progressive, greyscale, CMYK, 12-bit:
+    PIL reads them all); 'bad_image' for a JPEG cut short or whose headers do not parse."""
     if not data.startswith(b"\xff\xd8"):
         return None
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return "bad_image"  # truncated: no end-of-image marker
-    try:
-        w, h = Image.open(io.BytesIO(data)).size
-    except Exception:
+    frame = jpeg_frame(data)
+    if frame is None:
         return "bad_image"
+    marker, precision, h, w, components = frame
+    if not (h and w):
+        return "bad_image"
+    if marker not in _DEVICE_FRAMES or precision != 8 or components != 3:
+        return None
     return (h, w), torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 

@@ -49,6 +49,20 @@ def _env_ranks() -> tuple[int, int, int] | None:
     return None
 
 
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU this process drives: its local rank among the visible GPUs (torchrun, or srun
+    with all of a node's GPUs per task), or the one GPU it sees (srun --gpus-per-task=1 sets
+    CUDA_VISIBLE_DEVICES per task, so every local rank sees a single device 0)."""
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    raise ValueError(
+        f"local rank {local_rank} but {visible} GPU(s) visible: launch at most one process per "
+        "GPU, or give each process one GPU (CUDA_VISIBLE_DEVICES)"
+    )
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group (NCCL on GPU, gloo on CPU) when launched with several ranks."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
@@ -57,8 +71,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         return DistInfo(device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
     rank, local_rank, world_size = ranks
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if world_size > 1:

@@ -288,13 +288,15 @@ class Evaluator:
         samples, images = self._data(info)
         ok = [(i, p) for i, p in images if p is not None]
         rows = []
-        for s in range(0, len(ok), self.batch_size):
-            chunk = ok[s : s + self.batch_size]
+        for b in range(self._forwards(len(ok), info, transform.device)):
+            chunk = ok[b * self.batch_size : (b + 1) * self.batch_size]
             with autocast():
-                rows.append(fn(transform(_image_batch([p for _, p in chunk]))).float())
-        if not rows:  # fewer decodable samples than ranks: still join the all_reduce
-            blank = torch.zeros(1, 3, transform.size, transform.size, device=transform.device)
-            rows.append(fn(blank).float()[:0])
+                if chunk:
+                    rows.append(fn(transform(_image_batch([p for _, p in chunk]))).float())
+                else:  # this rank's share is done: a forward the others need, result unused
+                    size = transform.size
+                    blank = torch.zeros(1, 3, size, size, device=transform.device)
+                    rows.append(fn(blank).float()[:0])
         n = len(samples.langs)
         out = gather_rows([i for i, _ in ok], torch.cat(rows), n, info)
         decoded = torch.zeros(n, 1, device=transform.device)
@@ -332,13 +334,27 @@ class Evaluator:
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         mine = list(range(rank, len(texts), world))
         rows = []
-        for s in range(0, len(mine), self.batch_size):
-            tokens = tokenizer([texts[i] for i in mine[s : s + self.batch_size]]).to(device)
+        for b in range(self._forwards(len(mine), info, device)):
+            chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
             with autocast():
-                rows.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
-        if not rows:  # fewer texts than ranks
-            rows.append(model.encode_text(tokenizer(["x"]).to(device)).float()[:0])
+                if chunk:
+                    tokens = tokenizer([texts[i] for i in chunk]).to(device)
+                    rows.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+                else:  # this rank's share is done: a forward the others need, result unused
+                    rows.append(model.encode_text(tokenizer(["x"]).to(device)).float()[:0])
         return gather_rows(mine, torch.cat(rows), len(texts), info)
+
+    def _forwards(self, mine: int, info, device) -> int:
+        """How many forward calls each rank makes over its `mine` items: the most any rank
+        needs, at least one. Under FSDP every forward gathers parameters from all ranks, so a
+        rank whose share ended a batch earlier (shares that straddle a multiple of the batch
+        size, undecodable images) would leave the others waiting for it until the timeout."""
+        count = max(1, -(-mine // self.batch_size))
+        if info is not None and info.enabled:
+            most = torch.tensor([count], device=device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            count = int(most.item())
+        return count
 
     def classifier(self, model, tokenizer, lang, autocast, device) -> torch.Tensor:
         """classes x D: the mean of each class's normalised template embeddings, renormalised."""

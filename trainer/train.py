@@ -120,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval-languages", help="comma list of languages to evaluate (default: all the set has)"
     )
     g.add_argument("--eval-max-samples", type=int, help="cap on samples per eval set")
+    g.add_argument(
+        "--eval-batch-size", type=int, default=256, help="images or texts per forward in --eval"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-32", help="any open_clip model name (random init)")
     g.add_argument(
@@ -275,7 +278,12 @@ def eval_sets(args) -> list[tuple[str, evaluate.Evaluator]]:
         while name in names:
             name, n = f"{bench.name}{n}", n + 1
         names.add(name)
-        out.append((name, evaluate.Evaluator(bench, languages, 256, args.eval_max_samples)))
+        out.append(
+            (
+                name,
+                evaluate.Evaluator(bench, languages, args.eval_batch_size, args.eval_max_samples),
+            )
+        )
     return out
 
 
@@ -347,6 +355,14 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def has_running_stats(model: torch.nn.Module) -> bool:
+    """Whether the model has buffers that its forward updates (batch-norm running stats)."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats
+        for m in model.modules()
+    )
 
 
 def global_batch_size(args, samples_per_epoch: int, world_size: int) -> int:
@@ -541,6 +557,9 @@ def main(argv=None) -> dict:
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
             static_graph=args.accum_steps == 1,  # every parameter is used in every backward
+            # buffers that training changes are batch-norm statistics (ResNet towers); the
+            # others (open_clip's attention mask) are constants: no broadcast every forward
+            broadcast_buffers=has_running_stats(raw_model),
         )
     no_sync = None
     if args.fsdp:
@@ -690,6 +709,8 @@ def main(argv=None) -> dict:
         "dropped": loader.dropped(),
         "flops_per_sample": sample_flops,
     }
+    if transform.undecodable:  # --gpu-decode: this rank's JPEGs that no decoder could read
+        summary["undecodable_on_device"] = transform.undecodable
     if eval_row is not None:
         summary["eval"] = eval_row["eval"]
     if step == total_steps and args.val_data and is_main and not has_text_tower:
