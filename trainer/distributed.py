@@ -63,8 +63,9 @@ def cuda_index(local_rank: int, visible: int) -> int:
     )
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group (NCCL on GPU, gloo on CPU) when launched with several ranks."""
+def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
+    """Join the process group (NCCL on GPU, gloo on CPU) when launched with several ranks, or
+    with `group_of_one` under a launcher with one (FSDP on one GPU: its code path, one shard)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     ranks = _env_ranks()
     if ranks is None:
@@ -75,7 +76,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    if world_size > 1:
+    if world_size > 1 or group_of_one:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             init_method="env://",
@@ -111,5 +112,5 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -404,7 +404,7 @@ def main(argv=None) -> dict:
                 "--t-en, --tail-fraction and --online-fixed-epoch need --online-curation"
             )
         samples_per_epoch = args.train_num_samples or data.count_samples(urls)
-    dist_info = distributed.init_distributed(args.device)
+    dist_info = distributed.init_distributed(args.device, group_of_one=args.fsdp)
     device, is_main = dist_info.device, dist_info.is_main
     out_dir = Path(args.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -425,8 +425,10 @@ def main(argv=None) -> dict:
         raw_model.set_grad_checkpointing(True)
     replicated = []
     if args.fsdp:
-        if not dist_info.enabled:
-            raise ValueError("--fsdp shards over ranks: launch with torchrun --nproc_per_node N")
+        if not torch.distributed.is_initialized():
+            raise ValueError(
+                "--fsdp shards over ranks: launch with torchrun --nproc_per_node N (1 is fine)"
+            )
         replicated = sharding.shard_model(raw_model, args.precision)
     checkpoint_format = args.checkpoint_format
     if checkpoint_format == "auto":
