@@ -70,6 +70,28 @@ def test_retrieval_recall_with_several_captions_per_image_by_hand():
     assert m["text_retrieval_recall@2"] == pytest.approx(1.0)
 
 
+def test_retrieval_recall_in_row_blocks_equals_the_whole_matrix():
+    """Issue 35, case 6: scores are made a few rows at a time (never texts x images at once);
+    the hand example above in blocks of 1 row, and 40 images x 100 texts in blocks of 7."""
+    images = torch.eye(3)
+    texts = F.normalize(
+        torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.0], [0.0, 1.0, 0.3], [0.0, 0.9, 1.0]]), dim=-1
+    )
+    owner = torch.tensor([0, 0, 1, 2])
+    by_row = evaluate.retrieval_metrics(images, texts, owner, ks=(1, 2), rows=1)
+    assert by_row == evaluate.retrieval_metrics(images, texts, owner, ks=(1, 2))
+    assert (
+        by_row["image_retrieval_recall@1"] == 3 / 4 and by_row["text_retrieval_recall@1"] == 2 / 3
+    )
+    g = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
+    owner = torch.randint(0, 40, (100,), generator=g)
+    texts = F.normalize(images[owner] + 0.8 * torch.randn(100, 16, generator=g), dim=-1)
+    whole = evaluate.retrieval_metrics(images, texts, owner)
+    assert evaluate.retrieval_metrics(images, texts, owner, rows=7) == whole
+    assert 0 < whole["image_retrieval_recall@1"] < whole["image_retrieval_recall@10"] <= 1
+
+
 def test_numpy_scalar_conversion_is_not_needed():
     """numpy >= 2.4 refuses float() of a 1-element array, which CLIP_benchmark's accuracy()
     does; our metrics are plain floats from torch."""
