@@ -61,6 +61,9 @@ def test_device_transform_equals_torchvision_per_image(photos, train, hflip):
     assert batch["pixels"].dtype == torch.uint8
     got = augment.DeviceTransform(SIZE, MEAN, STD, torch.device("cpu"))(batch)
     assert got.shape == (len(photos), 3, SIZE, SIZE) and got.dtype == torch.float32
+    # the canvas is made float a few images at a time (issue 35, case 6): the same numbers
+    args = (batch["pixels"], batch["boxes"], batch["flips"], SIZE, MEAN, STD)
+    assert torch.equal(augment.crop_resize_normalize(*args, chunk=2), got)
 
     torch.manual_seed(seed)  # the reference draws crops image after image from this seed
     for i, image in enumerate(photos):

@@ -86,10 +86,12 @@ def crop_resize_normalize(
     mean,
     std,
     channels_last_input: bool = True,
+    chunk: int = 32,
 ) -> torch.Tensor:
-    """B x 3 x size x size float32 from a uint8 canvas (B x H x W x 3, or B x 3 x H x W)."""
+    """B x 3 x size x size float32 from a uint8 canvas (B x H x W x 3, or B x 3 x H x W). The
+    canvas goes to float `chunk` images at a time: its float copy, 4 bytes per padded pixel,
+    would otherwise be the data path's largest tensor (a batch of 256 at 512 px: 0.8 GB)."""
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
-    x = x.float()
     _, _, height, width = x.shape
     # copies that do not wait for the device (pinned host memory from the loader makes them
     # truly asynchronous): the step must not block on a host round trip
@@ -103,7 +105,11 @@ def crop_resize_normalize(
     grid = torch.stack(
         (gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), -1
     )
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = torch.cat([
+        F.grid_sample(x[i : i + chunk].float(), grid[i : i + chunk], mode="bilinear",
+                      padding_mode="border", align_corners=False)
+        for i in range(0, n, chunk)
+    ])  # fmt: skip
     return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
 
 
