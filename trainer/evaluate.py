@@ -324,7 +324,8 @@ class Evaluator:
         decoded = torch.zeros(n, 1, device=transform.device)
         decoded[[i for i, _ in ok]] = 1
         decoded = gather_rows(list(range(n)), decoded, n, info)  # sums the ranks' flags
-        return out, [i for i in range(n) if decoded[i, 0] > 0]
+        # one copy to the host, not a device sync per sample
+        return out, torch.nonzero(decoded[:, 0] > 0).flatten().tolist()
 
     def image_embeddings(self, model, transform, autocast, info) -> tuple[torch.Tensor, list]:
         """(n x D normalised embeddings of every sample, the indices whose image decoded)."""
