@@ -60,49 +60,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- jpeg kinds ------------------------------------------------------------------------------------
 
 
-def jpeg_kinds(device: torch.device) -> dict[str, bytes]:
-    """The six kinds the worker meets: baseline 4:2:0 and 4:4:4, progressive, greyscale, CMYK,
-    and one whose headers parse but whose scan nothing decodes (its quantization tables cut)."""
-    from trainer_shards import source_images
-
-    photo = source_images()[0].resize((256, 256))
-
-    def encode(image, **options) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=90, **options)
-        return buf.getvalue()
-
-    kinds = {
-        "baseline": encode(photo),
-        "444": encode(photo, subsampling=0),
-        "progressive": encode(photo, progressive=True),
-        "greyscale": encode(photo.convert("L")),
-        "cmyk": encode(photo.convert("CMYK")),
-    }
-    data, out, i = kinds["baseline"], bytearray(kinds["baseline"][:2]), 2
-    while data[i + 1] != 0xDA:
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if data[i + 1] != 0xDB:
-            out += data[i : i + 2 + length]
-        i += 2 + length
-    kinds["no_tables"] = bytes(out + data[i:])
-    return kinds
-
-
 def check_jpeg_kinds(device: torch.device, args) -> None:
+    from trainer_shards import jpeg_kinds, source_images
+
     from trainer import augment
     from trainer import data as trainer_data
 
-    kinds = jpeg_kinds(device)
+    kinds = jpeg_kinds(source_images()[0].resize((256, 256)))
     routed = {k: trainer_data.jpeg_for_device(v) for k, v in kinds.items()}
     sent = sorted(k for k, r in routed.items() if isinstance(r, tuple))
-    want = ["444", "baseline", "no_tables"]
+    want = ["baseline 4:2:0", "baseline 4:4:4", "no quantization tables"]
     encoded = [routed[k] for k in sent]
     sizes = torch.tensor([r[0] for r in encoded], dtype=torch.int32)
     images, failed = augment.decode_on_device([r[1] for r in encoded], device, sizes)
     worst = 0.0
     for name, image in zip(sent, images):
-        if name == "no_tables":
+        if name == "no quantization tables":
             continue
         reference = trainer_data.decode_image(kinds[name]).permute(2, 0, 1).float()
         worst = max(worst, (image.float().cpu() - reference).abs().mean().item())

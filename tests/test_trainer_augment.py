@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from trainer_shards import source_images
+from trainer_shards import jpeg_kinds, source_images
 
 pytest.importorskip("skimage")
 
@@ -107,38 +107,12 @@ def test_device_decode_matches_worker_decode(photos):
     assert data.jpeg_for_device(truncated) == "bad_image"
 
 
-def _without_quantization_tables(jpeg_bytes: bytes) -> bytes:
-    """The same JPEG with its DQT segments cut out: headers that parse, a scan nothing decodes
-    (libjpeg, PIL and nvJPEG all need the tables the frame names)."""
-    out, i = bytearray(jpeg_bytes[:2]), 2
-    while jpeg_bytes[i + 1] != 0xDA:  # up to the start of scan
-        length = int.from_bytes(jpeg_bytes[i + 2 : i + 4], "big")
-        if jpeg_bytes[i + 1] != 0xDB:
-            out += jpeg_bytes[i : i + 2 + length]
-        i += 2 + length
-    return bytes(out + jpeg_bytes[i:])
-
-
 def test_jpeg_kinds_are_sent_where_they_decode_and_a_refused_one_costs_one_image(photos):
     """Issue 35, case 3: the worker sends only baseline 8-bit YCbCr JPEGs to the device and
     decodes progressive, greyscale and CMYK ones itself; a JPEG that no decoder reads (its
     damage past the headers) no longer fails the batch: it is decoded image by image, becomes
     a black image (every rank's batch keeps its size) and is counted."""
-    photo = Image.fromarray(photos[0].numpy())
-
-    def encode(image, **options) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=90, **options)
-        return buf.getvalue()
-
-    kinds = {
-        "baseline 4:2:0": encode(photo),
-        "baseline 4:4:4": encode(photo, subsampling=0),
-        "progressive": encode(photo, progressive=True),
-        "greyscale": encode(photo.convert("L")),
-        "cmyk": encode(photo.convert("CMYK")),
-    }
-    kinds["no quantization tables"] = _without_quantization_tables(kinds["baseline 4:2:0"])
+    kinds = jpeg_kinds(Image.fromarray(photos[0].numpy()))
     routed = {name: data.jpeg_for_device(jpeg_bytes) for name, jpeg_bytes in kinds.items()}
     to_device = {name for name, item in routed.items() if isinstance(item, tuple)}
     assert to_device == {"baseline 4:2:0", "baseline 4:4:4", "no quantization tables"}

@@ -44,6 +44,34 @@ def _jpeg(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_kinds(photo: Image.Image) -> dict[str, bytes]:
+    """The six kinds of JPEG a data worker meets, by name: baseline 4:2:0 and 4:4:4,
+    progressive, greyscale, CMYK, and one whose headers parse but whose scan nothing decodes
+    (its quantization tables cut out: libjpeg, PIL and nvJPEG all need the tables the frame
+    names). For trainer.data's device triage, in the tests and benchmarks/gpu_check.py."""
+
+    def encode(image: Image.Image, **options) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=90, **options)
+        return buf.getvalue()
+
+    kinds = {
+        "baseline 4:2:0": encode(photo),
+        "baseline 4:4:4": encode(photo, subsampling=0),
+        "progressive": encode(photo, progressive=True),
+        "greyscale": encode(photo.convert("L")),
+        "cmyk": encode(photo.convert("CMYK")),
+    }
+    baseline, out, i = kinds["baseline 4:2:0"], bytearray(kinds["baseline 4:2:0"][:2]), 2
+    while baseline[i + 1] != 0xDA:  # the segments up to the start of scan, DQT left out
+        length = int.from_bytes(baseline[i + 2 : i + 4], "big")
+        if baseline[i + 1] != 0xDB:
+            out += baseline[i : i + 2 + length]
+        i += 2 + length
+    kinds["no quantization tables"] = bytes(out + baseline[i:])
+    return kinds
+
+
 def _crop(image: Image.Image, rng: random.Random, size: int) -> Image.Image:
     side = rng.randint(min(image.size) // 3, min(image.size))
     x = rng.randint(0, image.width - side)
