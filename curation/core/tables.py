@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.core.spark import HadoopFS
-from curation.core.uris import local_path
+from curation.core.uris import arrow_filesystem, local_path
 
 HIVE_LANG = ds.partitioning(pa.schema([("lang", pa.string())]), flavor="hive")
 
@@ -32,8 +32,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     path = local_path(uri)
     if path is not None:
         return pafs.LocalFileSystem(), str(Path(path).resolve())
-    scheme, rest = uri.split("://", 1)
-    return pafs.FileSystem.from_uri(f"{ {'s3a': 's3', 's3n': 's3'}.get(scheme, scheme) }://{rest}")
+    return arrow_filesystem(uri)
 
 
 def _info(uri: str) -> pafs.FileInfo:

@@ -22,6 +22,20 @@ def local_path(uri: str) -> str | None:
     return None
 
 
+def remote_uri(uri: str) -> str:
+    """A remote URI with Hadoop's s3a/s3n schemes read as s3 (pyarrow's and fsspec's name)."""
+    scheme, rest = uri.split("://", 1)
+    return f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+
+
+def arrow_filesystem(uri: str):
+    """pyarrow's filesystem for a remote URI and the path on it; raises where pyarrow has no
+    driver for the scheme (the callers then try fsspec, or read through Spark)."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(remote_uri(uri))
+
+
 def open_binary(uri: str) -> BinaryIO:
     """A raw byte stream: local paths, http(s), pyarrow's filesystems (s3, gs, hdfs, ...), then
     fsspec for the schemes pyarrow lacks. Every failure to open is an OSError."""
@@ -40,11 +54,9 @@ def open_binary(uri: str) -> BinaryIO:
         if length is None or not length.isdigit():
             return response
         return io.BufferedReader(_LengthChecked(response, int(length), uri), 1 << 20)
-    uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+    uri = remote_uri(uri)
     try:
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(uri)
+        filesystem, inner = arrow_filesystem(uri)
         return filesystem.open_input_stream(inner)
     except Exception:  # noqa: BLE001 - pyarrow has no driver for this scheme: try fsspec
         try:
@@ -60,19 +72,17 @@ def file_size(uri: str) -> int | None:
     path = local_path(uri)
     if path is not None:
         return os.path.getsize(path)
-    scheme, rest = uri.split("://", 1)
-    if scheme.lower() in ("http", "https"):
+    if uri.split("://", 1)[0].lower() in ("http", "https"):
         return None
-    uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
     try:
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(uri)
+        filesystem, inner = arrow_filesystem(uri)
     except Exception:  # noqa: BLE001 - pyarrow has no driver for this scheme: try fsspec
         import fsspec
 
-        filesystem, inner = fsspec.core.url_to_fs(uri)
+        filesystem, inner = fsspec.core.url_to_fs(remote_uri(uri))
         return filesystem.size(inner)
+    from pyarrow import fs
+
     info = filesystem.get_file_info(inner)
     return info.size if info.type == fs.FileType.File else None
 
