@@ -310,8 +310,7 @@ class Evaluator:
         samples, images = self._data(info)
         ok = [(i, p) for i, p in images if p is not None]
         rows = []
-        for b in range(self._forwards(len(ok), info, transform.device)):
-            chunk = ok[b * self.batch_size : (b + 1) * self.batch_size]
+        for chunk in self._batches(ok, info, transform.device):
             with autocast():
                 if chunk:
                     rows.append(fn(transform(_image_batch([p for _, p in chunk]))).float())
@@ -357,8 +356,7 @@ class Evaluator:
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         mine = list(range(rank, len(texts), world))
         rows = []
-        for b in range(self._forwards(len(mine), info, device)):
-            chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
+        for chunk in self._batches(mine, info, device):
             with autocast():
                 if chunk:
                     tokens = tokenizer([texts[i] for i in chunk]).to(device)
@@ -367,17 +365,19 @@ class Evaluator:
                     rows.append(model.encode_text(tokenizer(["x"]).to(device)).float()[:0])
         return gather_rows(mine, torch.cat(rows), len(texts), info)
 
-    def _forwards(self, mine: int, info, device) -> int:
-        """How many forward calls each rank makes over its `mine` items: the most any rank
-        needs, at least one. Under FSDP every forward gathers parameters from all ranks, so a
-        rank whose share ended a batch earlier (shares that straddle a multiple of the batch
-        size, undecodable images) would leave the others waiting for it until the timeout."""
-        count = max(1, -(-mine // self.batch_size))
+    def _batches(self, mine: list, info, device):
+        """This rank's items in batches, as many batches as any rank needs (at least one): the
+        ones past its share are empty, for a forward whose result is unused. Under FSDP every
+        forward gathers parameters from all ranks, so a rank whose share ended a batch earlier
+        (shares that straddle a multiple of the batch size, undecodable images) would leave the
+        others waiting for it until the timeout."""
+        count = max(1, -(-len(mine) // self.batch_size))
         if info is not None and info.enabled:
             most = torch.tensor([count], device=device)
             dist.all_reduce(most, op=dist.ReduceOp.MAX)
             count = int(most.item())
-        return count
+        for b in range(count):
+            yield mine[b * self.batch_size : (b + 1) * self.batch_size]
 
     def classifier(self, model, tokenizer, lang, autocast, device) -> torch.Tensor:
         """classes x D: the mean of each class's normalised template embeddings, renormalised."""
