@@ -3,8 +3,9 @@
 Two kinds, both found by `--resume latest`:
 - `step_N.pt`: one file, rank 0 writes the whole state (DDP);
 - `step_N.dcp/`: a `torch.distributed.checkpoint` folder, every rank writes its own shards
-  (FSDP), asynchronously: the state is staged to host memory, training goes on, and a
-  background thread writes it into `.step_N.dcp.tmp/`. Rank 0 renames the folder once DCP's
+  (FSDP), asynchronously: the state is staged to host memory (pinned and reused from one save
+  to the next on CUDA), training goes on, and a background thread writes it into
+  `.step_N.dcp.tmp/`. Rank 0 renames the folder once DCP's
   `.metadata` (written after every rank's shards) and our `trainer_state.json` (step, data
   positions, RNG, scheduler: JSON) are in it, so a killed writer leaves only a temp folder.
   DCP reshards on load: a checkpoint saved at one world size resumes at another, with or
@@ -226,6 +227,16 @@ class ShardedCheckpointer:
         # a gloo group of its own: the background writer's collectives must not interleave
         # with the training collectives of the default group
         self.group = dist.new_group(backend="gloo") if self.use_async else None
+        self.writer = None
+        if self.use_async:
+            from torch.distributed.checkpoint import FileSystemWriter
+
+            # one writer for every save: with CUDA it stages into pinned host memory that it
+            # allocates at the first save and reuses (`async_save`'s default stager allocates
+            # fresh pageable memory every time: a slower copy and a stall at every save)
+            self.writer = FileSystemWriter(
+                self.directory, cache_staged_state_dict=torch.cuda.is_available()
+            )
         self.pending = None  # (future, temp folder, final folder)
 
     def save(self, model, optimizer, trainer_state: dict, step: int) -> Path:
@@ -245,7 +256,9 @@ class ShardedCheckpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         if self.use_async:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
+            future = dcp.async_save(
+                state, checkpoint_id=str(tmp), storage_writer=self.writer, process_group=self.group
+            )
             self.pending = (future, tmp, final)
         else:
             dcp.save(state, checkpoint_id=str(tmp))
