@@ -9,7 +9,8 @@ docs/benchmarks.md with the card it ran on.
                (a JPEG no decoder reads costs one black image, counted, not the batch)
   decode_race  nvJPEG output against the CPU decode while the stream has queued work, with
                torchvision's decode_jpeg as is and with trainer.augment's (stream synchronised)
-  syncs        host synchronisations in one training step (torch.cuda.set_sync_debug_mode)
+  syncs        host synchronisations in one training step of a CLIP and a caption model
+               (torch.cuda.set_sync_debug_mode)
   fsdp_dcp     one-rank FSDP2, bf16, fused AdamW, async DCP: a run stopped and resumed equals
                the uninterrupted one (same batches; bf16 on GPU: not the same bits; the dry
                run checks the resume only, the suite's 2-rank FSDP tests compare already)
@@ -139,28 +140,42 @@ def check_syncs(device: torch.device, args) -> None:
     if device.type != "cuda":
         say("SKIP", "syncs", "needs CUDA (torch.cuda.set_sync_debug_mode)")
         return
+    caption_model = "tiny-caption" if args.dry_run else "openvision2-ViT-B-16"
+    counts = [
+        (f"{name} {loss}", *_syncs_in_a_step(name, loss, device))
+        for name, loss in ((args.model, "clip"), (caption_model, "caption"))
+    ]
+    say(
+        "PASS" if not any(n for _, n, _ in counts) else "FAIL",
+        "syncs",
+        "; ".join(f"{what}: {n} in one step {where}" for what, n, where in counts),
+    )
+
+
+def _syncs_in_a_step(name: str, loss: str, device: torch.device) -> tuple[int, list[str]]:
+    """Host syncs in train.py's step (host inputs, device copies and transform, forward +
+    backward in bf16, clipped fused AdamW) after a warm-up step; and the first lines."""
     import numpy as np
-    from trainer_shards import source_images
+    from trainer_shards import captions, source_images
 
     from trainer import accumulate, augment, models
     from trainer import data as trainer_data
+    from trainer.train import host_inputs, micro_batch, optimizer_step
 
-    model = models.build_model(args.model).to(device)
-    tokenizer = models.build_tokenizer(args.model, None, model.context_length)
+    model = models.build_model(name, loss).to(device)
+    tokenizer = models.build_tokenizer(name, None, model.context_length)
     transform = augment.DeviceTransform.for_model(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
     images = [torch.from_numpy(np.array(p.resize((256, 256)))) for p in source_images()[:8]]
-    batch = trainer_data.make_batch(images, ["a photo"] * 8, tokenizer, 0, True, True)
+    batch = trainer_data.make_batch(images, captions(8), tokenizer, 0, True, True)
     batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def step():
-        tokens = batch["tokens"].to(device, non_blocking=True)
-        accumulate.forward_backward(
-            model, [(transform(batch), tokens)], "clip",
-            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
-            backward=lambda loss: loss.backward(), no_sync=None,
-        )  # fmt: skip
-        optimizer.step()
+        micro = [micro_batch(batch, transform, host_inputs(batch, model), device)]
+        bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+        accumulate.forward_backward(model, micro, loss, autocast=bf16)
+        optimizer_step(model, optimizer, scaler, grad_clip=1.0)
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: lazy initialisation may synchronise once
@@ -173,8 +188,7 @@ def check_syncs(device: torch.device, args) -> None:
         finally:
             torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})[:5]
-    say("PASS" if not syncs else "FAIL", "syncs", f"{len(syncs)} in one step {where}")
+    return len(syncs), sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})[:5]
 
 
 # -- trainer runs ----------------------------------------------------------------------------------

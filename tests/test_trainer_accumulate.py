@@ -1,5 +1,6 @@
 """Feature-cache accumulation: one K-micro-batch step has the gradient of one full-batch step,
-in one process and on 2 gloo ranks under DDP (the loss sees all K x batch x world samples)."""
+in one process and on 2 gloo ranks under DDP and FSDP2 (the loss sees all K x batch x world
+samples)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,45 @@ def _rank_main(rank: int, port: int, loss_kind: str, results):
     micro = list(zip(images[rows].split(B), tokens[rows].split(B), strict=True))
     loss = forward_backward(ddp, micro, loss_kind, no_sync=ddp.no_sync)
     results[rank] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    results[("fsdp", rank)] = _fsdp_step(loss_kind, micro)
     dist.destroy_process_group()
+
+
+def _fsdp_step(loss_kind: str, micro) -> tuple:
+    """The same step under FSDP2 as train.py runs it: a reduce-scatter after every micro-batch
+    (no no-sync mode), so between micro-batches each rank holds its gradient shard only. Returns
+    the loss, the full gradients, whether every sharded parameter's gradient was a shard after
+    each backward, and the same check for FSDP's no-sync mode after the first backward."""
+    from torch.distributed.tensor import DTensor
+
+    from trainer import sharding
+
+    def sharded_grads(model) -> bool:
+        params = [p for p in model.parameters() if isinstance(p, DTensor)]
+        return bool(params) and all(
+            isinstance(p.grad, DTensor) and p.grad.to_local().numel() < p.numel() for p in params
+        )
+
+    model = tiny_model(loss_kind)
+    model.visual.patch_dropout = torch.nn.Identity()
+    replicated = sharding.shard_model(model, "fp32")
+    held = []
+
+    def backward(loss):
+        loss.backward()
+        held.append(sharded_grads(model))
+
+    loss = forward_backward(model, micro, loss_kind, backward=backward)
+    sharding.sync_replicated_grads(replicated)
+    grads = {
+        n: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for n, p in model.named_parameters()
+    }
+
+    deferred = tiny_model(loss_kind)
+    sharding.shard_model(deferred, "fp32")
+    deferred.set_requires_gradient_sync(False)  # the alternative: reduce-scatter once per step
+    compute_loss(loss_kind, deferred(*micro[0])).backward()
+    return loss.item(), grads, held, sharded_grads(deferred)
 
 
 @pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
@@ -110,3 +149,10 @@ def test_two_rank_accumulated_step_has_the_full_batch_gradient(loss_kind):
         grads = results[rank][1]
         for name, param in model.named_parameters():
             torch.testing.assert_close(grads[name], param.grad, rtol=1e-7, atol=1e-10, msg=name)
+        # FSDP: the same gradient, and only gradient shards held between micro-batches
+        loss, grads, held, deferred_held = results[("fsdp", rank)]
+        assert loss == pytest.approx(results[rank][0], rel=1e-9)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-7, atol=1e-10, msg=name)
+        assert held == [True] * K
+        assert not deferred_held  # no-sync mode holds the unsharded gradients elsewhere

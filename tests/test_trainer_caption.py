@@ -72,7 +72,7 @@ def test_decoder_is_causal():
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-def test_caption_loss_is_cross_entropy_over_real_tokens_only():
+def test_caption_loss_is_cross_entropy_over_real_tokens_only_in_chunks():
     tokenizer = models.build_tokenizer("tiny-caption", None, 32)
     text = tokenizer(CAPTIONS)
     # open_clip pads with id 0, which is also a BPE token ('!' inside a word): a 0 before the
@@ -86,7 +86,8 @@ def test_caption_loss_is_cross_entropy_over_real_tokens_only():
         assert (labels[b, length[b] - 1 :] == caption.IGNORE).all()
         assert (labels[b, : length[b] - 1] != caption.IGNORE).all()
     torch.manual_seed(1)
-    logits = torch.randn(*labels.shape, 50000)
+    hidden, head = torch.randn(*labels.shape, 16), torch.randn(16, 49408, requires_grad=True)
+    logits = hidden @ head
     by_hand, n = 0.0, 0
     for b in range(labels.shape[0]):
         for t in range(labels.shape[1]):
@@ -94,7 +95,39 @@ def test_caption_loss_is_cross_entropy_over_real_tokens_only():
                 by_hand -= F.log_softmax(logits[b, t], dim=-1)[labels[b, t]].item()
                 n += 1
     assert n == int((caption.text_lengths(text, 0) - 1).sum())
-    assert caption.caption_loss(logits, labels).item() == pytest.approx(by_hand / n, rel=1e-5)
+    rows, y = hidden.reshape(-1, 16).requires_grad_(), labels.reshape(-1)
+    whole = caption.chunked_caption_loss(rows, head, y)  # one chunk
+    grads = torch.autograd.grad(whole, (rows, head))
+    # chunks of 7 rows: each chunk's logits are recomputed in the backward
+    chunked = caption.chunked_caption_loss(rows, head, y, chunk_logits=7 * 49408)
+    assert whole.item() == pytest.approx(by_hand / len(y), rel=1e-5)  # IGNORE rows add 0
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    for mine, reference in zip(torch.autograd.grad(chunked, (rows, head)), grads, strict=True):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_the_caption_plan_from_the_host_gives_the_loss_of_the_model_own_plan():
+    """The training loop computes the trimmed length and the target positions from the tokens
+    on the CPU (no host sync on a GPU); the loss is the cross-entropy over the real tokens."""
+    model, tokenizer = tiny("caption")
+    model.eval()
+    images, text = torch.rand(4, 3, 32, 32), tokenizer(CAPTIONS)
+    plan = model.caption_plan(text)
+    lengths = caption.text_lengths(text, 0)
+    assert plan["caption_length"] == int(lengths.max()) < text.shape[1]
+    assert len(plan["caption_targets"]) == int((lengths - 1).sum())
+    with torch.no_grad():
+        given, own = (
+            model(images, text, **plan)["caption_loss"],
+            model(images, text)["caption_loss"],
+        )
+        _, tokens = model.visual(images)
+        by_hand = torch.cat([
+            model.decoder(tokens[b : b + 1], text[b : b + 1, : n - 1]).log_softmax(-1)[0]
+            .gather(1, text[b, 1:n, None]).squeeze(1)
+            for b, n in enumerate(lengths.tolist())
+        ])  # fmt: skip
+    assert given.item() == own.item() == pytest.approx(-by_hand.mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["caption", "siglip+caption", "clip+caption"])

@@ -23,7 +23,6 @@ import contextlib
 
 import torch
 
-from trainer.caption import caption_loss
 from trainer.losses import compute_loss, contrastive_loss, loss_parts
 
 FEATURE_KEYS = ("image_features", "text_features")
@@ -48,6 +47,13 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _forward(model, micro_batch: tuple, autocast) -> dict:
+    """model(images, tokens, **host inputs) of a micro-batch (images, tokens[, host inputs])."""
+    images, tokens, *host = micro_batch
+    with autocast():
+        return model(images, tokens, **(host[0] if host else {}))
+
+
 def forward_backward(
     model,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -61,13 +67,13 @@ def forward_backward(
 ) -> torch.Tensor:
     """Forward + backward of one step; returns the (detached) loss of the whole step.
 
-    `model(images, tokens)` returns open_clip's output dict; `no_sync` is the DDP module's
-    `no_sync` (None when not distributed)."""
+    A micro-batch is (images, tokens) or (images, tokens, keyword arguments of the model that
+    the host computed, e.g. `CaptionModel.caption_plan`); `model(images, tokens)` returns
+    open_clip's output dict; `no_sync` is the DDP module's `no_sync` (None when not distributed
+    and under FSDP: see `sharding`)."""
     k = len(micro_batches)
     if k == 1:
-        images, tokens = micro_batches[0]
-        with autocast():
-            out = model(images, tokens)
+        out = _forward(model, micro_batches[0], autocast)
         outputs = {key: _upcast(v) for key, v in out.items()}
         loss = compute_loss(loss_kind, outputs, caption_weight, siglip_exchange)
         backward(loss)
@@ -78,21 +84,19 @@ def forward_backward(
     cached, rng = [], []
     if contrastive:
         with torch.no_grad():
-            for images, tokens in micro_batches:
+            for micro_batch in micro_batches:
                 rng.append(_rng_state(device))
-                with autocast():
-                    out = model(images, tokens)
+                out = _forward(model, micro_batch, autocast)
                 cached.append({key: _upcast(out[key]) for key in FEATURE_KEYS})
 
     total = 0.0
-    for j, (images, tokens) in enumerate(micro_batches):
+    for j, micro_batch in enumerate(micro_batches):
         last = j == k - 1
         if contrastive:
             _set_rng_state(rng[j], device)
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
-            with autocast():
-                out = model(images, tokens)
+            out = _forward(model, micro_batch, autocast)
             loss = 0.0
             if contrastive:
                 inputs = {
@@ -110,7 +114,7 @@ def forward_backward(
                 if last:
                     total = total + loss.detach()  # the full-batch contrastive loss
             if caption:
-                part = caption_weight * caption_loss(out["caption_logits"], out["caption_labels"])
+                part = caption_weight * out["caption_loss"]
                 loss = loss + part / k
                 total = total + part.detach() / k
             backward(loss)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import MultimodalTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def keep_visual_tokens(tokens: torch.Tensor, keep: float) -> torch.Tensor:
@@ -58,12 +59,35 @@ def shifted_labels(text: torch.Tensor, pad_id: int) -> torch.Tensor:
     return labels.masked_fill(position[None, :] >= text_lengths(text, pad_id)[:, None], IGNORE)
 
 
-def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labels that are not IGNORE (CoCaLoss's caption
-    term); logits ... x vocab, labels of the same leading shape."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE
-    )
+def caption_plan(text: torch.Tensor, pad_id: int, multiple: int = 1) -> dict:
+    """The host's part of a caption forward, from the tokens while they are still on the CPU:
+    the trimmed length (`caption_length`) and the flat indices of the positions that have a
+    next token (`caption_targets`). Computed on the device, the length is a read of a device
+    value and the positions a boolean mask: each a host sync in every training step."""
+    short = trim_padding(text, pad_id, multiple)
+    targets = (shifted_labels(short, pad_id) != IGNORE).flatten().nonzero().squeeze(1)
+    return {"caption_length": short.shape[1], "caption_targets": targets}
+
+
+def _cross_entropy_sum(hidden, head, labels):
+    return F.cross_entropy((hidden @ head).float(), labels, ignore_index=IGNORE, reduction="sum")
+
+
+def chunked_caption_loss(hidden, head, labels, chunk_logits: int = 1 << 26) -> torch.Tensor:
+    """Mean next-token cross-entropy of rows `hidden` (N x width) under the vocabulary head
+    (width x vocab), labels N (CoCaLoss's caption term), without ever holding N x vocab logits:
+    rows go through the head in chunks of about `chunk_logits` logits, and each chunk's logits
+    are recomputed in the backward (activation checkpointing) instead of kept. XLM-V's 901,629
+    tokens at batch 294 and ~30 tokens would be ~32 GB of fp32 logits; a chunk is 256 MiB."""
+    rows = max(1, chunk_logits // head.shape[1])
+    if len(hidden) <= rows:
+        total = _cross_entropy_sum(hidden, head, labels)
+    else:
+        total = sum(
+            checkpoint(_cross_entropy_sum, h, head, y, use_reentrant=False)
+            for h, y in zip(hidden.split(rows), labels.split(rows), strict=True)
+        )
+    return total / max(1, len(labels))
 
 
 class CaptionDecoder(nn.Module):
@@ -159,18 +183,29 @@ class CaptionModel(nn.Module):
             raise ValueError("a caption-only model has no text tower (no text embeddings)")
         return self.text.encode_text(text, normalize=normalize)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict:
+    def caption_plan(self, text: torch.Tensor) -> dict:
+        """`caption_plan` of CPU tokens, for `forward`'s keyword arguments."""
+        return caption_plan(text, self.pad_id, self.trim_multiple)
+
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, caption_length=None, caption_targets=None
+    ) -> dict:
+        """open_clip's output dict plus `caption_loss`. The training loop passes
+        `caption_plan(text)` computed on the host; without it the plan is computed here from
+        `text`, which on a GPU costs two host syncs."""
+        if caption_length is None:
+            plan = self.caption_plan(text)
+            caption_length = plan["caption_length"]
+            caption_targets = plan["caption_targets"].to(text.device)
         pooled, tokens = self.visual(image)
         if self.training:
             tokens = keep_visual_tokens(tokens, self.visual_token_keep)
-        short = trim_padding(text, self.pad_id, self.trim_multiple)
-        labels = shifted_labels(short, self.pad_id)
+        short = text[:, :caption_length]
         hidden = self.decoder.hidden(self.decoder.projector(tokens), short[:, :-1])
-        target = labels != IGNORE  # the vocabulary head runs where there is a next token only
-        out = {
-            "caption_logits": self.decoder.head(hidden[target]),
-            "caption_labels": labels[target],
-        }
+        # the vocabulary head runs on the positions that have a next token only
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, caption_targets)
+        labels = short[:, 1:].reshape(-1).index_select(0, caption_targets)
+        out = {"caption_loss": chunked_caption_loss(hidden, self.decoder.vocab_head, labels)}
         if self.text is not None:
             out["image_features"] = F.normalize(pooled, dim=-1)
             out["text_features"] = self.text.encode_text(text, normalize=True)

@@ -118,10 +118,8 @@ def compute_loss(
 ) -> torch.Tensor:
     """The --loss `kind` of a model's output dict: contrastive, caption, or their sum with the
     caption term weighted."""
-    from trainer.caption import caption_loss
-
     contrastive, caption = loss_parts(kind)
     loss = contrastive_loss(contrastive, out, siglip_exchange) if contrastive else 0.0
     if caption:
-        loss = loss + caption_weight * caption_loss(out["caption_logits"], out["caption_labels"])
+        loss = loss + caption_weight * out["caption_loss"]
     return loss

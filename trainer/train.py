@@ -287,6 +287,39 @@ def eval_sets(args) -> list[tuple[str, evaluate.Evaluator]]:
     return out
 
 
+def host_inputs(batch: dict, model) -> dict:
+    """What the host computes for a step from the batch while it is on the CPU, passed to the
+    model as keyword arguments: a caption model's `caption_plan` (on the device, it would cost
+    host syncs in every step); nothing for the others."""
+    return model.caption_plan(batch["tokens"]) if hasattr(model, "caption_plan") else {}
+
+
+def micro_batch(batch: dict, transform, host: dict, device: torch.device) -> tuple:
+    """A loader batch on the device, for `accumulate.forward_backward`: images through the
+    device transform, tokens and the host's tensors copied without waiting."""
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    on_device = {}
+    for key, value in host.items():
+        if torch.is_tensor(value):
+            if device.type == "cuda":
+                value = value.pin_memory()  # a copy from pageable memory waits for the stream
+            value = value.to(device, non_blocking=True)
+        on_device[key] = value
+    return transform(batch), tokens, on_device
+
+
+def optimizer_step(model, optimizer, scaler, grad_clip: float, replicated=()) -> None:
+    """After a step's backward passes: the replicated parameters' gradients averaged (FSDP),
+    the gradient norm clipped, the (scaled) optimizer step. No host sync but fp16's scaler."""
+    if replicated:
+        sharding.sync_replicated_grads(replicated)
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def flops_per_sample(model, loss: str, images, tokens) -> int:
     """Training FLOPs of one sample (forward, loss and backward of the first two samples of a
     real batch, halved; caption decoders run on its trimmed caption length), counted by
@@ -563,11 +596,8 @@ def main(argv=None) -> dict:
             # others (open_clip's attention mask) are constants: no broadcast every forward
             broadcast_buffers=has_running_stats(raw_model),
         )
-    no_sync = None
-    if args.fsdp:
-        no_sync = lambda: sharding.no_gradient_sync(raw_model)  # noqa: E731
-    elif dist_info.enabled:
-        no_sync = model.no_sync
+    # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch (see `sharding`)
+    no_sync = model.no_sync if dist_info.enabled and not args.fsdp else None
     checkpointer = None
     if checkpoint_format == "dcp":
         checkpointer = checkpoint.ShardedCheckpointer(
@@ -613,8 +643,8 @@ def main(argv=None) -> dict:
             batch, keys = pending.pop() if pending else (next(loader), loader.last_keys)
             if keys_file:
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
-            tokens = batch["tokens"].to(device, non_blocking=True)
-            micro_batches.append((transform(batch), tokens))
+            host = host_inputs(batch, raw_model)
+            micro_batches.append(micro_batch(batch, transform, host, device))
         loss_sum += accumulate.forward_backward(
             model,
             micro_batches,
@@ -625,13 +655,7 @@ def main(argv=None) -> dict:
             caption_weight=args.caption_loss_weight,
             siglip_exchange=args.siglip_exchange,
         )
-        if replicated:
-            sharding.sync_replicated_grads(replicated)
-        if args.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(raw_model, optimizer, scaler, args.grad_clip, replicated)
         if state_bytes is None:  # parameters, gradients and AdamW state held by this rank
             state_bytes = sharding.training_state_bytes(raw_model, optimizer)
         optimizer.zero_grad(set_to_none=True)
