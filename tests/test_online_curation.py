@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -276,28 +276,33 @@ def test_two_rank_online_run_resumes_bit_identically(pool_shards, curation_run, 
     assert third.returncode == 1 and "changing the online curation on resume" in third.stderr
 
 
-def test_online_curation_bad_inputs_are_one_line(pool_shards, curation_run, tmp_path):
+def test_online_curation_bad_inputs_are_one_line(pool_shards, curation_run, tmp_path, capsys):
+    """The trainer's error path: one `error:` line and exit 1. The first case runs the trainer
+    as a user does (no traceback); the others call its `cli` in this process."""
+    from trainer.train import cli
+
+    def fails(shards, run_dir, out, message):
+        assert cli(online_args(shards, run_dir, tmp_path / out)) == 1, out
+        lines = capsys.readouterr().err.splitlines()
+        errors = [x for x in lines if x.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (out, lines[-20:])
+
+    result = train(*online_args(pool_shards, tmp_path / "nothing", tmp_path / "not_a_run"))
+    assert result.returncode == 1
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "come from" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
     other = tmp_path / "other_run"
     other.mkdir()
     (other / "run.json").write_text("{}")
-    cases = {
-        "not a curation run": (pool_shards, tmp_path / "nothing", "come from"),
-        "pool shards from another run": (pool_shards, other, "come from"),
-    }
-    for name, (shards, run_dir, message) in cases.items():
-        result = train(*online_args(shards, run_dir, tmp_path / name.replace(" ", "_")))
-        assert result.returncode == 1, name
-        lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
-        assert len(lines) == 1 and message in lines[0], (name, result.stderr[-2000:])
-        assert "Traceback" not in result.stderr
+    fails(pool_shards, other, "other_run_out", "come from")  # pool shards from another run
     # shards that are not pool shards
     plain = tmp_path / "plain"
     plain.mkdir()
     for f in pool_shards.glob("*.tar"):
         (plain / f.name).write_bytes(f.read_bytes())
     (plain / "sizes.json").write_text((pool_shards / "sizes.json").read_text())
-    result = train(*online_args(plain, curation_run, tmp_path / "plain_run"))
-    assert result.returncode == 1 and "is not a pool shard" in result.stderr
+    fails(plain, curation_run, "plain_run", "is not a pool shard")
     # a run without entry_counts, with shards that name it
     bare = tmp_path / "bare_run"
     bare.mkdir()
@@ -309,6 +314,4 @@ def test_online_curation_bad_inputs_are_one_line(pool_shards, curation_run, tmp_
     manifest = json.loads((pool_shards / "manifest.json").read_text())
     manifest["source"]["run_dir"] = str(bare)
     (named / "manifest.json").write_text(json.dumps(manifest))
-    result = train(*online_args(named, bare, tmp_path / "bare_out"))
-    assert result.returncode == 1 and "no entry_counts/ table" in result.stderr
-    assert Counter(x.startswith("error:") for x in result.stderr.splitlines())[True] == 1
+    fails(named, bare, "bare_out", "no entry_counts/ table")

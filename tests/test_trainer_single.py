@@ -58,11 +58,12 @@ def test_siglip_bf16_accumulation_run(tmp_path):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
-def test_missing_shards_fail_with_one_line(tmp_path):
-    result = train("--train-data", str(tmp_path / "{00000..00003}.tar"), "--model", "tiny-clip")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: shard ")
-    assert "not found" in result.stderr
+def test_missing_shards_fail_with_one_line(tmp_path, capsys):
+    from trainer.train import cli
+
+    assert cli(["--train-data", str(tmp_path / "{00000..00003}.tar"), "--model", "tiny-clip"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: shard ") and "not found" in lines[-1]
 
 
 def test_device_decode_and_flip_run(tmp_path):
