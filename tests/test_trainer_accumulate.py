@@ -23,7 +23,9 @@ K, B, WORLD = 3, 4, 2
 
 
 def tiny_model(loss: str) -> torch.nn.Module:
-    open_clip.add_model_config(ROOT / "trainer" / "model_configs")
+    from trainer.models import register_configs
+
+    register_configs()
     torch.manual_seed(0)
     extra = {"init_logit_bias": -2.0} if loss == "siglip" else {}
     model = open_clip.create_model("tiny-clip", output_dict=True, **extra).double()

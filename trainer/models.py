@@ -19,14 +19,18 @@ _extras: dict[str, dict] = {}
 
 
 def register_configs() -> None:
-    """Add trainer/model_configs to open_clip's registry, keeping their decoder_cfg aside."""
-    if _extras:
-        return
-    open_clip.add_model_config(MODEL_CONFIGS)
+    """Add trainer/model_configs to open_clip's registry, keeping their decoder_cfg aside.
+    Checked at every call: `open_clip.add_model_config` by anyone else rescans the folder and
+    puts the keys that CLIP(**cfg) refuses back into the registry."""
     registry = open_clip.factory._MODEL_CONFIGS
-    for path in MODEL_CONFIGS.glob("*.json"):
-        cfg = registry.get(path.stem, {})
-        _extras[path.stem] = {k: cfg.pop(k) for k in _EXTRA_KEYS if k in cfg}
+    names = [path.stem for path in MODEL_CONFIGS.glob("*.json")]
+    if any(name not in registry for name in names):
+        open_clip.add_model_config(MODEL_CONFIGS)
+    for name in names:
+        cfg = registry.get(name, {})
+        popped = {k: cfg.pop(k) for k in _EXTRA_KEYS if k in cfg}
+        if popped or name not in _extras:
+            _extras[name] = popped
 
 
 def check_model_name(name: str, what: str = "model") -> None:
