@@ -20,6 +20,7 @@ help:
 	@echo "make pack-env - dist/curation-env.tar.gz, the executors' Python for a Spark cluster"
 	@echo "make train-online - pool shards of the demo run + a few steps with online curation"
 	@echo "make sweep  - CPU scaling sweep on the digits set: 3 models x 3 durations, power-law fit"
+	@echo "             (SWEEP_METRIC=zeroshot_linear_probe/lp_acc1: fit linear-probe accuracy)"
 
 # Reruns are no-ops until pyproject.toml changes. The Spark class archive (curation/tools/spark_archive.py)
 # is built once per venv: it halves a local Spark session's start-up.
@@ -123,8 +124,12 @@ report: .venv
 # A CPU scaling sweep on the digits set (python -m trainer.datasets digits): every model of
 # SWEEP_MODELS trained for every duration of SWEEP_STEPS, zero-shot evaluated every
 # SWEEP_EVAL_EVERY steps, then E = beta * C^alpha fitted on the Pareto front (trainer.scaling):
-# $(SWEEP_OUT)/fit.json and fit.png. About 6 minutes on 2 cores.
+# $(SWEEP_OUT)/fit.json and fit.png. About 6 minutes on 2 cores. SWEEP_METRIC picks the fitted
+# eval key: zeroshot_linear_probe/lp_acc1 adds a linear probe on the frozen image features to
+# every evaluation (trainer.linear_probe; a few seconds each) and fits its accuracy instead.
 SWEEP_OUT ?= out/sweep
+SWEEP_METRIC ?= zeroshot/acc1
+SWEEP_PROBE = $(if $(findstring linear_probe,$(SWEEP_METRIC)),--eval $(SWEEP_OUT)/digits/zeroshot:linear_probe)
 SWEEP_MODELS ?= tiny-clip-w32 tiny-clip tiny-clip-w128
 SWEEP_STEPS ?= 60 120 240
 SWEEP_EVAL_EVERY ?= 20
@@ -137,8 +142,9 @@ sweep: .venv
 	  echo "== $$m, $$s steps"; \
 	  $(PY) trainer/train.py --train-data $(SWEEP_OUT)/digits/train --model $$m --steps $$s \
 	    --warmup $$((s / 10)) --save-every $$s --keep-checkpoints 1 $(SWEEP_ARGS) \
-	    --eval $(SWEEP_OUT)/digits/zeroshot --eval-every $(SWEEP_EVAL_EVERY) --eval-languages en \
+	    --eval $(SWEEP_OUT)/digits/zeroshot $(SWEEP_PROBE) --eval-every $(SWEEP_EVAL_EVERY) \
+	    --eval-languages en \
 	    --output-dir $(SWEEP_OUT)/runs/$$m-$$s | grep -E "^eval at step $$s " || exit 1; \
 	done; done
-	$(PY) -m trainer.scaling $(SWEEP_OUT)/runs/* --metric zeroshot/acc1 \
+	$(PY) -m trainer.scaling $(SWEEP_OUT)/runs/* --metric $(SWEEP_METRIC) \
 	  --x train_flops,samples_seen --output $(SWEEP_OUT)/fit.json --plot $(SWEEP_OUT)/fit.png

@@ -186,12 +186,31 @@ def eval_rows(out: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory) -> Path:
+def multilingual_sets(tmp_path_factory, wit_captions, cc3m_captions) -> dict[str, Path]:
+    """A few records of XM3600 and CVQA in their distributed formats, built into sets."""
+    pytest.importorskip("skimage")
+    from benchmark_fixtures import write_cvqa, write_xm3600
+
+    from trainer.benchmark_sets import build_cvqa, build_xm3600
+
+    root = tmp_path_factory.mktemp("multilingual")
+    write_xm3600(root / "xm3600_raw", wit_captions, cc3m_captions)
+    build_xm3600(root / "xm3600_raw", root / "xm3600", ["en", "el", "ja"])
+    write_cvqa(root / "cvqa_raw")
+    build_cvqa(root / "cvqa_raw", root / "cvqa")
+    return {"xm3600": root / "xm3600", "cvqa": root / "cvqa"}
+
+
+@pytest.fixture(scope="module")
+def trained(digits, multilingual_sets, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits_run")
     train(
         digits, out,
         "--eval", str(digits / "zeroshot"),
         "--eval", f"{digits / 'retrieval'}:retrieval",
+        "--eval", f"{digits / 'zeroshot'}:linear_probe",
+        "--eval", str(multilingual_sets["xm3600"]),
+        "--eval", str(multilingual_sets["cvqa"]),
         "--eval-every", "100",
         "--save-every", "100",
         "--keep-checkpoints", "0",
@@ -216,6 +235,50 @@ def test_learning_on_digits_zero_shot_beats_chance(trained):
     # retrieval split by caption language: en and de samples, each ranked among its own
     assert final["eval"]["retrieval/en/images"] + final["eval"]["retrieval/de/images"] == 359
     assert final["eval"]["retrieval/all/images"] == 359
+    # the multilingual sets: per-language retrieval and its mean, CVQA per prompting and subset
+    for lang in ("en", "el", "ja", "mean"):
+        assert 0 <= final["eval"][f"xm3600/{lang}/image_retrieval_recall@1"] <= 1
+    assert final["eval"]["cvqa/acc"] == final["eval"]["cvqa/LOCAL/acc"]  # CVQA-LOCAL
+    assert final["eval"]["cvqa/EN/questions"] == 5
+    assert final["eval"]["cvqa/EN/Japanese-Japan/questions"] == 3
+
+
+def test_linear_probe_beats_zero_shot_and_its_search_is_deterministic(trained, digits):
+    """CLIP_benchmark's probe on the frozen digits features: above the zero-shot classifier
+    of the same model on the same test split; evaluated again from the checkpoint, the seeded
+    validation split, search and fit give the logged numbers exactly."""
+    final = eval_rows(trained)[STEPS]["eval"]
+    assert final["zeroshot_linear_probe/lp_acc1"] > final["zeroshot/acc1"]
+    assert 1e-6 <= final["zeroshot_linear_probe/lp_weight_decay"] <= 1e2
+    result = evaluate.main(
+        ["--checkpoint", str(trained / "checkpoints" / f"step_{STEPS:08d}.pt"),
+         "--task", "linear_probe", "--dataset", str(digits / "zeroshot")]
+    )  # fmt: skip
+    again = evaluate.flat_metrics("zeroshot_linear_probe", result)
+    assert {k: v for k, v in again.items() if k.count("/") == 1} == {
+        k: v
+        for k, v in final.items()
+        if k.startswith("zeroshot_linear_probe/") and k.count("/") == 1
+    }
+
+
+def test_weight_decay_search_visits_the_coarse_grid_then_halves_its_span():
+    """On scikit-learn's digits pixels as features (real data, 64 dimensions): the 7 coarse
+    weight decays are all tried, the refinement adds at most 2 per span, the best is the best
+    tried (the search's determinism: test_linear_probe_beats_zero_shot_...)."""
+    from sklearn.datasets import load_digits
+
+    from trainer import linear_probe
+
+    digits = load_digits()
+    x = F.normalize(torch.tensor(digits.data[:400], dtype=torch.float32), dim=-1)
+    y = torch.tensor(digits.target[:400])
+    best, tried = linear_probe.search_weight_decay(x[:300], y[:300], x[300:], y[300:], 10, seed=1)
+    coarse = [float(linear_probe.WEIGHT_DECAYS[i]) for i in linear_probe.COARSE]
+    assert coarse == pytest.approx(list(np.logspace(-6, 2, 7)), rel=1e-12)
+    assert set(coarse) <= set(tried) and best in tried
+    assert tried[best] == max(tried.values()) and tried[best] > 0.8
+    assert len(tried) <= 7 + 2 * len(linear_probe.SPANS)
 
 
 def test_evaluate_cli_and_export_agree_with_training_eval(trained, digits, tmp_path):

@@ -37,7 +37,7 @@ def ddp_run(shards, tmp_path_factory) -> Path:
 def uneven_eval_set(shards, tmp_path_factory) -> Path:
     """A retrieval set of 6 held-out samples, the last one's image broken: with 2 ranks and
     --eval-batch-size 2, rank 0 decodes 3 (two forwards) and rank 1 decodes 2 (one)."""
-    from trainer.datasets import write_benchmark_dir
+    from trainer.benchmark_sets import write_benchmark_dir
 
     samples: dict[str, dict] = {}
     with tarfile.open(shards / "val" / "00100.tar") as tar:

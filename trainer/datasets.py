@@ -1,12 +1,17 @@
-"""Small real labelled datasets for tests, the demo and CPU sweeps, from wheel-shipped data.
+"""Evaluation sets: small real labelled data for tests, the demo and CPU sweeps, from
+wheel-shipped data, and the multilingual benchmarks (`trainer.benchmark_sets`).
 
     python -m trainer.datasets digits OUT_DIR
+    python -m trainer.datasets xm3600 RAW OUT_DIR
+    python -m trainer.datasets babel-imagenet CLASSNAMES_JSON IMAGENET_VAL OUT_DIR
+    python -m trainer.datasets cvqa RAW OUT_DIR
 
 writes scikit-learn's handwritten digits (1,797 real 8 x 8 scans, 10 classes) as
 - OUT_DIR/train/{00000..}.tar + sizes.json: training shards (png + templated caption + json),
 - OUT_DIR/zeroshot/: the held-out images in CLIP_benchmark's WebDataset layout for zero-shot
   classification (test/{0..}.tar with png + cls, test/nshards.txt, classnames.txt,
   zeroshot_classification_templates.txt), plus classnames.LANG.txt / templates per language,
+  and the training images as its train/ split (for `--task linear_probe`),
 - OUT_DIR/retrieval/: the same held-out images with one caption each (dataset_type.txt =
   retrieval, txt + json with the caption's `lang`).
 The split is stratified and seeded: no held-out image is in the training shards.
@@ -23,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from trainer import benchmark_sets
+from trainer.benchmark_sets import write_benchmark_dir, write_lines, write_tar
 
 CLASSNAMES = {
     "en": "zero one two three four five six seven eight nine".split(),
@@ -72,30 +80,6 @@ def stratified_split(labels: list[int], test_fraction: float, seed: int) -> tupl
     return train, sorted(test)
 
 
-def _write_tar(path: Path, samples: list[dict]) -> None:
-    import tarfile
-
-    with tarfile.open(path, "w") as tar:
-        for sample in samples:
-            key = sample.pop("__key__")
-            for ext, data in sample.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(data), 0o644, 0  # byte-identical reruns
-                tar.addfile(info, io.BytesIO(data))
-
-
-def _lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-
-
-def write_benchmark_dir(out: Path, samples: list[dict], dataset_type: str) -> None:
-    """CLIP_benchmark's layout: test/0.tar (one shard), test/nshards.txt, dataset_type.txt."""
-    (out / "test").mkdir(parents=True, exist_ok=True)
-    _write_tar(out / "test" / "0.tar", samples)
-    (out / "test" / "nshards.txt").write_text("1\n")
-    (out / "dataset_type.txt").write_text(f"{dataset_type}\n")
-
-
 def build_digits(
     out_dir: Path,
     *,
@@ -134,7 +118,7 @@ def build_digits(
                 }
             )
         name = f"{s // shard_size:05d}.tar"
-        _write_tar(train_dir / name, samples)
+        write_tar(train_dir / name, samples)
         sizes[name] = len(samples)
     (train_dir / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
 
@@ -147,11 +131,21 @@ def build_digits(
         ],
         "classification",
     )
-    _lines(zeroshot / "classnames.txt", CLASSNAMES["en"])
-    _lines(zeroshot / "zeroshot_classification_templates.txt", TEMPLATES["en"])
+    # the training images again, as CLIP_benchmark's train split: a linear probe fits on them
+    write_benchmark_dir(
+        zeroshot,
+        [
+            {"__key__": f"t{n:07d}", "png": pngs[i], "cls": str(labels[i]).encode()}
+            for n, i in enumerate(sorted(train))
+        ],
+        "classification",
+        split="train",
+    )
+    write_lines(zeroshot / "classnames.txt", CLASSNAMES["en"])
+    write_lines(zeroshot / "zeroshot_classification_templates.txt", TEMPLATES["en"])
     for lang in [x for x in CLASSNAMES if x != "en"]:
-        _lines(zeroshot / f"classnames.{lang}.txt", CLASSNAMES[lang])
-        _lines(zeroshot / f"zeroshot_classification_templates.{lang}.txt", TEMPLATES[lang])
+        write_lines(zeroshot / f"classnames.{lang}.txt", CLASSNAMES[lang])
+        write_lines(zeroshot / f"zeroshot_classification_templates.{lang}.txt", TEMPLATES[lang])
 
     retrieval_samples = []
     for n, i in enumerate(test):
@@ -181,8 +175,9 @@ def build_digits(
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m trainer.datasets",
-        description="Build a small real labelled dataset: training shards + CLIP_benchmark-layout "
-        "zero-shot and retrieval sets.",
+        description="Write evaluation sets in CLIP_benchmark's WebDataset layout (what "
+        "trainer.evaluate and --eval read): the digits (training shards too), or a multilingual "
+        "benchmark from the files it distributes. Each prints a JSON summary with what it skipped.",
     )
     sub = p.add_subparsers(dest="dataset", required=True)
     d = sub.add_parser("digits", help="scikit-learn's handwritten digits (1,797 images)")
@@ -196,19 +191,62 @@ def main(argv=None) -> int:
     )
     d.add_argument("--shard-size", type=int, default=256, help="training samples per shard")
     d.add_argument("--seed", type=int, default=0, help="split, languages and templates")
+    x = sub.add_parser(
+        "xm3600", help="Crossmodal-3600: per-language image-text retrieval (36 languages)"
+    )
+    x.add_argument("raw", help="folder with captions.jsonl and images/<key>.jpg")
+    x.add_argument("out_dir", help="the retrieval set to write")
+    x.add_argument(
+        "--languages", help="comma list of caption languages (default: all 36 of Crossmodal-3600)"
+    )
+    b = sub.add_parser(
+        "babel-imagenet",
+        help="Babel-ImageNet: ImageNet zero-shot classification in up to 298 languages",
+    )
+    b.add_argument(
+        "raw",
+        help="babel_imagenet-298.json (or its data/ folder, which may also hold "
+        "nllb_dist13b_prompts.json)",
+    )
+    b.add_argument("imagenet_val", help="ImageNet validation images: synset folders, or flat "
+                   "with LOC_val_solution.csv")  # fmt: skip
+    b.add_argument("out_dir", help="the classification set to write")
+    b.add_argument("--languages", help="comma list of language codes (default: all it has + en)")
+    b.add_argument("--prompts", help="nllb_dist13b_prompts.json: translated templates per language")
+    c = sub.add_parser(
+        "cvqa", help="CVQA: culturally diverse multilingual visual question answering (4 options)"
+    )
+    c.add_argument("raw", help="the hub's Parquet files (folder or file) or a save_to_disk folder")
+    c.add_argument("out_dir", help="the multiple-choice set to write")
+    for parser in (x, b, c):
+        parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     args = p.parse_args(argv)
-    if not 0 < args.test_fraction < 1:
+    if args.dataset == "digits" and not 0 < args.test_fraction < 1:
         p.error("--test-fraction must be between 0 and 1")
+    given = getattr(args, "languages", None) or ""  # cvqa has no --languages
+    languages = [v.strip() for v in given.split(",") if v.strip()] or None
     try:
-        summary = build_digits(
-            Path(args.out_dir),
-            image_size=args.image_size,
-            test_fraction=args.test_fraction,
-            languages=tuple(x.strip() for x in args.languages.split(",") if x.strip()),
-            shard_size=args.shard_size,
-            seed=args.seed,
-        )
-    except (ValueError, ImportError) as exc:
+        if args.dataset == "digits":
+            summary = build_digits(
+                Path(args.out_dir),
+                image_size=args.image_size,
+                test_fraction=args.test_fraction,
+                languages=tuple(languages or ("en",)),
+                shard_size=args.shard_size,
+                seed=args.seed,
+            )
+        elif args.dataset == "xm3600":
+            summary = benchmark_sets.build_xm3600(
+                args.raw, args.out_dir, languages, shard_size=args.shard_size
+            )
+        elif args.dataset == "babel-imagenet":
+            summary = benchmark_sets.build_babel_imagenet(
+                args.raw, args.imagenet_val, args.out_dir, languages, args.prompts,
+                shard_size=args.shard_size,
+            )  # fmt: skip
+        else:
+            summary = benchmark_sets.build_cvqa(args.raw, args.out_dir, shard_size=args.shard_size)
+    except (ValueError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

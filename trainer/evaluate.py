@@ -1,4 +1,5 @@
-"""Zero-shot classification and image-text retrieval on CLIP_benchmark's WebDataset layout.
+"""Zero-shot classification, image-text retrieval, multiple choice and linear probing on
+CLIP_benchmark's WebDataset layout.
 
 A caption-only model (`--loss caption`) classifies by caption likelihood: the class whose
 templates have the highest mean log p(template(class) | image) under its decoder.
@@ -13,7 +14,12 @@ serve both tools. Two additions, both optional: classnames.LANG.txt and
 zeroshot_classification_templates.LANG.txt give a classification set in more languages (each
 language classifies every image with its own names and templates), and a `json` member with
 `lang` per sample splits retrieval by the caption's language (each language ranks among its
-own samples, as per-language Crossmodal-3600 does).
+own samples, as per-language Crossmodal-3600 does, plus their unweighted `mean`).
+Three more, written by `python -m trainer.datasets`: classes.LANG.txt beside classnames.LANG.txt
+lists the class indices a language names (Babel-ImageNet: it is scored on those classes' images,
+choosing among them); dataset_type.txt `multiple_choice` marks a question set (CVQA: each json
+has the question and options as asked and in English, `LOCAL` and `EN`, and a `subset`); a
+train/ split beside test/ serves `--task linear_probe` (`trainer.linear_probe`).
 
 Metrics are computed with torch and returned as Python floats (`.item()`): no `float()` of a
 NumPy array, which numpy >= 2.4 refuses and which breaks CLIP_benchmark's and open_clip_train's
@@ -25,10 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,93 +44,22 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import augment, data, distributed  # noqa: E402
+from trainer.metrics import (  # noqa: E402, F401  (their home: trainer.metrics)
+    classification_metrics,
+    mean_per_class_recall,
+    recall_at_k,
+    retrieval_metrics,
+    topk_accuracy,
+)
 
-TASKS = ("zeroshot_classification", "retrieval")
+TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "multiple_choice")
+PROMPTINGS = ("LOCAL", "EN")  # CVQA: the question and options as asked, and in English
 DEFAULT_LANGUAGE = "en"  # what classnames.txt / templates without a suffix are in
 ALL = "all"  # the retrieval result over every sample
+MEAN = "mean"  # retrieval: the unweighted mean of the per-language results
 
 
-# -- metrics on embeddings ------------------------------------------------------------------------
-
-
-def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """acc@k for each k not above the number of classes."""
-    ks = [k for k in ks if k <= logits.shape[1]]
-    top = logits.topk(max(ks), dim=1).indices
-    hit = top == target[:, None]
-    return {f"acc{k}": hit[:, :k].any(dim=1).float().mean().item() for k in ks}
-
-
-def mean_per_class_recall(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean over the classes present in `target` of the fraction of their samples predicted
-    right (scikit-learn's balanced_accuracy_score)."""
-    classes = target.unique()
-    recalls = torch.stack([(pred[target == c] == c).float().mean() for c in classes])
-    return recalls.mean().item()
-
-
-def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    out = topk_accuracy(logits, target)
-    out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(dim=1), target)
-    return out
-
-
-def retrieval_metrics(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_image: torch.Tensor,
-    ks=(1, 5, 10),
-    rows: int = 4096,
-    info=None,
-) -> dict[str, float]:
-    """CLIP-paper recall@k with several texts per image (text t describes image text_image[t]):
-    text->image, a text is a hit when its image is among its k best images
-    (`image_retrieval_recall@k`, CLIP_benchmark's name); image->text, an image is a hit when any
-    of its texts is among its k best texts (`text_retrieval_recall@k`).
-
-    Scores are made `rows` texts (or images) at a time, and with `info` each rank scores its
-    share of those row blocks and the hit counts are summed across ranks: no rank ever holds the
-    whole texts x images matrix (XM3600's 3,600 images x 36 languages of captions would be
-    0.5 GB in fp32 per rank). Row-wise top-k makes the result independent of `rows`."""
-    n_texts, n_images = len(text_emb), len(image_emb)
-    rank, world = (info.rank, info.world_size) if info is not None and info.enabled else (0, 1)
-    device = image_emb.device
-    hits = torch.zeros(2, len(ks), dtype=torch.float64, device=device)
-    image_ids = torch.arange(n_images, device=device)
-    for start in range(rank * rows, n_texts, world * rows):
-        scores = text_emb[start : start + rows] @ image_emb.T
-        truth = text_image[start : start + rows, None]
-        for j, k in enumerate(ks):
-            best_images = scores.topk(min(k, n_images), dim=1).indices
-            hits[0, j] += (best_images == truth).any(dim=1).sum()
-    for start in range(rank * rows, n_images, world * rows):
-        scores = image_emb[start : start + rows] @ text_emb.T
-        mine = image_ids[start : start + rows, None]
-        for j, k in enumerate(ks):
-            best_texts = scores.topk(min(k, n_texts), dim=1).indices
-            hits[1, j] += (text_image[best_texts] == mine).any(dim=1).sum()
-    if world > 1:
-        dist.all_reduce(hits)
-    counts = hits.tolist()
-    out = {}
-    for j, k in enumerate(ks):
-        out[f"image_retrieval_recall@{k}"] = counts[0][j] / n_texts if n_texts else math.nan
-        out[f"text_retrieval_recall@{k}"] = counts[1][j] / n_images if n_images else math.nan
-    return out
-
-
-def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """The i-th image belongs with the i-th text (the trainer's held-out --val-data pairs)."""
-    scores = image_emb @ text_emb.T
-    truth = torch.arange(len(scores), device=scores.device)
-    out = {}
-    for direction, s in (("image_to_text", scores), ("text_to_image", scores.T)):
-        # rank of the true match = how many candidates score strictly higher
-        true_scores = s[truth, truth].unsqueeze(1)
-        ranks = (s > true_scores).sum(dim=1)
-        for k in ks:
-            out[f"{direction}_R@{k}"] = (ranks < k).float().mean().item()
-    return out
+# -- embeddings ----------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -149,6 +83,8 @@ class BenchmarkSet:
     urls: list[str]
     classnames: dict[str, list[str]] = field(default_factory=dict)
     templates: dict[str, list[str]] = field(default_factory=dict)
+    # the class indices a language's names cover, when fewer than all (Babel-ImageNet)
+    classes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -177,9 +113,11 @@ def open_benchmark(root: str | Path, task: str | None = None, split: str = "test
         raise ValueError(f"{split_dir}: no .tar shards")
     type_file = root / "dataset_type.txt"
     kind = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
-    found = "retrieval" if kind == "retrieval" else "zeroshot_classification"
+    found = kind if kind in ("retrieval", "multiple_choice") else "zeroshot_classification"
     if kind == "multilabel":
         raise ValueError(f"{root}: multilabel classification is not supported")
+    if task == "linear_probe" and found == "zeroshot_classification":
+        found = task  # a classification set with a train/ split beside test/
     if task is not None and task != found:
         raise ValueError(f"{root} is a {found} set (dataset_type.txt), not {task}")
     bench = BenchmarkSet(root, found, urls)
@@ -194,9 +132,14 @@ def open_benchmark(root: str | Path, task: str | None = None, split: str = "test
                 continue  # classnames.en.txt beside classnames.txt
             bench.classnames[lang] = _read_lines(path)
             bench.templates[lang] = _read_lines(templates)
+            covered = root / f"classes{path.name[10:]}"
+            if covered.is_file():
+                bench.classes[lang] = [int(x) for x in _read_lines(covered)]
+                if len(bench.classes[lang]) != len(bench.classnames[lang]):
+                    raise ValueError(f"{covered} and {path.name} differ in length")
         if not bench.classnames:
             raise ValueError(f"{root}: no classnames.txt for zero-shot classification")
-        sizes = {lang: len(names) for lang, names in bench.classnames.items()}
+        sizes = {n: len(names) for n, names in bench.classnames.items() if n not in bench.classes}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"{root}: class name files differ in length: {sizes}")
     return bench
@@ -208,6 +151,7 @@ class Samples:
 
     labels: list[int] = field(default_factory=list)
     captions: list[list[str]] = field(default_factory=list)
+    choices: list[dict[str, list[str]]] = field(default_factory=list)  # multiple choice
     langs: list[str | None] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
 
@@ -233,6 +177,13 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
                     samples.dropped["missing_text"] += 1
                     continue
                 samples.captions.append(caps)
+            elif bench.task == "multiple_choice":
+                question = _choices(sample)
+                if question is None:
+                    samples.dropped["bad_question"] += 1
+                    continue
+                samples.labels.append(question[0])
+                samples.choices.append(question[1])
             else:
                 try:
                     samples.labels.append(int(sample.get("cls", b"").decode().strip()))
@@ -240,7 +191,10 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
                     samples.dropped["missing_label"] += 1
                     continue
             try:
-                lang = json.loads(sample.get("json") or b"{}").get("lang")
+                meta = json.loads(sample.get("json") or b"{}")
+                # a multiple-choice question's subset (CVQA: language and country) takes the
+                # place of the caption language: accuracy is reported per subset
+                lang = meta.get("subset" if bench.task == "multiple_choice" else "lang")
             except (ValueError, AttributeError):
                 lang = None
             index = len(samples.langs)
@@ -252,10 +206,31 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
     return samples, images
 
 
+def _choices(sample: dict) -> tuple[int, dict[str, list[str]]] | None:
+    """(label, {prompting: the texts of the options}) of a multiple-choice sample, or None when
+    its json lacks them. A text is the question, a space and the option, as MetaCLIP's
+    `clipeval/cvqa/eval_cvqa.py` builds it."""
+    try:
+        meta = json.loads(sample.get("json") or b"{}")
+        label, prompts = int(meta["label"]), meta["prompts"]
+        choices = {
+            how: [f"{prompts[how]['question']} {option}" for option in prompts[how]["options"]]
+            for how in PROMPTINGS
+            if how in prompts
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    sizes = {len(texts) for texts in choices.values()}
+    if not choices or len(sizes) != 1 or not 0 <= label < sizes.pop():
+        return None
+    return label, choices
+
+
 def _subset(samples: Samples, keep: list[int]) -> Samples:
     return Samples(
         labels=[samples.labels[i] for i in keep] if samples.labels else [],
         captions=[samples.captions[i] for i in keep] if samples.captions else [],
+        choices=[samples.choices[i] for i in keep] if samples.choices else [],
         langs=[samples.langs[i] for i in keep],
         dropped=samples.dropped,
     )
@@ -285,6 +260,12 @@ class Evaluator:
 
     def __init__(self, bench: BenchmarkSet, languages=None, batch_size=256, max_samples=None):
         self.bench, self.batch_size, self.max_samples = bench, batch_size, max_samples
+        self.train_split = None
+        if bench.task == "linear_probe":  # the probe is fitted on the train/ split's features
+            train = open_benchmark(bench.root, "linear_probe", split="train")
+            # read as what it is, labelled images (a probe task here would need its own probe)
+            train = replace(train, task="zeroshot_classification")
+            self.train_split = Evaluator(train, None, batch_size, max_samples)
         if bench.task == "zeroshot_classification":
             available = list(bench.classnames)
             self.languages = list(languages) if languages else available
@@ -396,11 +377,13 @@ class Evaluator:
             if not samples.langs:
                 raise ValueError(f"{self.bench.root}: no usable samples ({dict(samples.dropped)})")
             device = transform.device
+            if self.bench.task == "linear_probe":
+                return self._result(samples, self._linear_probe(model, transform, autocast, info))
             by_likelihood = not getattr(model, "has_text_tower", True)
-            if by_likelihood and self.bench.task == "retrieval":
+            if by_likelihood and self.bench.task != "zeroshot_classification":
                 raise ValueError(
-                    "a caption-only model has no text embeddings for retrieval; evaluate it "
-                    "with zero-shot classification (caption likelihood)"
+                    f"a caption-only model has no text embeddings for {self.bench.task}; "
+                    "evaluate it with zero-shot classification (caption likelihood)"
                 )
             if by_likelihood:
                 likelihood, decoded = self.likelihood_scores(
@@ -417,18 +400,12 @@ class Evaluator:
                 else:
                     images = images[decoded]
             if self.bench.task == "zeroshot_classification":
-                target = torch.tensor(samples.labels, device=device)
-                n_classes = len(next(iter(self.bench.classnames.values())))
-                if int(target.max()) >= n_classes or int(target.min()) < 0:
-                    raise ValueError(f"{self.bench.root}: a label is outside 0..{n_classes - 1}")
-                metrics = {}
-                for lang in self.languages:
-                    if by_likelihood:
-                        logits = likelihood[lang]
-                    else:
-                        weights = self.classifier(model, tokenizer, lang, autocast, device)
-                        logits = 100.0 * images @ weights.T
-                    metrics[lang] = classification_metrics(logits, target)
+                metrics = self._classification(
+                    samples, model, tokenizer, autocast, device,
+                    likelihood if by_likelihood else None, None if by_likelihood else images,
+                )  # fmt: skip
+            elif self.bench.task == "multiple_choice":
+                metrics = self._multiple_choice(samples, images, model, tokenizer, autocast, info)
             else:
                 texts = [c for caps in samples.captions for c in caps]
                 owner = [i for i, caps in enumerate(samples.captions) for _ in caps]
@@ -440,15 +417,102 @@ class Evaluator:
                         metrics[lang] = _retrieval(
                             images, text_emb, owner, samples.langs, lang, info
                         )
-            return {
-                "task": self.bench.task,
-                "dataset": str(self.bench.root),
-                "samples": len(samples.langs),
-                "dropped": dict(dropped),
-                "metrics": metrics,
-            }
+                if len(metrics) > 2:  # XM3600's headline: the unweighted mean over languages
+                    metrics[MEAN] = _mean([m for lang, m in metrics.items() if lang != ALL])
+            return self._result(samples, metrics, dropped)
         finally:
             model.train(was_training)
+
+    def _classification(self, samples, model, tokenizer, autocast, device, likelihood, images):
+        """{language: metrics} of zero-shot classification. A language whose names cover only
+        some classes (classes.LANG.txt, Babel-ImageNet) is scored on the images of those
+        classes, choosing among those classes only."""
+        target = torch.tensor(samples.labels, device=device)
+        full = [
+            len(n) for lang, n in self.bench.classnames.items() if lang not in self.bench.classes
+        ]
+        n_classes = max(full or [max(max(c) for c in self.bench.classes.values()) + 1])
+        if int(target.max()) >= n_classes or int(target.min()) < 0:
+            raise ValueError(f"{self.bench.root}: a label is outside 0..{n_classes - 1}")
+        metrics = {}
+        for lang in self.languages:
+            if likelihood is not None:
+                logits = likelihood[lang]
+            else:
+                weights = self.classifier(model, tokenizer, lang, autocast, device)
+                logits = 100.0 * images @ weights.T
+            if lang not in self.bench.classes:
+                metrics[lang] = classification_metrics(logits, target)
+                continue
+            covered = torch.tensor(self.bench.classes[lang], device=device)
+            position = torch.full((n_classes,), -1, dtype=torch.long, device=device)
+            position[covered] = torch.arange(len(covered), device=device)
+            rows = position[target] >= 0
+            if not bool(rows.any()):
+                continue  # no image of the classes this language names
+            metrics[lang] = classification_metrics(logits[rows], position[target[rows]])
+            metrics[lang]["classes"], metrics[lang]["images"] = len(covered), int(rows.sum())
+        return metrics
+
+    def _multiple_choice(self, samples, images, model, tokenizer, autocast, info) -> dict:
+        """{prompting: {acc, mean_subset_acc}, "prompting/subset": {acc}}: each question's
+        answer is the option text whose normalised embedding is nearest the image's (MetaCLIP's
+        `clipeval/cvqa`: no scale, no softmax); `acc` over all questions is MetaCLIP's
+        CVQA-LOCAL / CVQA-EN, `mean_subset_acc` the mean over the subsets' accuracies."""
+        device = images.device
+        target = torch.tensor(samples.labels, device=device)
+        metrics = {}
+        for how in PROMPTINGS:
+            asked = [i for i, c in enumerate(samples.choices) if how in c]
+            if not asked:
+                continue
+            n_options = len(samples.choices[asked[0]][how])
+            texts = [t for i in asked for t in samples.choices[i][how]]
+            emb = self.text_embeddings(model, tokenizer, texts, autocast, device, info)
+            sims = (emb.view(len(asked), n_options, -1) @ images[asked][:, :, None]).squeeze(2)
+            right = (sims.argmax(dim=1) == target[asked]).double()
+            by_subset = {}
+            for row, i in enumerate(asked):
+                by_subset.setdefault(samples.langs[i] or "", []).append(row)
+            subset_acc = {
+                name: right[rows].mean().item() for name, rows in sorted(by_subset.items())
+            }
+            metrics[how] = {
+                "acc": right.mean().item(),
+                "mean_subset_acc": sum(subset_acc.values()) / len(subset_acc),
+                "questions": len(asked),
+            }
+            for name, acc in subset_acc.items():
+                metrics[f"{how}/{name}"] = {"acc": acc, "questions": len(by_subset[name])}
+        return metrics
+
+    def _result(self, samples: Samples, metrics: dict, dropped=None) -> dict:
+        return {
+            "task": self.bench.task,
+            "dataset": str(self.bench.root),
+            "samples": len(samples.langs),
+            "dropped": dict(samples.dropped if dropped is None else dropped),
+            "metrics": metrics,
+        }
+
+    def labelled_features(self, model, transform, autocast, info):
+        """(normalised image embeddings, labels) of the samples whose image decoded."""
+        samples, _ = self._data(info)
+        features, decoded = self.image_embeddings(model, transform, autocast, info)
+        labels = torch.tensor([samples.labels[i] for i in decoded], device=features.device)
+        return features[decoded], labels
+
+    def _linear_probe(self, model, transform, autocast, info) -> dict:
+        """{"all": lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_weight_decay}: a linear
+        classifier on the train split's frozen features, scored on this split's
+        (`trainer.linear_probe`); every rank fits the same probe."""
+        from trainer.linear_probe import linear_probe
+
+        train_x, train_y = self.train_split.labelled_features(model, transform, autocast, info)
+        test_x, test_y = self.labelled_features(model, transform, autocast, info)
+        n_classes = int(max(train_y.max(), test_y.max())) + 1
+        with torch.enable_grad():
+            return {ALL: linear_probe(train_x, train_y, test_x, test_y, n_classes)}
 
 
 def _retrieval(images, text_emb, owner, langs, lang, info=None) -> dict[str, float]:
@@ -460,6 +524,12 @@ def _retrieval(images, text_emb, owner, langs, lang, info=None) -> dict[str, flo
     out = retrieval_metrics(images[keep], text_emb[text_rows], text_image, info=info)
     out["images"], out["texts"] = len(keep), len(text_rows)
     return out
+
+
+def _mean(results: list[dict]) -> dict[str, float]:
+    """The unweighted mean of each recall over the per-language results."""
+    keys = [key for key in results[0] if "recall" in key]
+    return {key: sum(r[key] for r in results) / len(results) for key in keys}
 
 
 def flat_metrics(name: str, result: dict) -> dict[str, float]:
@@ -480,13 +550,21 @@ def flat_metrics(name: str, result: dict) -> dict[str, float]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m trainer.evaluate",
-        description="Zero-shot classification or retrieval of a trainer checkpoint or an open_clip "
-        "local-dir model, on a dataset in CLIP_benchmark's WebDataset layout.",
+        description="Zero-shot classification, retrieval, multiple choice (CVQA) or a linear "
+        "probe of a trainer checkpoint or an open_clip local-dir model, on a dataset in "
+        "CLIP_benchmark's WebDataset layout (python -m trainer.datasets writes XM3600, "
+        "Babel-ImageNet and CVQA from their distributed files).",
     )
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a step_*.pt written by trainer/train.py")
     model.add_argument("--model-dir", help="an open_clip local-dir folder (trainer.export)")
-    p.add_argument("--task", choices=TASKS, help="default: the dataset_type.txt")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        help="default: the dataset_type.txt (classification, retrieval or multiple_choice); "
+        "linear_probe fits a logistic-regression probe on the train/ split's frozen image "
+        "features (CLIP_benchmark's weight-decay search) and scores it on --split",
+    )
     p.add_argument("--dataset", required=True, help="folder with test/*.tar (CLIP_benchmark)")
     p.add_argument("--split", default="test", help="sub-folder of the shards")
     p.add_argument(

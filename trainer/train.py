@@ -108,10 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         metavar="DIR[:TASK]",
         help="a dataset in CLIP_benchmark's WebDataset layout (python -m trainer.datasets "
-        "writes some); TASK zeroshot_classification or retrieval, default from its "
-        "dataset_type.txt; repeatable. Evaluated on all ranks' shares at --eval-every and at "
-        "the end; results go to metrics.jsonl and TensorBoard as eval/NAME/METRIC (NAME: the "
-        "folder's name) with samples_seen and train_flops",
+        "writes the digits, XM3600, Babel-ImageNet and CVQA); TASK: zeroshot_classification, "
+        "retrieval or multiple_choice (default: its dataset_type.txt), or linear_probe (a "
+        "classification set with a train/ split: a logistic-regression probe on frozen image "
+        "features); repeatable. Evaluated on all ranks' shares at --eval-every and at the end; "
+        "results go to metrics.jsonl and TensorBoard as eval/NAME/METRIC and "
+        "eval/NAME/LANGUAGE/METRIC (NAME: the folder's name, NAME_linear_probe for a probe) "
+        "with samples_seen and train_flops",
     )
     g.add_argument(
         "--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)"
@@ -274,9 +277,10 @@ def eval_sets(args) -> list[tuple[str, evaluate.Evaluator]]:
         if sep and tail in evaluate.TASKS:
             root, task = head, tail
         bench = evaluate.open_benchmark(root, task)
-        name, n = bench.name, 2
+        base = bench.name if task != "linear_probe" else f"{bench.name}_linear_probe"
+        name, n = base, 2
         while name in names:
-            name, n = f"{bench.name}{n}", n + 1
+            name, n = f"{base}{n}", n + 1
         names.add(name)
         out.append(
             (
