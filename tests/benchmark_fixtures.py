@@ -56,7 +56,7 @@ def write_xm3600(raw: Path, wit: dict[str, list[str]], english: list[str]) -> di
     with (raw / "captions.jsonl").open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return {
+    return {  # images with captions in each language, and what is skipped
         "per_language": {"en": 3, "el": 2, "ja": 2},
         "dropped": {"missing_image": 1, "missing_language": 2},
         "captions": {

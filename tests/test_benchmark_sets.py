@@ -60,8 +60,8 @@ def members(root: Path) -> list[dict]:
 
 @torch.no_grad()
 def image_embeddings(model, images: list[bytes]) -> torch.Tensor:
-    clip, _, transform = model
-    batch = evaluate._image_batch([trainer_data.decode_image(b) for b in images])
+    clip, _, transform = model  # decoded as evaluation decodes (reduced DCT scale when large)
+    batch = evaluate._image_batch([trainer_data.decode_image(b, transform.size) for b in images])
     return F.normalize(clip.encode_image(transform(batch)), dim=-1)
 
 
@@ -87,33 +87,32 @@ def test_xm3600_counts_and_per_language_recall(model, tmp_path, wit_captions, cc
     summary = build("xm3600", tmp_path / "raw", out, "--languages", "en,el,ja")
     assert summary["per_language"] == expected["per_language"]
     assert summary["dropped"] == expected["dropped"] and summary["images"] == 3
-    samples = members(out)
-    assert len(samples) == 7 and (out / "dataset_type.txt").read_text().strip() == "retrieval"
-    for sample in samples:
-        meta = json.loads(sample["json"])
-        assert (
-            sample["txt"].decode().split("\n")
-            == expected["captions"][meta["image_key"], meta["lang"]]
-        )
+    samples = members(out)  # one per image, its captions by language in the json
+    assert len(samples) == 3 and (out / "dataset_type.txt").read_text().strip() == "retrieval"
+    captions = []  # (sample, language, caption)
+    for n, sample in enumerate(samples):
+        by_lang = json.loads(sample["json"])["captions"]
+        for lang, caps in by_lang.items():
+            assert caps == expected["captions"][sample["__key__"], lang]
+            captions += [(n, lang, c) for c in caps]
+        assert sample["txt"].decode().split("\n") == [c for caps in by_lang.values() for c in caps]
+    assert len({(n, lang) for n, lang, _ in captions}) == sum(expected["per_language"].values())
 
     clip, tokenizer, transform = model
     result = evaluate.Evaluator(evaluate.open_benchmark(out)).run(clip, tokenizer, transform)
     images = image_embeddings(model, [s["jpg"] for s in samples])
-    for lang in ("en", "el", "ja"):
-        mine = [i for i, s in enumerate(samples) if json.loads(s["json"])["lang"] == lang]
-        captions = [
-            (row, c) for row, i in enumerate(mine) for c in samples[i]["txt"].decode().split("\n")
-        ]
-        texts = text_embeddings(model, [c for _, c in captions])
-        sims = texts @ images[mine].T  # captions x this language's images
-        owner = torch.tensor([row for row, _ in captions])
+    for lang in (None, "en", "el", "ja"):
+        mine = [(n, c) for n, text_lang, c in captions if lang is None or text_lang == lang]
+        owners = sorted({n for n, _ in mine})  # the images with a caption in this language
+        texts = text_embeddings(model, [c for _, c in mine])
+        sims = texts @ images[owners].T
+        owner = torch.tensor([owners.index(n) for n, _ in mine])
         text_to_image = (sims.argmax(dim=1) == owner).float().mean().item()
-        best_text = sims.argmax(dim=0)  # per image, its nearest caption
-        image_to_text = (owner[best_text] == torch.arange(len(mine))).float().mean().item()
-        got = result["metrics"][lang]
-        assert got["images"] == len(mine) and got["texts"] == len(captions)
+        image_to_text = (owner[sims.argmax(dim=0)] == torch.arange(len(owners))).float().mean()
+        got = result["metrics"][lang or "all"]
+        assert got["images"] == len(owners) and got["texts"] == len(mine)
         assert got["image_retrieval_recall@1"] == pytest.approx(text_to_image)
-        assert got["text_retrieval_recall@1"] == pytest.approx(image_to_text)
+        assert got["text_retrieval_recall@1"] == pytest.approx(image_to_text.item())
     mean = result["metrics"]["mean"]["image_retrieval_recall@1"]
     per_lang = [result["metrics"][lang]["image_retrieval_recall@1"] for lang in ("en", "el", "ja")]
     assert mean == pytest.approx(sum(per_lang) / 3)
@@ -121,6 +120,21 @@ def test_xm3600_counts_and_per_language_recall(model, tmp_path, wit_captions, cc
     every = build("xm3600", tmp_path / "raw", tmp_path / "all")
     assert every["per_language"] == expected["per_language"]
     assert every["dropped"]["missing_language"] == 3 * 36 - 7
+    assert (
+        datasets_main(["xm3600", str(tmp_path / "raw"), str(tmp_path / "x"), "--languages", "EN"])
+        == 2
+    )
+
+
+def test_both_command_lines_list_the_sets_and_tasks(capsys):
+    from trainer.evaluate import parse_args
+
+    for run in (lambda: datasets_main(["--help"]), lambda: parse_args(["--help"])):
+        with pytest.raises(SystemExit):
+            run()
+    shown = capsys.readouterr().out
+    for name in ("xm3600", "babel-imagenet", "cvqa", "digits", "multiple_choice", "linear_probe"):
+        assert name in shown, name
 
 
 # -- Babel-ImageNet --------------------------------------------------------------------------------
@@ -177,6 +191,14 @@ def test_babel_imagenet_scores_each_language_on_its_own_classes(model, tmp_path)
         assert got["images"] == len(rows) and got["classes"] == len(indices)
         assert got["acc1"] == pytest.approx((predicted == truth).float().mean().item())
     assert "ja" not in result["metrics"]  # none of its classes has an image here
+    # no image of any named class: one line, not an empty set
+    only_ja = [
+        "babel-imagenet",
+        str(tmp_path / "babel"),
+        str(tmp_path / "val"),
+        str(tmp_path / "ja"),
+    ]
+    assert datasets_main([*only_ja, "--languages", "ja"]) == 2
 
 
 # -- CVQA ------------------------------------------------------------------------------------------

@@ -4,10 +4,11 @@ is the command line):
 
 - **xm3600**: Crossmodal-3600 (Google): `captions.jsonl` (one line per image: `image/key` and,
   per language code, `{"caption": [...], ...}`) and `images/<key>.jpg` -> a retrieval set with
-  one sample per (image, language): the image, every caption in that language, and
-  `{"lang", "image_key"}`. Per-language retrieval then ranks each language's captions among
-  the 3,600 images, as MetaCLIP's `clipeval/xm3600` does; the `mean` row is the unweighted mean
-  over languages it reports.
+  one sample per image: the image, every caption as a `txt` line (what CLIP_benchmark reads),
+  and `{"image_key", "captions": {language: [...]}}`. Per-language retrieval then ranks each
+  language's captions among the images that have captions in it (the 3,600), as MetaCLIP's
+  `clipeval/xm3600` does; the `mean` row is the unweighted mean over languages it reports.
+  (One sample per image and language would store and encode every image 36 times.)
 - **babel-imagenet**: the Babel-ImageNet class names (`babel_imagenet-298.json`: per upper-case
   language code, `[class indices, names]`) and optionally its translated prompts
   (`nllb_dist13b_prompts.json`: per language, prompts with `{}`) + an ImageNet validation folder
@@ -107,7 +108,13 @@ def build_xm3600(raw: Path, out: Path, languages=None, shard_size: int = 1000) -
     if not captions.is_file():
         raise ValueError(f"{raw}: no captions.jsonl (Crossmodal-3600's captions file)")
     langs = list(languages or XM3600_LANGUAGES)
-    dropped, per_language, images = Counter(), Counter(), set()
+    unknown = [lang for lang in langs if lang not in XM3600_LANGUAGES]
+    if unknown:
+        raise ValueError(
+            f"not Crossmodal-3600 languages: {', '.join(unknown)} "
+            f"(it has {' '.join(XM3600_LANGUAGES)})"
+        )
+    dropped, per_language = Counter(), Counter()
 
     def samples():
         with captions.open(encoding="utf-8") as f:
@@ -124,32 +131,35 @@ def build_xm3600(raw: Path, out: Path, languages=None, shard_size: int = 1000) -
                 if not path.is_file():
                     dropped["missing_image"] += 1
                     continue
-                data = path.read_bytes()
+                by_lang = {}
                 for lang in langs:
                     entry = record.get(lang)
                     found = entry.get("caption") if isinstance(entry, dict) else None
                     caps = [_one_line(c) for c in found or [] if isinstance(c, str)]
-                    caps = [c for c in caps if c]
-                    if not caps:
-                        dropped["missing_language"] += 1  # this image only
+                    if not [c for c in caps if c]:
+                        dropped["missing_language"] += 1  # for this image only
                         continue
-                    images.add(key)
+                    by_lang[lang] = [c for c in caps if c]
                     per_language[lang] += 1
-                    meta = {"lang": lang, "image_key": key}
-                    yield {
-                        "__key__": f"{key}_{lang}",
-                        _image_member(data): data,
-                        "txt": "\n".join(caps).encode(),
-                        "json": json.dumps(meta, ensure_ascii=False).encode(),
-                    }
+                if not by_lang:
+                    continue
+                data = path.read_bytes()
+                yield {
+                    "__key__": key,
+                    _image_member(data): data,
+                    "txt": "\n".join(c for caps in by_lang.values() for c in caps).encode(),
+                    "json": json.dumps(
+                        {"image_key": key, "captions": by_lang}, ensure_ascii=False
+                    ).encode(),
+                }
 
     total = write_benchmark_dir(out, samples(), "retrieval", shard_size=shard_size)
     if not total:
         raise ValueError(
             f"{captions}: no image with captions in {', '.join(langs)} ({dict(dropped)})"
         )
-    summary = {"benchmark": "xm3600", "images": len(images), "samples": total}
-    summary.update(per_language=dict(per_language), dropped=dict(dropped))
+    summary = {"benchmark": "xm3600", "images": total, "per_language": dict(per_language)}
+    summary["dropped"] = dict(dropped)
     return _write_summary(out, summary)
 
 
@@ -184,10 +194,11 @@ def imagenet_val_images(folder: Path) -> list[tuple[Path, int]]:
             for image in sorted(sub.iterdir())
             if image.suffix in IMAGE_SUFFIXES
         ]
+    # Kaggle's download has it 4 levels above ILSVRC/Data/CLS-LOC/val
     solution = next(
         (
             p / "LOC_val_solution.csv"
-            for p in (folder, folder.parent)
+            for p in [folder, *folder.resolve().parents][:5]
             if (p / "LOC_val_solution.csv").is_file()
         ),
         None,
@@ -195,7 +206,7 @@ def imagenet_val_images(folder: Path) -> list[tuple[Path, int]]:
     if solution is None:
         raise ValueError(
             f"{folder}: neither one sub-folder per synset (n01440764/...) nor flat images with "
-            "LOC_val_solution.csv"
+            "LOC_val_solution.csv (in the folder or up to 4 levels above)"
         )
     labels = {}
     for line in solution.read_text().splitlines()[1:]:
@@ -284,6 +295,11 @@ def build_babel_imagenet(
             yield {"__key__": path.stem, _image_member(data): data, "cls": str(label).encode()}
 
     total = write_benchmark_dir(out, samples(), "classification", shard_size=shard_size)
+    if not total:
+        raise ValueError(
+            f"{imagenet_val}: no validation image of the {len(covered)} classes these "
+            f"languages name ({dict(dropped)})"
+        )
     summary = {"benchmark": "babel-imagenet", "samples": total, "languages": summary_langs}
     summary["dropped"] = dict(dropped)
     return _write_summary(out, summary)
@@ -348,8 +364,12 @@ def build_cvqa(raw: Path, out: Path, shard_size: int = 1000) -> dict:
     dropped, per_subset = Counter(), Counter()
 
     def question(row: dict, n: int) -> dict | None:
-        label = row.get("Label")
-        if label is None or int(label) < 0:
+        try:
+            label = int(row.get("Label"))
+        except (TypeError, ValueError):
+            dropped["bad_label"] += 1
+            return None
+        if label < 0:
             dropped["no_label"] += 1
             return None
         image = row.get("image")
@@ -364,18 +384,19 @@ def build_cvqa(raw: Path, out: Path, shard_size: int = 1000) -> dict:
                 dropped["bad_options"] += 1
                 return None
             prompts[how] = {"question": _one_line(text), "options": options}
-        if not 0 <= int(label) < 4:
+        if not 0 <= label < 4:
             dropped["bad_label"] += 1
             return None
         subset = cvqa_subset(str(row.get("Subset", "")))
         per_subset[subset] += 1
         meta = {"id": row.get("ID"), "subset": subset, "subset_raw": row.get("Subset")}
-        meta.update(label=int(label), category=row.get("Category"), prompts=prompts)
-        key = re.sub(r"[^\w-]+", "_", str(row.get("ID") or f"q{n:07d}"))
+        meta.update(label=label, category=row.get("Category"), prompts=prompts)
+        # the row number keeps keys unique (samples are grouped by key when read back)
+        key = f"{n:07d}_" + re.sub(r"[^\w-]+", "_", str(row.get("ID") or ""))
         return {
             "__key__": key,
             _image_member(data): data,
-            "cls": str(int(label)).encode(),
+            "cls": str(label).encode(),
             "json": json.dumps(meta, ensure_ascii=False).encode(),
         }
 

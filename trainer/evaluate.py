@@ -13,8 +13,9 @@ classnames.txt, zeroshot_classification_templates.txt, dataset_type.txt), so the
 serve both tools. Two additions, both optional: classnames.LANG.txt and
 zeroshot_classification_templates.LANG.txt give a classification set in more languages (each
 language classifies every image with its own names and templates), and a `json` member with
-`lang` per sample splits retrieval by the caption's language (each language ranks among its
-own samples, as per-language Crossmodal-3600 does, plus their unweighted `mean`).
+`lang` per sample (or `captions`: {language: [...]}) splits retrieval by caption language (each
+language's captions rank among the images that have one, as per-language Crossmodal-3600 does,
+plus their unweighted `mean`).
 Three more, written by `python -m trainer.datasets`: classes.LANG.txt beside classnames.LANG.txt
 lists the class indices a language names (Babel-ImageNet: it is scored on those classes' images,
 choosing among them); dataset_type.txt `multiple_choice` marks a question set (CVQA: each json
@@ -134,9 +135,15 @@ def open_benchmark(root: str | Path, task: str | None = None, split: str = "test
             bench.templates[lang] = _read_lines(templates)
             covered = root / f"classes{path.name[10:]}"
             if covered.is_file():
-                bench.classes[lang] = [int(x) for x in _read_lines(covered)]
-                if len(bench.classes[lang]) != len(bench.classnames[lang]):
+                try:
+                    indices = [int(x) for x in _read_lines(covered)]
+                except ValueError:
+                    raise ValueError(f"{covered}: not one class index per line") from None
+                if len(indices) != len(bench.classnames[lang]):
                     raise ValueError(f"{covered} and {path.name} differ in length")
+                if min(indices, default=0) < 0 or len(set(indices)) != len(indices):
+                    raise ValueError(f"{covered}: class indices must be distinct and >= 0")
+                bench.classes[lang] = indices
         if not bench.classnames:
             raise ValueError(f"{root}: no classnames.txt for zero-shot classification")
         sizes = {n: len(names) for n, names in bench.classnames.items() if n not in bench.classes}
@@ -151,6 +158,7 @@ class Samples:
 
     labels: list[int] = field(default_factory=list)
     captions: list[list[str]] = field(default_factory=list)
+    caption_langs: list[list[str | None]] = field(default_factory=list)  # one per caption
     choices: list[dict[str, list[str]]] = field(default_factory=list)  # multiple choice
     langs: list[str | None] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
@@ -158,9 +166,8 @@ class Samples:
 
 def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_samples=None):
     """(Samples, images): every sample's label or captions and language, and this rank's share
-    of the pixels as (index, H x W x 3 uint8, or None when the bytes do not decode). Every rank
-    reads every sample's bytes but decodes only every world_size-th; samples without an image,
-    label or caption are dropped here, counted, on all ranks alike."""
+    of the images as (index, encoded bytes): every world_size-th (`per_image` decodes them).
+    Samples without an image, label or caption are dropped here, counted, on all ranks alike."""
     samples, images, counters = Samples(), [], Counter()
     for url in bench.urls:
         for _, sample in data.read_shard(url, lambda k: True, counters):
@@ -171,12 +178,12 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
                 samples.dropped["missing_image"] += 1
                 continue
             if bench.task == "retrieval":
-                text = sample.get("txt", b"").decode("utf-8", errors="replace")
-                caps = [c.strip() for c in text.splitlines() if c.strip()]
+                caps, langs = _captions(sample)
                 if not caps:
                     samples.dropped["missing_text"] += 1
                     continue
                 samples.captions.append(caps)
+                samples.caption_langs.append(langs)
             elif bench.task == "multiple_choice":
                 question = _choices(sample)
                 if question is None:
@@ -200,10 +207,34 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
             index = len(samples.langs)
             samples.langs.append(lang)
             if index % world_size == rank:
-                images.append((index, data.decode_image(raw)))
+                images.append((index, raw))
     if counters["bad_shard"]:  # samples an unreadable shard lost, as in training (DROP_REASONS)
         samples.dropped["bad_shard"] += counters["bad_shard"]
     return samples, images
+
+
+def _captions(sample: dict) -> tuple[list[str], list[str | None]]:
+    """(captions, the language of each): the json's `captions` {language: [...]} when it has
+    them (one sample per image of a multilingual set, XM3600), else the lines of `txt`, all in
+    the json's `lang`."""
+    try:
+        meta = json.loads(sample.get("json") or b"{}")
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    by_lang = meta.get("captions")
+    if isinstance(by_lang, dict):
+        pairs = [
+            (" ".join(c.split()), lang)
+            for lang, caps in by_lang.items()
+            if isinstance(caps, list)
+            for c in caps
+            if isinstance(c, str) and c.strip()
+        ]
+        return [c for c, _ in pairs], [lang for _, lang in pairs]
+    text = sample.get("txt", b"").decode("utf-8", errors="replace")
+    caps = [c.strip() for c in text.splitlines() if c.strip()]
+    return caps, [meta.get("lang")] * len(caps)
 
 
 def _choices(sample: dict) -> tuple[int, dict[str, list[str]]] | None:
@@ -230,6 +261,7 @@ def _subset(samples: Samples, keep: list[int]) -> Samples:
     return Samples(
         labels=[samples.labels[i] for i in keep] if samples.labels else [],
         captions=[samples.captions[i] for i in keep] if samples.captions else [],
+        caption_langs=[samples.caption_langs[i] for i in keep] if samples.caption_langs else [],
         choices=[samples.choices[i] for i in keep] if samples.choices else [],
         langs=[samples.langs[i] for i in keep],
         dropped=samples.dropped,
@@ -289,7 +321,10 @@ class Evaluator:
         """(n x D rows fn(images) of every sample, the indices whose image decoded): each rank
         computes its share, batched, and the rows are summed into place across ranks."""
         samples, images = self._data(info)
-        ok = [(i, p) for i, p in images if p is not None]
+        # decoded now (a JPEG much larger than the model input at a reduced DCT scale, as the
+        # training workers do): only the encoded bytes stay in memory between evaluations
+        ok = [(i, data.decode_image(raw, transform.size)) for i, raw in images]
+        ok = [(i, p) for i, p in ok if p is not None]
         rows = []
         for chunk in self._batches(ok, info, transform.device):
             with autocast():
@@ -360,11 +395,12 @@ class Evaluator:
         for b in range(count):
             yield mine[b * self.batch_size : (b + 1) * self.batch_size]
 
-    def classifier(self, model, tokenizer, lang, autocast, device) -> torch.Tensor:
-        """classes x D: the mean of each class's normalised template embeddings, renormalised."""
+    def classifier(self, model, tokenizer, lang, autocast, device, info=None) -> torch.Tensor:
+        """classes x D: the mean of each class's normalised template embeddings, renormalised
+        (with `info`, each rank encodes its share of the texts)."""
         names, templates = self.bench.classnames[lang], self.bench.templates[lang]
         texts = [t.replace("{c}", name) for name in names for t in templates]
-        emb = self.text_embeddings(model, tokenizer, texts, autocast, device)
+        emb = self.text_embeddings(model, tokenizer, texts, autocast, device, info)
         emb = emb.view(len(names), len(templates), -1).mean(dim=1)
         return F.normalize(emb, dim=-1)
 
@@ -378,7 +414,8 @@ class Evaluator:
                 raise ValueError(f"{self.bench.root}: no usable samples ({dict(samples.dropped)})")
             device = transform.device
             if self.bench.task == "linear_probe":
-                return self._result(samples, self._linear_probe(model, transform, autocast, info))
+                metrics, bad = self._linear_probe(model, transform, autocast, info)
+                return self._result(samples, metrics, samples.dropped + bad)
             by_likelihood = not getattr(model, "has_text_tower", True)
             if by_likelihood and self.bench.task != "zeroshot_classification":
                 raise ValueError(
@@ -401,7 +438,7 @@ class Evaluator:
                     images = images[decoded]
             if self.bench.task == "zeroshot_classification":
                 metrics = self._classification(
-                    samples, model, tokenizer, autocast, device,
+                    samples, model, tokenizer, autocast, device, info,
                     likelihood if by_likelihood else None, None if by_likelihood else images,
                 )  # fmt: skip
             elif self.bench.task == "multiple_choice":
@@ -409,21 +446,22 @@ class Evaluator:
             else:
                 texts = [c for caps in samples.captions for c in caps]
                 owner = [i for i, caps in enumerate(samples.captions) for _ in caps]
+                text_langs = [lang for langs in samples.caption_langs for lang in langs]
                 text_emb = self.text_embeddings(model, tokenizer, texts, autocast, device, info)
-                metrics = {ALL: _retrieval(images, text_emb, owner, samples.langs, None, info)}
-                langs = sorted({lang for lang in samples.langs if lang})
+                metrics = {ALL: _retrieval(images, text_emb, owner, text_langs, None, info)}
+                langs = sorted({lang for lang in text_langs if lang})
                 for lang in self.languages or langs:
                     if lang in langs:
-                        metrics[lang] = _retrieval(
-                            images, text_emb, owner, samples.langs, lang, info
-                        )
+                        metrics[lang] = _retrieval(images, text_emb, owner, text_langs, lang, info)
                 if len(metrics) > 2:  # XM3600's headline: the unweighted mean over languages
                     metrics[MEAN] = _mean([m for lang, m in metrics.items() if lang != ALL])
             return self._result(samples, metrics, dropped)
         finally:
             model.train(was_training)
 
-    def _classification(self, samples, model, tokenizer, autocast, device, likelihood, images):
+    def _classification(
+        self, samples, model, tokenizer, autocast, device, info, likelihood, images
+    ):
         """{language: metrics} of zero-shot classification. A language whose names cover only
         some classes (classes.LANG.txt, Babel-ImageNet) is scored on the images of those
         classes, choosing among those classes only."""
@@ -434,12 +472,17 @@ class Evaluator:
         n_classes = max(full or [max(max(c) for c in self.bench.classes.values()) + 1])
         if int(target.max()) >= n_classes or int(target.min()) < 0:
             raise ValueError(f"{self.bench.root}: a label is outside 0..{n_classes - 1}")
+        beyond = [lang for lang, c in self.bench.classes.items() if max(c) >= n_classes]
+        if beyond:
+            raise ValueError(
+                f"{self.bench.root}: classes.{beyond[0]}.txt names a class >= {n_classes}"
+            )
         metrics = {}
         for lang in self.languages:
             if likelihood is not None:
                 logits = likelihood[lang]
             else:
-                weights = self.classifier(model, tokenizer, lang, autocast, device)
+                weights = self.classifier(model, tokenizer, lang, autocast, device, info)
                 logits = 100.0 * images @ weights.T
             if lang not in self.bench.classes:
                 metrics[lang] = classification_metrics(logits, target)
@@ -461,6 +504,9 @@ class Evaluator:
         CVQA-LOCAL / CVQA-EN, `mean_subset_acc` the mean over the subsets' accuracies."""
         device = images.device
         target = torch.tensor(samples.labels, device=device)
+        counts = {len(texts) for c in samples.choices for texts in c.values()}
+        if len(counts) > 1:
+            raise ValueError(f"{self.bench.root}: questions with {sorted(counts)} options")
         metrics = {}
         for how in PROMPTINGS:
             asked = [i for i, c in enumerate(samples.choices) if how in c]
@@ -502,24 +548,35 @@ class Evaluator:
         labels = torch.tensor([samples.labels[i] for i in decoded], device=features.device)
         return features[decoded], labels
 
-    def _linear_probe(self, model, transform, autocast, info) -> dict:
-        """{"all": lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_weight_decay}: a linear
-        classifier on the train split's frozen features, scored on this split's
+    def _linear_probe(self, model, transform, autocast, info) -> tuple[dict, Counter]:
+        """({"all": lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_weight_decay}, the test
+        images that did not decode): a linear classifier on the train split's frozen features
+        (up to --max-samples of them, as for the test split), scored on this split's
         (`trainer.linear_probe`); every rank fits the same probe."""
         from trainer.linear_probe import linear_probe
 
         train_x, train_y = self.train_split.labelled_features(model, transform, autocast, info)
+        if len(train_x) < 2:
+            raise ValueError(
+                f"{self.bench.root}/train: a linear probe needs 2 or more labelled images, "
+                f"{len(train_x)} decoded"
+            )
         test_x, test_y = self.labelled_features(model, transform, autocast, info)
+        if not len(test_x):
+            raise ValueError(f"{self.bench.root}: no test image decoded for the linear probe")
         n_classes = int(max(train_y.max(), test_y.max())) + 1
         with torch.enable_grad():
-            return {ALL: linear_probe(train_x, train_y, test_x, test_y, n_classes)}
+            metrics = {ALL: linear_probe(train_x, train_y, test_x, test_y, n_classes)}
+        undecoded = len(self._data(info)[0].labels) - len(test_x)
+        return metrics, Counter({"bad_image": undecoded} if undecoded else {})
 
 
-def _retrieval(images, text_emb, owner, langs, lang, info=None) -> dict[str, float]:
-    """Retrieval among the samples whose caption language is `lang` (all when None)."""
-    keep = [i for i, sample_lang in enumerate(langs) if lang is None or sample_lang == lang]
+def _retrieval(images, text_emb, owner, text_langs, lang, info=None) -> dict[str, float]:
+    """Retrieval of the captions in language `lang` among the images that have one (all
+    captions among all images when None)."""
+    text_rows = [t for t, text_lang in enumerate(text_langs) if lang is None or text_lang == lang]
+    keep = list(range(len(images))) if lang is None else sorted({owner[t] for t in text_rows})
     position = {i: p for p, i in enumerate(keep)}
-    text_rows = [t for t, i in enumerate(owner) if i in position]
     text_image = torch.tensor([position[owner[t]] for t in text_rows], device=images.device)
     out = retrieval_metrics(images[keep], text_emb[text_rows], text_image, info=info)
     out["images"], out["texts"] = len(keep), len(text_rows)
