@@ -7,7 +7,7 @@ accuracy per subset with LOCAL and EN prompts)."""
 from __future__ import annotations
 
 import json
-import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,16 +46,14 @@ def model():
 
 
 def members(root: Path) -> list[dict]:
-    """Every sample of a set's test split, in order: {"__key__", ext: bytes}."""
-    out = []
-    for i in range(int((root / "test" / "nshards.txt").read_text())):
-        with tarfile.open(root / "test" / f"{i}.tar") as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                if not out or out[-1]["__key__"] != key:
-                    out.append({"__key__": key})
-                out[-1][ext] = tar.extractfile(member).read()
-    return out
+    """Every sample of a set's test split, in order, as the trainer's shard reader groups it."""
+    counters = Counter()
+    urls = evaluate.open_benchmark(root).urls
+    return [
+        sample
+        for url in urls
+        for _, sample in trainer_data.read_shard(url, lambda k: True, counters)
+    ]
 
 
 @torch.no_grad()

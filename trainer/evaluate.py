@@ -177,15 +177,16 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
             if raw is None:
                 samples.dropped["missing_image"] += 1
                 continue
+            meta = _json(sample)
             if bench.task == "retrieval":
-                caps, langs = _captions(sample)
+                caps, langs = _captions(sample, meta)
                 if not caps:
                     samples.dropped["missing_text"] += 1
                     continue
                 samples.captions.append(caps)
                 samples.caption_langs.append(langs)
             elif bench.task == "multiple_choice":
-                question = _choices(sample)
+                question = _choices(meta)
                 if question is None:
                     samples.dropped["bad_question"] += 1
                     continue
@@ -197,13 +198,9 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
                 except ValueError:
                     samples.dropped["missing_label"] += 1
                     continue
-            try:
-                meta = json.loads(sample.get("json") or b"{}")
-                # a multiple-choice question's subset (CVQA: language and country) takes the
-                # place of the caption language: accuracy is reported per subset
-                lang = meta.get("subset" if bench.task == "multiple_choice" else "lang")
-            except (ValueError, AttributeError):
-                lang = None
+            # a multiple-choice question's subset (CVQA: language and country) takes the
+            # place of the caption language: accuracy is reported per subset
+            lang = meta.get("subset" if bench.task == "multiple_choice" else "lang")
             index = len(samples.langs)
             samples.langs.append(lang)
             if index % world_size == rank:
@@ -213,15 +210,19 @@ def read_samples(bench: BenchmarkSet, rank: int = 0, world_size: int = 1, max_sa
     return samples, images
 
 
-def _captions(sample: dict) -> tuple[list[str], list[str | None]]:
-    """(captions, the language of each): the json's `captions` {language: [...]} when it has
-    them (one sample per image of a multilingual set, XM3600), else the lines of `txt`, all in
-    the json's `lang`."""
+def _json(sample: dict) -> dict:
+    """A sample's `json` member as a dict ({} when absent or not a JSON object)."""
     try:
         meta = json.loads(sample.get("json") or b"{}")
     except ValueError:
-        meta = {}
-    meta = meta if isinstance(meta, dict) else {}
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _captions(sample: dict, meta: dict) -> tuple[list[str], list[str | None]]:
+    """(captions, the language of each): the json's `captions` {language: [...]} when it has
+    them (one sample per image of a multilingual set, XM3600), else the lines of `txt`, all in
+    the json's `lang`."""
     by_lang = meta.get("captions")
     if isinstance(by_lang, dict):
         pairs = [
@@ -237,12 +238,11 @@ def _captions(sample: dict) -> tuple[list[str], list[str | None]]:
     return caps, [meta.get("lang")] * len(caps)
 
 
-def _choices(sample: dict) -> tuple[int, dict[str, list[str]]] | None:
-    """(label, {prompting: the texts of the options}) of a multiple-choice sample, or None when
-    its json lacks them. A text is the question, a space and the option, as MetaCLIP's
+def _choices(meta: dict) -> tuple[int, dict[str, list[str]]] | None:
+    """(label, {prompting: the texts of the options}) of a multiple-choice sample's json, or
+    None when it lacks them. A text is the question, a space and the option, as MetaCLIP's
     `clipeval/cvqa/eval_cvqa.py` builds it."""
     try:
-        meta = json.loads(sample.get("json") or b"{}")
         label, prompts = int(meta["label"]), meta["prompts"]
         choices = {
             how: [f"{prompts[how]['question']} {option}" for option in prompts[how]["options"]]
