@@ -136,10 +136,11 @@ def build_xm3600(raw: Path, out: Path, languages=None, shard_size: int = 1000) -
                     entry = record.get(lang)
                     found = entry.get("caption") if isinstance(entry, dict) else None
                     caps = [_one_line(c) for c in found or [] if isinstance(c, str)]
-                    if not [c for c in caps if c]:
+                    caps = [c for c in caps if c]
+                    if not caps:
                         dropped["missing_language"] += 1  # for this image only
                         continue
-                    by_lang[lang] = [c for c in caps if c]
+                    by_lang[lang] = caps
                     per_language[lang] += 1
                 if not by_lang:
                     continue
