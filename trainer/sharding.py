@@ -14,8 +14,8 @@ the rank adds its shard to the shard it holds. The alternative, FSDP's no-sync m
 (`set_requires_gradient_sync(False)` until the last micro-batch), sends one reduce-scatter per
 step instead of K, but holds every parameter's unsharded fp32 gradient through the step: ~7.4 GB
 per rank for ViT-H-14-worldwide, twice the sharded state FSDP is there to cut. The price of
-the choice is (K - 1) extra reduce-scatters per step, each the size of one bf16 backward's
-gradients; a step with K micro-batches already runs K backward passes, and each one's
+the choice is (K - 1) extra reduce-scatters per step, each of the whole fp32 gradient (the
+reduce dtype under bf16); a step with K micro-batches already runs K backward passes, and each one's
 reduce-scatter overlaps the next block's backward.
 """
 
