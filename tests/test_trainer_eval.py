@@ -428,6 +428,48 @@ def test_periodic_eval_on_two_ranks_equals_one_rank(digits, tmp_path):
                 assert two_ranks[key] == pytest.approx(value, abs=1e-9), (step, key)
 
 
+def test_fine_tune_from_export_with_a_locked_image_tower_on_two_ranks(trained, digits, tmp_path):
+    """--pretrained on the trained model's export (open_clip's hub layout): the step-0
+    evaluation equals the trained run's final one. With --lock-image on 2 gloo ranks the image
+    tower is bit-identical after the steps, has no AdamW state, and DDP's gradient buckets hold
+    the trainable parameters only."""
+    from safetensors.torch import load_file
+
+    from trainer import export
+
+    exported = export.export(trained / "checkpoints" / f"step_{STEPS:08d}.pt", tmp_path / "hub")
+    out = tmp_path / "fine_tune"
+    train(
+        digits, out,
+        "--pretrained", str(exported),
+        "--lock-image",
+        "--eval", str(digits / "zeroshot"),
+        "--save-every", "4",
+        "--batch-size", "16",
+        ranks=2, steps=4,
+    )  # fmt: skip
+    rows = eval_rows(out)
+    assert sorted(rows) == [0, 4] and rows[0]["samples_seen"] == 0
+    start, reference = rows[0]["eval"], eval_rows(trained)[STEPS]["eval"]
+    for key in ("zeroshot/acc1", "zeroshot/de/acc1"):
+        assert start[key] == pytest.approx(reference[key], abs=1e-9), key
+    weights = load_file(str(exported / "open_clip_model.safetensors"))
+    ckpt = torch.load(out / "checkpoints" / "step_00000004.pt", weights_only=False)
+    visual = [k for k in weights if k.startswith("visual.")]
+    assert all(torch.equal(ckpt["model"][k], weights[k]) for k in visual)
+    assert not torch.equal(ckpt["model"]["text_projection"], weights["text_projection"])
+    names = list(ckpt["model"])  # parameters in model order; the optimizer numbers its own
+    trainable = [n for n in names if not n.startswith("visual.") and n != "attn_mask"]
+    params = sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+    assert params == len(ckpt["optimizer"]["state"]) == len(trainable)
+    summary = json.loads((out / "summary.json").read_text())
+    trainable_bytes = sum(ckpt["model"][n].numel() * 4 for n in trainable)
+    assert summary["ddp_bucket_bytes"] == trainable_bytes
+    state = summary["state_bytes_per_rank"]
+    assert state["grads"] == trainable_bytes < state["params"]
+    assert state["optimizer"] == 2 * trainable_bytes + 4 * len(trainable)  # exp_avg(_sq), step
+
+
 # -- scaling-law fit ------------------------------------------------------------------------------
 
 

@@ -37,6 +37,11 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
             "from a config; evaluate it with python -m trainer.evaluate --checkpoint"
         )
     cfg = models.model_config(args["model"])
+    # the architecture the run trained, which flags may have changed from the named config
+    if args.get("image_size"):
+        cfg["vision_cfg"] = dict(cfg["vision_cfg"], image_size=args["image_size"])
+    if args.get("force_quick_gelu"):
+        cfg["quick_gelu"] = True
     if args.get("tokenizer"):
         # open_clip builds an HFTokenizer from text_cfg.hf_tokenizer_name
         cfg.setdefault("text_cfg", {})["hf_tokenizer_name"] = str(Path(args["tokenizer"]).resolve())

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init: never reach for a model hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights from local files only: never a hub
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
@@ -76,11 +76,17 @@ def decoder_config(name: str, loss: str) -> dict:
 
 
 def build_model(
-    name: str, loss: str = "clip", image_size: int | None = None, visual_token_keep: float = 1.0
+    name: str,
+    loss: str = "clip",
+    image_size: int | None = None,
+    visual_token_keep: float = 1.0,
+    force_quick_gelu: bool = False,
 ) -> torch.nn.Module:
     """Random init of model `name` for --loss `loss`: an open_clip CLIP (output_dict=True;
     SigLIP's scale and bias init for siglip losses), or a `trainer.caption.CaptionModel` for
-    the caption losses. `image_size` overrides the config's (open_clip's force_image_size)."""
+    the caption losses. `image_size` overrides the config's (open_clip's force_image_size);
+    `force_quick_gelu` uses QuickGELU whatever the config says (open_clip's flag: weights
+    trained with it, e.g. MetaCLIP 2's ViT-H-14-quickgelu-worldwide)."""
     from trainer.caption import CaptionDecoder, CaptionModel
     from trainer.losses import loss_parts
 
@@ -96,6 +102,7 @@ def build_model(
             pretrained_text=False,
             output_dict=True,
             force_image_size=image_size,
+            force_quick_gelu=force_quick_gelu,
             **(extra if contrastive == "siglip" else {}),
         )
         if not caption:
@@ -111,7 +118,10 @@ def build_model(
         from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
         from open_clip.transform import PreprocessCfg
 
-        visual = _build_vision_tower(cfg["embed_dim"], open_clip.model.CLIPVisionCfg(**vision_cfg))
+        quick_gelu = force_quick_gelu or cfg.get("quick_gelu", False)
+        visual = _build_vision_tower(
+            cfg["embed_dim"], open_clip.model.CLIPVisionCfg(**vision_cfg), quick_gelu=quick_gelu
+        )
         visual.proj = None  # no pooled embedding without a contrastive loss: no unused weights
         size = vision_cfg["image_size"]
         set_model_preprocess_cfg(visual, asdict(PreprocessCfg(size=(size, size))))
@@ -160,6 +170,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
         args.get("loss", "clip"),
         args.get("image_size"),
         args.get("visual_token_keep") or 1.0,
+        args.get("force_quick_gelu", False),
     )
     if path.is_dir():
         checkpoint.load_sharded(path, model)

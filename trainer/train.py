@@ -4,7 +4,8 @@ r"""Train an open_clip model on WebDataset shards.
         --model ViT-B-32 --batch-size 256 --output-dir runs/b32
     python trainer/train.py ...          # one process (CPU or one GPU)
 
-Random init only: no weights or tokenizers are fetched from a hub.
+Nothing is fetched from a hub: random init, or --pretrained / --pretrained-image / --init-from
+files on disk; tokenizers are open_clip's or a local folder (--tokenizer).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init: never reach for a model hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights from local files only: never a hub
 
 if __package__ in (None, ""):  # `python trainer/train.py` / `torchrun trainer/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +35,9 @@ from trainer import (  # noqa: E402
     data,
     distributed,
     evaluate,
+    locking,
     models,
+    pretrained,
     sharding,
 )
 from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
@@ -176,6 +179,60 @@ def parse_args(argv=None) -> argparse.Namespace:
         "position), position embeddings resized to --image-size: stage 2 of a low-then-high "
         "resolution run; a preempted stage restarts with --resume alone",
     )
+    g = p.add_argument_group("released weights and locked towers (open_clip's flags)")
+    g.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="start from released open_clip weights, read locally (never from a hub): "
+        "open_clip_train's checkpoint (state_dict with module. keys), a bare state dict "
+        "(open_clip_pytorch_model.bin), a .safetensors file, or a hub-layout folder "
+        "(open_clip_config.json + weights; its architecture must be --model's). Position "
+        "embeddings are resized to --image-size; a caption decoder or SigLIP bias the file "
+        "lacks keeps its init; any other mismatch is an error naming the keys. With --eval, "
+        "the run evaluates at step 0 (the starting point)",
+    )
+    g.add_argument(
+        "--pretrained-image",
+        metavar="PATH",
+        help="the image tower alone from such a file (its visual.* keys) or from a state dict "
+        "of the tower itself; the rest keeps its init (LiT: with --lock-image)",
+    )
+    g.add_argument(
+        "--force-quick-gelu",
+        action="store_true",
+        help="QuickGELU activations whatever the config says (weights trained with it, e.g. "
+        "MetaCLIP 2's ViT-H-14-quickgelu-worldwide: --model ViT-H-14-worldwide "
+        "--force-quick-gelu, or the config ViT-H-14-worldwide-quickgelu)",
+    )
+    g.add_argument(
+        "--lock-image",
+        action="store_true",
+        help="freeze the image tower (LiT): no gradients, optimizer state or gradient traffic",
+    )
+    g.add_argument(
+        "--lock-image-unlocked-groups",
+        type=int,
+        default=0,
+        help="leave the last N groups of the locked image tower trainable",
+    )
+    g.add_argument(
+        "--lock-image-freeze-bn-stats",
+        action="store_true",
+        help="also freeze batch-norm running statistics of a locked image tower (ResNets)",
+    )
+    g.add_argument("--lock-text", action="store_true", help="freeze the text tower")
+    g.add_argument(
+        "--lock-text-unlocked-layers",
+        type=int,
+        default=0,
+        help="leave the last N layer groups of the locked text tower trainable",
+    )
+    g.add_argument(
+        "--lock-text-freeze-layer-norm",
+        action="store_true",
+        help="keep every text LayerNorm frozen, those of unlocked layers included",
+    )
+    g = p.add_argument_group("model, continued")
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
     )
@@ -260,6 +317,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--caption-loss-weight weighs the caption term of siglip+caption / clip+caption")
     if args.init_from and args.resume:
         p.error("--init-from starts a stage from weights; restart a preempted stage with --resume")
+    if args.init_from and (args.pretrained or args.pretrained_image):
+        p.error("--init-from and --pretrained/--pretrained-image: start from one of them")
+    if args.lock_image_unlocked_groups and not args.lock_image:
+        p.error("--lock-image-unlocked-groups needs --lock-image")
+    if (args.lock_text_unlocked_layers or args.lock_text_freeze_layer_norm) and not args.lock_text:
+        p.error("--lock-text-unlocked-layers / --lock-text-freeze-layer-norm need --lock-text")
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if args.eval_every and not args.eval:
@@ -368,6 +431,25 @@ def init_from(model, path: str, verbose: bool) -> None:
         )
 
 
+def start_weights(model, args, verbose: bool) -> None:
+    """--pretrained / --pretrained-image into the fresh model, then the locks; one log line
+    each (a resumed run loads its checkpoint over the weights, with the same locks)."""
+    lines = []
+    if args.pretrained:
+        cfg = models.model_config(args.model)
+        if args.force_quick_gelu:
+            cfg["quick_gelu"] = True
+        lines.append(pretrained.load_pretrained(model, args.pretrained, args.model, cfg))
+    if args.pretrained_image:
+        lines.append(pretrained.load_pretrained_image(model, args.pretrained_image))
+    if args.lock_image or args.lock_text:
+        counts = locking.lock_towers(model, args)
+        lines.append(f"locked {counts['locked']:,} parameters; {counts['trainable']:,} trainable")
+    if verbose:
+        for line in lines:
+            print(line, flush=True)
+
+
 def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
     """No weight decay on 1-d parameters (norms, biases, embeddings' scale) and logit scale/bias."""
     decay, no_decay = [], []
@@ -386,6 +468,15 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
+
+
+def ddp_bucket_bytes(model) -> int | None:
+    """Bytes in DDP's gradient buckets (its own logging data), None without DDP."""
+    model = getattr(model, "_orig_mod", model)  # under torch.compile
+    if not isinstance(model, DistributedDataParallel):
+        return None
+    sizes = model._get_ddp_logging_data().get("bucket_sizes", "")
+    return sum(int(size) for size in str(sizes).split(",") if size.strip())
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -454,9 +545,12 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
     torch.backends.cudnn.allow_tf32 = True
-    raw_model = models.build_model(args.model, args.loss, args.image_size, args.visual_token_keep)
+    raw_model = models.build_model(
+        args.model, args.loss, args.image_size, args.visual_token_keep, args.force_quick_gelu
+    )
     if args.init_from:
         init_from(raw_model, args.init_from, is_main)
+    start_weights(raw_model, args, is_main)
     raw_model.to(device)
     if args.grad_checkpointing:
         raw_model.set_grad_checkpointing(True)
@@ -637,6 +731,11 @@ def main(argv=None) -> dict:
 
     # the loop
     eval_row = None
+    if evals and step == 0 and (args.pretrained or args.pretrained_image or args.init_from):
+        eval_row = run_evals(  # the starting point of a fine-tune, on the scaling plot's x = 0
+            evals, raw_model, tokenizer, transform, autocast, dist_info, 0, 0, sample_flops,
+            writer, out_dir, args.model,
+        )  # fmt: skip
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
     stalls = []  # seconds the training loop waited for each checkpoint
@@ -733,6 +832,8 @@ def main(argv=None) -> dict:
     summary = {
         "checkpoint_stall_s": stalls,
         "state_bytes_per_rank": state_bytes,
+        # what DDP all-reduces per step: its buckets hold the gradients of trainable parameters
+        "ddp_bucket_bytes": ddp_bucket_bytes(model),
         "steps": step,
         "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_memory_gib": peak_memory_gib(device),
