@@ -43,6 +43,10 @@ from trainer import (  # noqa: E402
 from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
 
 
+class NonFiniteError(ValueError):
+    """The run stopped on non-finite steps; the newest checkpoint is the last good state."""
+
+
 class UsageError(ValueError):
     """Flags that cannot work with this model or data (an unknown --model, a batch larger than
     the data): one line and exit 2, as argparse's own flag errors; other bad input exits 1."""
@@ -264,13 +268,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--epochs", type=float, default=1.0, help="epochs (ignored with --steps)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    g.add_argument(
+        "--lr-scheduler",
+        choices=["cosine", "const", "const-cooldown"],
+        default="cosine",
+        help="after the linear warmup: cosine to --min-lr; const; or const-cooldown, constant "
+        "then a decay over the last --cooldown-steps to --lr-cooldown-end (open_clip's). One "
+        "const run gives several scaling-law points: resume its checkpoints into a new "
+        "--output-dir with const-cooldown, --steps S+C and --cooldown-steps C",
+    )
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
     g.add_argument("--warmup", type=int, default=2000, help="linear warmup steps")
+    g.add_argument(
+        "--cooldown-steps", type=int, default=0, help="const-cooldown: steps of the final decay"
+    )
+    g.add_argument(
+        "--lr-cooldown-power",
+        type=float,
+        default=1.0,
+        help="const-cooldown: decay (1 - progress)^power (1: linear)",
+    )
+    g.add_argument(
+        "--lr-cooldown-end", type=float, default=0.0, help="const-cooldown: the final lr"
+    )
     g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2 (MetaCLIP 2: 0.95)")
     g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
     g.add_argument("--wd", type=float, default=0.1, help="weight decay (not on norms/biases/scale)")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm, 0 = off")
+    g.add_argument(
+        "--grad-clip",
+        type=float,
+        default=1.0,
+        help="max grad norm, 0 = off (MetaCLIP 2's release: off)",
+    )
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=5,
+        help="a step whose loss or gradient norm is not finite is skipped (no update) and "
+        "counted; this many in a row stop the run with an error and no new checkpoint (checked "
+        "at every log line and checkpoint; 0: never stop)",
+    )
     g.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],
@@ -323,6 +361,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lock-image-unlocked-groups needs --lock-image")
     if (args.lock_text_unlocked_layers or args.lock_text_freeze_layer_norm) and not args.lock_text:
         p.error("--lock-text-unlocked-layers / --lock-text-freeze-layer-norm need --lock-text")
+    if args.lr_scheduler == "const-cooldown" and args.cooldown_steps <= 0:
+        p.error("--lr-scheduler const-cooldown needs --cooldown-steps > 0")
+    if args.cooldown_steps and args.lr_scheduler != "const-cooldown":
+        p.error("--cooldown-steps is the decay of --lr-scheduler const-cooldown")
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if args.eval_every and not args.eval:
@@ -375,16 +417,75 @@ def micro_batch(batch: dict, transform, host: dict, device: torch.device) -> tup
     return transform(batch), tokens, on_device
 
 
-def optimizer_step(model, optimizer, scaler, grad_clip: float, replicated=()) -> None:
+def optimizer_step(
+    model, optimizer, scaler, grad_clip: float, replicated=(), loss=None
+) -> torch.Tensor:
     """After a step's backward passes: the replicated parameters' gradients averaged (FSDP),
-    the gradient norm clipped, the (scaled) optimizer step. No host sync but fp16's scaler."""
+    the gradient norm clipped, the (scaled) optimizer step, unless the step's loss or gradient
+    norm is not finite. Returns that verdict as a float tensor on the device (1.0: skipped),
+    the same on every rank. No host sync but fp16's scaler: the fused AdamW reads the verdict
+    on the device (its `found_inf`, which GradScaler uses the same way) and leaves parameters,
+    moments and step count as they were."""
     if replicated:
         sharding.sync_replicated_grads(replicated)
+    scaler.unscale_(optimizer)  # a no-op unless fp16
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
     if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm(grads)
+    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor over the ranks' shards
+        norm = norm.full_tensor()
+    bad = torch.isfinite(norm).logical_not()
+    if loss is not None:
+        bad = bad | torch.isfinite(loss).logical_not()
+    skipped = bad.float()
+    if torch.distributed.is_initialized():  # one rank's bad loss skips the step everywhere
+        torch.distributed.all_reduce(skipped, op=torch.distributed.ReduceOp.MAX)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # its own found_inf covers non-finite gradients
+    else:
+        optimizer.found_inf = skipped
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
     scaler.update()
+    return skipped
+
+
+class NonFiniteSteps:
+    """Skipped steps, counted on the device (no sync per step): the total, and the current run
+    of consecutive ones, which `check` compares with --max-nonfinite."""
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(2, device=device)  # [total, in a row]
+        self.total = 0
+
+    def add(self, skipped: torch.Tensor) -> None:
+        self.counts[0] += skipped
+        self.counts[1] = (self.counts[1] + 1) * skipped
+
+    def check(self, step: int, limit: int) -> None:
+        total, in_a_row = (int(x) for x in self.counts.tolist())
+        self.total = total
+        if limit and in_a_row >= limit:
+            raise NonFiniteError(
+                f"step {step}: {in_a_row} steps in a row had a non-finite loss or gradient norm "
+                f"(--max-nonfinite {limit}); stopped without writing a checkpoint (the newest "
+                "one holds the last finite state)"
+            )
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Before a checkpoint is written: every parameter finite on every rank, or an error
+    (a checkpoint with a NaN in it would be resumed from)."""
+    flags = [torch.isfinite(getattr(p, "_local_tensor", p)).all() for p in model.parameters()]
+    finite = torch.stack(flags).all().float()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not finite.item():
+        raise NonFiniteError(f"step {step}: a weight is not finite; no checkpoint written")
 
 
 def flops_per_sample(model, loss: str, images, tokens) -> int:
@@ -460,12 +561,25 @@ def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_cosine(warmup: int, total: int, min_ratio: float):
+def lr_factor(args, total_steps: int):
+    """The learning rate's factor of --lr at each step (a LambdaLR lambda): linear warmup
+    ((step + 1) / warmup), then --lr-scheduler's shape, as open_clip's schedulers."""
+    warmup, floor = args.warmup, args.min_lr / args.lr
+    cooldown_start = total_steps - args.cooldown_steps
+    end = args.lr_cooldown_end / args.lr
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if args.lr_scheduler == "const":
+            return 1.0
+        if args.lr_scheduler == "const-cooldown":
+            if step < cooldown_start:
+                return 1.0
+            progress = (step - cooldown_start) / args.cooldown_steps
+            return end + (1 - end) * max(0.0, 1 - progress) ** args.lr_cooldown_power
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
 
@@ -578,11 +692,11 @@ def main(argv=None) -> dict:
         lr=args.lr,
         betas=(args.beta1, args.beta2),
         eps=args.eps,
-        fused=device.type == "cuda",
+        fused=True,  # skips a non-finite step on the device (optimizer_step), CPU and GPU
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(args.warmup, total_steps, args.min_lr / args.lr)
-    )
+    if args.cooldown_steps > total_steps:
+        raise UsageError(f"--cooldown-steps {args.cooldown_steps} > the run's {total_steps} steps")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
@@ -738,6 +852,7 @@ def main(argv=None) -> dict:
         )  # fmt: skip
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
+    finite_steps, nonfinite = 0.0, NonFiniteSteps(device)
     stalls = []  # seconds the training loop waited for each checkpoint
     state_bytes = None
     while step < total_steps:
@@ -748,7 +863,7 @@ def main(argv=None) -> dict:
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
             host = host_inputs(batch, raw_model)
             micro_batches.append(micro_batch(batch, transform, host, device))
-        loss_sum += accumulate.forward_backward(
+        step_loss = accumulate.forward_backward(
             model,
             micro_batches,
             args.loss,
@@ -758,7 +873,13 @@ def main(argv=None) -> dict:
             caption_weight=args.caption_loss_weight,
             siglip_exchange=args.siglip_exchange,
         )
-        optimizer_step(raw_model, optimizer, scaler, args.grad_clip, replicated)
+        skipped = optimizer_step(
+            raw_model, optimizer, scaler, args.grad_clip, replicated, loss=step_loss
+        )
+        # on the device, read at log lines: a skipped step's loss is left out of the mean
+        loss_sum = loss_sum + torch.where(skipped > 0, 0.0, step_loss)
+        finite_steps = finite_steps + (1 - skipped)
+        nonfinite.add(skipped)
         if state_bytes is None:  # parameters, gradients and AdamW state held by this rank
             state_bytes = sharding.training_state_bytes(raw_model, optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -769,8 +890,10 @@ def main(argv=None) -> dict:
         step += 1
 
         if step % args.log_every == 0 or step == total_steps:
+            nonfinite.check(step, args.max_nonfinite)
+            finite = float(finite_steps)  # steps of the interval that were not skipped
             mean_loss = distributed.mean_across_ranks(
-                float(loss_sum) / (step - last_step), dist_info
+                float(loss_sum) / finite if finite else math.nan, dist_info
             )
             now = time.perf_counter()
             rate = global_batch * (step - last_step) / (now - last_time)
@@ -784,9 +907,10 @@ def main(argv=None) -> dict:
                 )
             if is_main:
                 epoch = step * global_batch / samples_per_epoch
+                skips = f" skipped {nonfinite.total} non-finite" if nonfinite.total else ""
                 print(
                     f"step {step}/{total_steps} epoch {epoch:.2f} loss {mean_loss:.4f} "
-                    f"lr {lr:.2e} samples/s {rate:.1f} dropped {dropped}",
+                    f"lr {lr:.2e} samples/s {rate:.1f} dropped {dropped}{skips}",
                     flush=True,
                 )
                 writer.add_scalar("train/loss", mean_loss, step)
@@ -799,14 +923,15 @@ def main(argv=None) -> dict:
                     "step": step,
                     "samples_seen": step * global_batch,
                     "train_flops": step * global_batch * sample_flops,
-                    "loss": mean_loss,
+                    "loss": mean_loss if math.isfinite(mean_loss) else None,
                     "lr": lr,
+                    "nonfinite_steps": nonfinite.total,
                 }
                 if online is not None:
                     row["online"] = online_counts  # kept / skipped per language, all ranks
                 with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-            last_time, last_step, loss_sum = now, step, 0.0
+            last_time, last_step, loss_sum, finite_steps = now, step, 0.0, 0.0
 
         if evals and (step == total_steps or (args.eval_every and step % args.eval_every == 0)):
             eval_row = run_evals(
@@ -814,6 +939,8 @@ def main(argv=None) -> dict:
                 step * global_batch, sample_flops, writer, out_dir, args.model,
             )  # fmt: skip
         if step % args.save_every == 0 or step == total_steps:
+            nonfinite.check(step, args.max_nonfinite)
+            check_finite_weights(raw_model, step)
             started = time.perf_counter()
             save_checkpoint(
                 args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir,
@@ -827,6 +954,7 @@ def main(argv=None) -> dict:
 
     if checkpointer is not None:
         checkpointer.wait()
+    nonfinite.check(step, 0)  # the total, for the summary
     if keys_file:
         keys_file.close()
     summary = {
@@ -838,6 +966,7 @@ def main(argv=None) -> dict:
         "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_memory_gib": peak_memory_gib(device),
         "dropped": loader.dropped(),
+        "nonfinite_steps": nonfinite.total,
         "flops_per_sample": sample_flops,
     }
     if transform.undecodable:  # --gpu-decode: this rank's JPEGs that no decoder could read

@@ -1,0 +1,85 @@
+"""The non-finite guard: a step whose loss or gradient norm is not finite is skipped on the
+device and counted; --max-nonfinite in a row stop the run with no new checkpoint.
+
+The NaN is planted by wrapping `train.micro_batch` (the images of chosen steps become NaN):
+a fault injected into the real loop, which runs in this process (one rank, no workers)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from trainer_shards import make_shards
+
+from trainer import train
+
+pytest.importorskip("open_clip")
+pytest.importorskip("skimage")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nonfinite")
+    make_shards(root / "shards", num_shards=1, per_shard=48)
+    return root / "shards"
+
+
+def plant_nan(monkeypatch, steps: set[int]) -> None:
+    real, calls = train.micro_batch, [0]
+
+    def micro_batch(batch, transform, host, device):
+        calls[0] += 1
+        images, tokens, on_device = real(batch, transform, host, device)
+        if calls[0] in steps:
+            images = images * float("nan")
+        return images, tokens, on_device
+
+    monkeypatch.setattr(train, "micro_batch", micro_batch)
+
+
+def argv(shards, out, *extra) -> list[str]:
+    return [
+        "--train-data", str(shards), "--model", "tiny-clip", "--batch-size", "8",
+        "--steps", "5", "--warmup", "1", "--lr", "1e-3", "--precision", "fp32",
+        "--workers", "0", "--log-every", "1", "--save-every", "1", "--keep-checkpoints", "0",
+        "--output-dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def checkpoint(out, step: int) -> dict:
+    return torch.load(out / "checkpoints" / f"step_{step:08d}.pt", weights_only=False)
+
+
+def test_a_planted_nan_batch_is_skipped_and_counted(shards, tmp_path, monkeypatch):
+    plant_nan(monkeypatch, {3})
+    out = tmp_path / "run"
+    summary = train.main(argv(shards, out))
+    assert summary["nonfinite_steps"] == 1 and summary["steps"] == 5
+    before, skipped, after = (checkpoint(out, s) for s in (2, 3, 4))
+    for name, value in before["model"].items():
+        assert torch.equal(skipped["model"][name], value), name  # no update, no weight decay
+    assert any(not torch.equal(after["model"][n], v) for n, v in skipped["model"].items())
+    steps = [s["step"].item() for s in skipped["optimizer"]["state"].values()]
+    assert set(steps) == {2.0}  # AdamW's step count did not move either
+    for step in range(1, 6):
+        weights = checkpoint(out, step)["model"].values()
+        assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in rows] == [0, 0, 1, 1, 1]
+    assert [r["step"] for r in rows if r["loss"] is None] == [3]  # no finite step to average
+    assert all(math.isfinite(r["loss"]) for r in rows if r["step"] != 3)
+
+
+def test_too_many_in_a_row_stop_without_a_new_checkpoint(shards, tmp_path, monkeypatch, capsys):
+    plant_nan(monkeypatch, {3, 4, 5})
+    out = tmp_path / "run"
+    assert train.cli(argv(shards, out, "--max-nonfinite", "2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step 4: 2 steps in a row had a non-finite" in err[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"step_{s:08d}.pt" for s in (1, 2, 3)
+    ]
+    for name, value in checkpoint(out, 2)["model"].items():
+        assert torch.equal(checkpoint(out, 3)["model"][name], value)
