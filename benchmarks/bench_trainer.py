@@ -19,6 +19,8 @@ Two more sections, CPU-only figures measured in the same run:
   resume  time to first batch after resuming at 0, 10 and 100 shards into a pass, against the
           previous trainer's replay (reading every sample since step 0 without decoding).
   online  loader samples/s/core on the same pool shards with and without online balancing.
+  towers  per-rank bytes of parameters + gradients + AdamW state and step time of a plain run,
+          --lock-image, and distillation from a same-size teacher (its share of the step).
   fsdp    per-rank bytes of parameters + gradients + AdamW state under DDP and --fsdp, measured
           for a tiny model on 2 gloo ranks and computed for ViT-H-14-worldwide (built on the
           meta device: exact parameter counts, no memory) at 8 ranks; the training loop's stall
@@ -29,6 +31,7 @@ Two more sections, CPU-only figures measured in the same run:
     python benchmarks/bench_trainer.py --models ViT-B-32,ViT-B-16 --batch-size 256  # GPU, bf16
     python benchmarks/bench_trainer.py --sections loader,resume
     python benchmarks/bench_trainer.py --sections fsdp --fsdp-model tiny-clip-w128
+    python benchmarks/bench_trainer.py --sections towers --models tiny-clip-w128
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def parse_args():
     p.add_argument(
         "--sections",
         default="loader,resume,train",
-        help="any of loader, resume, online, fsdp, train",
+        help="any of loader, resume, online, fsdp, towers, train",
     )
     p.add_argument("--loader-images", type=int, default=400, help="images per loader path")
     p.add_argument("--fsdp-model", default="tiny-clip-w128", help="model of the fsdp section")
@@ -149,7 +152,7 @@ def run(cmd: list[str], log: Path, threads: int | None) -> tuple[str, float, flo
     return text, wall, usage.ru_utime + usage.ru_stime
 
 
-def ours(args, model, data, n_samples, workdir, tag, steps) -> tuple[float, float, float]:
+def ours(args, model, data, n_samples, workdir, tag, steps, extra=()) -> tuple[float, float, float]:
     out_dir = workdir / f"ours_{model}_{tag}"
     cmd = [
         sys.executable, str(ROOT / "trainer" / "train.py"),
@@ -158,7 +161,7 @@ def ours(args, model, data, n_samples, workdir, tag, steps) -> tuple[float, floa
         "--precision", args.precision, "--workers", str(args.workers),
         "--lr", "5e-4", "--warmup", "5", "--wd", "0.1", "--grad-clip", "1.0",
         "--log-every", "10", "--save-every", str(10**9), "--keep-checkpoints", "1",
-        "--output-dir", str(out_dir),
+        "--output-dir", str(out_dir), *extra,
     ]  # fmt: skip
     _, wall, cpu = run(cmd, workdir / f"ours_{model}_{tag}_{steps}.log", args.threads)
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -445,8 +448,49 @@ def main():
             bench_online(args, workdir)
         if "fsdp" in sections:
             bench_fsdp(args, workdir)
+        if "towers" in sections:
+            bench_towers(args, workdir)
         if "train" in sections:
             bench_train(args, workdir)
+
+
+def bench_towers(args, workdir: Path) -> None:
+    """Per-rank state bytes and step time of a plain run, --lock-image, and distillation from a
+    teacher of the same architecture (the teacher's share of the step: the extra time)."""
+    import open_clip
+
+    from trainer import models
+
+    model = args.models.split(",")[0]
+    models.register_configs()
+    teacher = workdir / f"teacher_{model}.bin"
+    if not teacher.exists():
+        torch.save(open_clip.create_model(model).state_dict(), teacher)
+    size, _ = model_info(model, args.batch_size, "cuda" if torch.cuda.is_available() else "cpu")
+    data, n = make_data(workdir, max(400, args.batch_size * (args.steps + 2)), size, 4)
+    runs = {
+        "plain": [],
+        "--lock-image": ["--lock-image"],
+        "distilled": ["--distill-model", model, "--distill-pretrained", str(teacher)],
+    }
+    print(f"\ntowers: {model}, batch {args.batch_size}, {args.precision}, one process")
+    print("| run | params | grads | AdamW state | ms per step | vs plain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    per_step = {}
+    for name, extra in runs.items():
+        tag = "towers_" + name.strip("-").replace("-", "_")
+        long, *_ = ours(args, model, data, n, workdir, tag, args.steps, extra)
+        summary = json.loads((workdir / f"ours_{model}_{tag}" / "summary.json").read_text())
+        short, *_ = ours(args, model, data, n, workdir, tag, args.warmup_steps, extra)
+        per_step[name] = (long - short) / (args.steps - args.warmup_steps)
+        mib = {k: v / 2**20 for k, v in summary["state_bytes_per_rank"].items()}
+        print(
+            f"| {name} | {mib['params']:.1f} MiB | {mib['grads']:.1f} MiB | "
+            f"{mib['optimizer']:.1f} MiB | {1000 * per_step[name]:.1f} | "
+            f"{per_step[name] / per_step['plain']:.2f}x |"
+        )
+    share = 1 - per_step["plain"] / per_step["distilled"]
+    print(f"teacher forward (+ distillation loss) share of a distilled step: {share:.0%}")
 
 
 GIB = 1024**3

@@ -17,7 +17,9 @@ docs/benchmarks.md with the card it ran on.
   compile      DDP path with --compile (inductor) and --grad-checkpointing: runs, loss falls
   train        trainer/train.py at the largest batch that fits: eager with --eval, resume,
                --gpu-decode --hflip --accum-steps 2, --compile; samples/s, MFU, peak GiB,
-               checkpoint stall each; then benchmarks/bench_trainer.py against open_clip_train
+               checkpoint stall each; then benchmarks/bench_trainer.py against open_clip_train,
+               and its towers section (state bytes and step time with --lock-image, the
+               teacher's share of a distilled step)
 """
 
 from __future__ import annotations
@@ -306,6 +308,7 @@ def check_train(device: torch.device, args) -> None:
     if args.dry_run:
         say("SKIP", "train resume", "on the CPU fsdp_dcp resumes already; GPU run only")
         say("SKIP", "train vs open_clip_train", "benchmarks/bench_trainer.py: GPU run only")
+        say("SKIP", "towers", "benchmarks/bench_trainer.py --sections towers: GPU run only")
         return
     out = args.work / "train_resume"
     train(args, out, *common, "--exit-after", str(args.steps // 2))
@@ -319,6 +322,12 @@ def check_train(device: torch.device, args) -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("  ")]
     say("PASS" if result.returncode == 0 else "FAIL", "train vs open_clip_train", " | ".join(
         line.strip() for line in lines) or result.stderr[-500:])  # fmt: skip
+    cmd = [*cmd[:cmd.index("--sections") + 1], "towers", "--rounds", "1", "--steps", "20",
+           "--warmup-steps", "5", "--workdir", str(args.work / "bench")]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("|", "teacher"))]
+    say("PASS" if result.returncode == 0 else "FAIL", "towers", " ".join(
+        line.strip() for line in lines[2:]) or result.stderr[-500:])  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -10,13 +10,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from tests.conftest import free_port
 
 open_clip = pytest.importorskip("open_clip")
 
 from trainer.accumulate import forward_backward  # noqa: E402
-from trainer.losses import compute_loss  # noqa: E402
+from trainer.losses import TEACHER_KEYS, compute_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 K, B, WORLD = 3, 4, 2
@@ -41,11 +42,26 @@ def batch(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return images, tokens
 
 
-@pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
-def test_accumulated_step_has_the_full_batch_gradient(loss_kind):
+def teacher_features(seed: int = 5) -> list[dict]:
+    """A frozen teacher's features per micro-batch (its own width, 48) and scale."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rows():
+        return F.normalize(torch.randn(B, 48, generator=g, dtype=torch.float64), dim=-1)
+
+    scale = torch.tensor(20.0, dtype=torch.float64)
+    return [dict(zip(TEACHER_KEYS, (rows(), rows(), scale))) for _ in range(K)]
+
+
+@pytest.mark.parametrize(
+    "loss_kind,distill", [("clip", False), ("siglip", False), ("clip", True), ("siglip", True)]
+)
+def test_accumulated_step_has_the_full_batch_gradient(loss_kind, distill):
+    """With a teacher, the distillation term too is the full batch's (weight 0.7)."""
     images, tokens = batch(K * B)
     model = tiny_model(loss_kind)
     micro = list(zip(images.split(B), tokens.split(B), strict=True))
+    teacher = teacher_features() if distill else None
 
     torch.manual_seed(123)
     states = []  # the RNG state each forward starts from
@@ -54,7 +70,7 @@ def test_accumulated_step_has_the_full_batch_gradient(loss_kind):
         states.append(torch.get_rng_state())
 
     hook = model.register_forward_pre_hook(record_forward)
-    loss = forward_backward(model, micro, loss_kind)
+    loss = forward_backward(model, micro, loss_kind, teacher=teacher, distill_weight=0.7)
     hook.remove()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     # 2K forwards: K without gradient, then K with, each replaying its no-grad twin's RNG
@@ -71,8 +87,13 @@ def test_accumulated_step_has_the_full_batch_gradient(loss_kind):
     for key in ("logit_scale", "logit_bias"):
         if key in parts[0]:
             out[key] = parts[0][key]
+    if teacher:
+        out.update({key: torch.cat([t[key] for t in teacher]) for key in TEACHER_KEYS[:2]})
+        out[TEACHER_KEYS[2]] = teacher[0][TEACHER_KEYS[2]]
+        without = compute_loss(loss_kind, {k: v for k, v in out.items() if k not in TEACHER_KEYS})
+        assert loss.item() > without.item()  # the term is there
     model.zero_grad()
-    full = compute_loss(loss_kind, out)
+    full = compute_loss(loss_kind, out, distill_weight=0.7)
     full.backward()
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)
     for name, param in model.named_parameters():

@@ -83,3 +83,22 @@ def test_too_many_in_a_row_stop_without_a_new_checkpoint(shards, tmp_path, monke
     ]
     for name, value in checkpoint(out, 2)["model"].items():
         assert torch.equal(checkpoint(out, 3)["model"][name], value)
+
+
+def test_the_fused_adamw_skips_on_the_device():
+    """The GPU path on the CPU: a fused AdamW given a NaN gradient leaves the parameters, its
+    moments and its step count as they were, with no host sync (step_syncs tests the latter)."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model(torch.ones(2, 4)).sum().backward()
+    assert train.optimizer_step(model, optimizer, scaler, 1.0).item() == 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+    optimizer.zero_grad()
+    loss = (model(torch.ones(2, 4)) * float("nan")).sum()
+    loss.backward()
+    assert train.optimizer_step(model, optimizer, scaler, 1.0, loss=loss.detach()).item() == 1.0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(s["exp_avg"], m) for s, m in zip(optimizer.state.values(), moments))
+    assert {s["step"].item() for s in optimizer.state.values()} == {1.0}

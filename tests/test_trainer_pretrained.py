@@ -199,3 +199,31 @@ def test_flags_that_cannot_work_are_refused(capsys):
                              "--lock-text"])  # fmt: skip
     with pytest.raises(ValueError, match="no text tower"):
         locking.lock_towers(models.build_model("tiny-caption", "caption"), args)
+
+
+def test_quick_gelu_weights_need_force_quick_gelu(tmp_path):
+    """A hub folder of a QuickGELU model (as MetaCLIP 2's ViT-H-14-quickgelu-worldwide is):
+    refused for the plain config, loaded with --force-quick-gelu, and then equal to open_clip's
+    create_model(force_quick_gelu=True) with the same weights."""
+    models.register_configs()
+    torch.manual_seed(11)
+    quick = open_clip.create_model(MODEL, force_quick_gelu=True)
+    hub = importlib.import_module("open_clip.push_to_hf_hub")
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    tokenizer.save_pretrained = lambda directory: None
+    cfg = dict(models.model_config(MODEL), quick_gelu=True)
+    hub.save_for_hf(quick, tokenizer, cfg, tmp_path / "hub", safe_serialization=True)
+    with pytest.raises(ValueError, match=r"quick_gelu .*--force-quick-gelu"):
+        pretrained.load_pretrained(
+            models.build_model(MODEL), str(tmp_path / "hub"), MODEL, models.model_config(MODEL)
+        )
+    args = train.parse_args(["--train-data", "x", "--model", MODEL, "--force-quick-gelu",
+                             "--pretrained", str(tmp_path / "hub")])  # fmt: skip
+    model = models.build_model(MODEL, force_quick_gelu=True).eval()
+    train.start_weights(model, args, verbose=False)
+    images, tokens = photographs(32), open_clip.get_tokenizer(MODEL)(TEXTS)
+    ours, theirs = embeddings(model, images, tokens), embeddings(quick.eval(), images, tokens)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    gelu = models.build_model(MODEL).eval()  # the same weights under GELU: other embeddings
+    pretrained.load_into(gelu, quick.state_dict(), "quick weights")
+    assert not torch.allclose(embeddings(gelu, images, tokens)[0], ours[0], atol=1e-3)

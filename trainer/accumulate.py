@@ -23,7 +23,7 @@ import contextlib
 
 import torch
 
-from trainer.losses import compute_loss, contrastive_loss, loss_parts
+from trainer.losses import TEACHER_KEYS, compute_loss, contrastive_loss, loss_parts
 
 FEATURE_KEYS = ("image_features", "text_features")
 SHARED_KEYS = ("logit_scale", "logit_bias")
@@ -64,18 +64,25 @@ def forward_backward(
     no_sync=None,
     caption_weight: float = 1.0,
     siglip_exchange: str = "auto",
+    teacher: list[dict] | None = None,
+    distill_weight: float = 1.0,
 ) -> torch.Tensor:
     """Forward + backward of one step; returns the (detached) loss of the whole step.
 
     A micro-batch is (images, tokens) or (images, tokens, keyword arguments of the model that
     the host computed, e.g. `CaptionModel.caption_plan`); `model(images, tokens)` returns
     open_clip's output dict; `no_sync` is the DDP module's `no_sync` (None when not distributed
-    and under FSDP: see `sharding`)."""
+    and under FSDP: see `sharding`). `teacher`: per micro-batch, a frozen teacher's features
+    (`distill.Teacher.features`), which add the distillation term over the whole step."""
     k = len(micro_batches)
+    teacher_inputs = {}
+    if teacher:  # constant: every micro-batch's loss sees all of them, like the cached features
+        teacher_inputs = {key: torch.cat([t[key] for t in teacher]) for key in TEACHER_KEYS[:2]}
+        teacher_inputs[TEACHER_KEYS[2]] = teacher[0][TEACHER_KEYS[2]]
     if k == 1:
         out = _forward(model, micro_batches[0], autocast)
-        outputs = {key: _upcast(v) for key, v in out.items()}
-        loss = compute_loss(loss_kind, outputs, caption_weight, siglip_exchange)
+        outputs = {key: _upcast(v) for key, v in out.items()} | teacher_inputs
+        loss = compute_loss(loss_kind, outputs, caption_weight, siglip_exchange, distill_weight)
         backward(loss)
         return loss.detach()
 
@@ -110,7 +117,8 @@ def forward_backward(
                 for key in SHARED_KEYS:
                     if key in out:
                         inputs[key] = _upcast(out[key]) if last else _upcast(out[key]).detach()
-                loss = contrastive_loss(contrastive, inputs, siglip_exchange)
+                inputs.update(teacher_inputs)
+                loss = contrastive_loss(contrastive, inputs, siglip_exchange, distill_weight)
                 if last:
                     total = total + loss.detach()  # the full-batch contrastive loss
             if caption:

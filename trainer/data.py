@@ -80,6 +80,29 @@ def expand_urls(spec: str) -> list[str]:
     return urls
 
 
+def expand_sources(spec: str) -> list[list[str]]:
+    """The shards of each '::'-joined source of `spec`, one list per source."""
+    if Path(spec).is_dir():
+        return [expand_urls(spec)]
+    return [expand_urls(part) for part in spec.split("::") if part.strip()]
+
+
+def parse_weights(text: str, sources: int) -> list[float]:
+    """--train-data-weights 'W1::W2...': one positive number per source, normalised."""
+    try:
+        weights = [float(w) for w in text.split("::")]
+    except ValueError:
+        raise ValueError(f"--train-data-weights {text!r}: numbers joined by '::'") from None
+    if len(weights) != sources:
+        raise ValueError(
+            f"--train-data-weights has {len(weights)} weights for {sources} '::'-joined sources"
+        )
+    if any(not (w > 0) or w == float("inf") for w in weights):
+        raise ValueError(f"--train-data-weights {text!r}: every weight must be positive")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def _read_json_next_to(url: str, name: str) -> dict | None:
     """The JSON file `name` in the shard's folder, local or any fsspec URI (s3://, gs://...)."""
     if url.startswith("pipe:"):
@@ -100,7 +123,13 @@ def _read_json_next_to(url: str, name: str) -> dict | None:
 
 
 def count_samples(urls: list[str]) -> int:
-    """Samples in these shards from sizes.json (per shard), else manifest.json (all shards)."""
+    """Samples in these shards from sizes.json (per shard), else manifest.json (all shards);
+    shards from several folders are counted folder by folder."""
+    folders: dict[str, list[str]] = {}
+    for url in urls:
+        folders.setdefault(posixpath.dirname(url), []).append(url)
+    if len(folders) > 1:
+        return sum(count_samples(group) for group in folders.values())
     sizes = _read_json_next_to(urls[0], "sizes.json")
     if sizes is not None:
         missing = [u for u in urls if os.path.basename(u) not in sizes]
@@ -392,6 +421,49 @@ class SlotStream:
         }
 
 
+class MixedStream:
+    """One slot's samples drawn from several sources with fixed weights (--train-data-weights).
+
+    Each source is a `SlotStream` of its own (its own shard order, passes and shuffle buffer,
+    seeded per source); draw n takes its source from a hash of (seed, slot, n) against the
+    cumulative weights, so the sequence of sources, and with the sources' states the whole
+    stream, resumes bit-identically from `state()`: {"sources": [each stream's state],
+    "position": draws so far}. A source whose pass ends starts its next one on its own.
+    """
+
+    def __init__(
+        self, sources, weights, slot, num_slots, seed, resampled, bufsize, state, counters
+    ):
+        self.slot, self.seed = slot, seed
+        self.cumulative = np.cumsum(weights).tolist()
+        self.cumulative[-1] = 1.0
+        given = state.get("sources") or [fresh_slot_state() for _ in sources]
+        self.position = state["position"] if "sources" in state else 0
+        self.streams = [
+            SlotStream(urls, slot, num_slots, mix(seed, "source", i) & 0x7FFF_FFFF, resampled,
+                       bufsize, given[i], counters)
+            for i, urls in enumerate(sources)
+        ]  # fmt: skip
+        self.fixed = [{k: g[k] for k in ("plan", "first_pass", "salt")} for g in given]
+
+    def source_of(self, n: int) -> int:
+        u = (mix(self.seed, "mix", self.slot, n) >> 11) / 2.0**53  # uniform in [0, 1)
+        return bisect.bisect_right(self.cumulative, u)
+
+    def __iter__(self) -> Iterator[dict]:
+        iterators = [iter(stream) for stream in self.streams]
+        while True:
+            source = self.source_of(self.position)
+            sample = next(iterators[source])
+            self.position += 1
+            sample["__source__"] = source
+            yield sample
+
+    def state(self) -> dict:
+        sources = [{**s.state(), **f} for s, f in zip(self.streams, self.fixed, strict=True)]
+        return {"sources": sources, "position": self.position}
+
+
 def elastic_slot_states(
     old_slots: dict[int, dict], old_num_slots: int, num_slots: int, urls, seed, resampled
 ) -> tuple[dict[int, dict], str]:
@@ -526,7 +598,9 @@ def make_batch(images, texts, tokenizer, seed, train, hflip, encoded=False) -> d
         pixels, sizes = pad_to_canvas(images)
         batch = {"pixels": pixels}
     boxes, flips = crop_params(sizes, seed, train, hflip)
-    batch.update(sizes=sizes, boxes=boxes, flips=flips, tokens=tokenizer(texts))
+    batch.update(sizes=sizes, boxes=boxes, flips=flips)
+    tokens = tokenizer(texts)  # a dict of token sets with a teacher (`distill.TeacherTokens`)
+    batch.update(tokens if isinstance(tokens, dict) else {"tokens": tokens})
     return batch
 
 
@@ -590,6 +664,16 @@ def jpeg_for_device(data: bytes) -> tuple[tuple[int, int], torch.Tensor] | str |
     return (h, w), torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def sample_lang(sample: dict) -> str:
+    """The language in a sample's json ("lang", as the export and trainer.datasets write it),
+    "und" when it has none or the json does not parse."""
+    try:
+        lang = json.loads(sample.get("json") or b"{}").get("lang")
+    except (ValueError, AttributeError):
+        return "und"
+    return lang if isinstance(lang, str) and lang else "und"
+
+
 def online_text(online, sample: dict, counts: dict, drops: Counter) -> str | None:
     """The text online curation keeps this sample with in its epoch, or None (skipped, or not
     a pool sample: counted)."""
@@ -633,8 +717,13 @@ class ShardBatches(IterableDataset):
         hflip: bool = False,
         gpu_decode: bool = False,
         online=None,
+        with_langs: bool = False,
+        sources: list[list[str]] | None = None,
+        weights: list[float] | None = None,
     ):
         self.urls, self.tokenizer = urls, tokenizer
+        self.with_langs = with_langs  # batch["langs"]: each sample's json "lang" ("und": none)
+        self.sources, self.weights = sources, weights  # several sources mixed: MixedStream
         self.batch_size, self.image_size = batch_size, image_size
         self.rank, self.world_size = rank, world_size
         self.workers = max(num_workers, 1)
@@ -654,12 +743,18 @@ class ShardBatches(IterableDataset):
             k: Counter(v) for k, v in state.get("online", {"kept": {}, "skipped": {}}).items()
         }
         io_counts: Counter = Counter()  # samples read / skipped by header since this start
-        stream = SlotStream(
-            self.urls, slot, self.world_size * self.workers, self.seed, self.resampled,
-            self.shuffle_buffer, state, io_counts,
-        )  # fmt: skip
+        if self.sources is not None:
+            stream = MixedStream(
+                self.sources, self.weights, slot, self.world_size * self.workers, self.seed,
+                self.resampled, self.shuffle_buffer, state, io_counts,
+            )  # fmt: skip
+        else:
+            stream = SlotStream(
+                self.urls, slot, self.world_size * self.workers, self.seed, self.resampled,
+                self.shuffle_buffer, state, io_counts,
+            )  # fmt: skip
         fixed = {k: state[k] for k in ("plan", "first_pass", "salt")}
-        images, texts, keys = [], [], []
+        images, texts, keys, langs = [], [], [], []
         for sample in stream:
             data, text = image_bytes(sample), caption(sample)
             if data is not None and self.online is not None:
@@ -678,6 +773,8 @@ class ShardBatches(IterableDataset):
             images.append(image)
             texts.append(text)
             keys.append(sample["__key__"])
+            if self.with_langs:
+                langs.append(sample_lang(sample))
             if len(texts) < self.batch_size:
                 continue
             if io_counts["bad_shard"]:
@@ -693,8 +790,10 @@ class ShardBatches(IterableDataset):
             slot_state["io"] = dict(io_counts)
             if self.record_keys:
                 slot_state["keys"] = keys
+            if self.with_langs:
+                batch["langs"] = langs
             yield batch, slot_state
-            images, texts, keys = [], [], []
+            images, texts, keys, langs = [], [], [], []
 
 
 def sum_online_counts(parts) -> dict[str, dict[str, int]]:
@@ -737,13 +836,19 @@ class ResumableLoader:
             )
         state = state or {"batches": 0, "layout_batches": 0, "slots": {}, "dropped_before": {}}
         for given in [state] if elastic is None else elastic[0]:
-            if given is not None and any("visit" not in s for s in given["slots"].values()):
+            slots = given["slots"].values() if given is not None else ()
+            if any("visit" not in s and "sources" not in s for s in slots):
                 raise ValueError(
                     "this checkpoint's data position was written by an older trainer (a "
                     "replayed stream position): resume it with that version, or start a new run"
                 )
         if elastic is not None:
             old_states, old_world = elastic
+            if any("sources" in s for st in old_states for s in st["slots"].values()):
+                raise ValueError(
+                    "a run that mixes sources (--train-data-weights) resumes with the world "
+                    "size and --workers it was written with"
+                )
             old_workers = max(old_states[0]["num_workers"], 1)
             old_slots = {int(k): v for s in old_states for k, v in s["slots"].items()}
             for slot in range(old_world * old_workers):

@@ -88,6 +88,28 @@ def siglip_loss(
     return -F.logsigmoid(signs * logits).sum() / n
 
 
+TEACHER_KEYS = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
+
+
+def soft_cross_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tensor):
+    """open_clip's DistillClipLoss.dist_loss: -sum(softmax(teacher) * log_softmax(student))."""
+    return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(1).mean()
+
+
+def distill_loss(out: dict) -> torch.Tensor:
+    """The distillation term of an output dict holding the student's features and scale and
+    the TEACHER_KEYS: this rank's rows against the global batch, as the teacher ranks them."""
+    images, texts, scale = out["image_features"], out["text_features"], out["logit_scale"]
+    all_images, _ = gather_with_grad(images)
+    all_texts, _ = gather_with_grad(texts)
+    t_images, t_texts, t_scale = (out[key] for key in TEACHER_KEYS)
+    all_t_images, _ = gather_with_grad(t_images)
+    all_t_texts, _ = gather_with_grad(t_texts)
+    per_image = soft_cross_entropy(t_scale * t_images @ all_t_texts.T, scale * images @ all_texts.T)
+    per_text = soft_cross_entropy(t_scale * t_texts @ all_t_images.T, scale * texts @ all_images.T)
+    return (per_image + per_text) / 2
+
+
 LOSSES = ("clip", "siglip", "caption", "clip+caption", "siglip+caption")
 
 
@@ -101,25 +123,39 @@ def loss_parts(kind: str) -> tuple[str | None, bool]:
     return contrastive, caption == "caption"
 
 
-def contrastive_loss(kind: str, out: dict, siglip_exchange: str = "auto") -> torch.Tensor:
+def contrastive_loss(
+    kind: str, out: dict, siglip_exchange: str = "auto", distill_weight: float = 1.0
+) -> torch.Tensor:
+    """The contrastive term; plus distill_weight x `distill_loss` when `out` holds a teacher's
+    features (TEACHER_KEYS)."""
     if kind == "clip":
-        return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-    return siglip_loss(
-        out["image_features"],
-        out["text_features"],
-        out["logit_scale"],
-        out["logit_bias"],
-        siglip_exchange,
-    )
+        loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+    else:
+        loss = siglip_loss(
+            out["image_features"],
+            out["text_features"],
+            out["logit_scale"],
+            out["logit_bias"],
+            siglip_exchange,
+        )
+    if TEACHER_KEYS[0] in out:
+        loss = loss + distill_weight * distill_loss(out)
+    return loss
 
 
 def compute_loss(
-    kind: str, out: dict, caption_weight: float = 1.0, siglip_exchange: str = "auto"
+    kind: str,
+    out: dict,
+    caption_weight: float = 1.0,
+    siglip_exchange: str = "auto",
+    distill_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The --loss `kind` of a model's output dict: contrastive, caption, or their sum with the
-    caption term weighted."""
+    """The --loss `kind` of a model's output dict: contrastive (with a teacher's term when the
+    dict has its features), caption, or their sum with the caption term weighted."""
     contrastive, caption = loss_parts(kind)
-    loss = contrastive_loss(contrastive, out, siglip_exchange) if contrastive else 0.0
+    loss = (
+        contrastive_loss(contrastive, out, siglip_exchange, distill_weight) if contrastive else 0.0
+    )
     if caption:
         loss = loss + caption_weight * out["caption_loss"]
     return loss

@@ -30,9 +30,11 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from trainer import (  # noqa: E402
     accumulate,
+    acid,
     augment,
     checkpoint,
     data,
+    distill,
     distributed,
     evaluate,
     locking,
@@ -40,7 +42,13 @@ from trainer import (  # noqa: E402
     pretrained,
     sharding,
 )
-from trainer.losses import LOSSES, SIGLIP_EXCHANGES, compute_loss, loss_parts  # noqa: E402
+from trainer.losses import (  # noqa: E402
+    LOSSES,
+    SIGLIP_EXCHANGES,
+    TEACHER_KEYS,
+    compute_loss,
+    loss_parts,
+)
 
 
 class NonFiniteError(ValueError):
@@ -78,6 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="workers hand over JPEG bytes and the device decodes them in one batched "
         "torchvision.io.decode_jpeg call (nvJPEG on CUDA; the same code on CPU)",
+    )
+    g.add_argument(
+        "--train-data-weights",
+        metavar="W1::W2...",
+        help="with several '::'-joined --train-data sources: each data stream draws every "
+        "sample from source i with probability W_i / sum(W) (each source keeps its own shard "
+        "order, passes and shuffle buffer; resumes bit-identically with the same ranks and "
+        "--workers). Without it the sources' shards are pooled into one list",
     )
     g.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in shuffle buffer")
     g.add_argument(
@@ -236,6 +252,51 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="keep every text LayerNorm frozen, those of unlocked layers included",
     )
+    g = p.add_argument_group("distillation (open_clip's DistillClipLoss)")
+    g.add_argument(
+        "--distill-model",
+        help="a frozen teacher (any open_clip model name) whose softmax over the global batch "
+        "the student also learns (cross-entropy, image->text and text->image), added to its own "
+        "loss; needs --distill-pretrained",
+    )
+    g.add_argument(
+        "--distill-pretrained", metavar="PATH", help="the teacher's weights (as --pretrained)"
+    )
+    g.add_argument(
+        "--distill-tokenizer",
+        help="the teacher's local Hugging Face tokenizer folder (default: its open_clip one)",
+    )
+    g.add_argument(
+        "--distill-image-size",
+        type=int,
+        help="the teacher's resolution: it sees the student's augmented images resized "
+        "(bicubic) to it (default: its config's)",
+    )
+    g.add_argument(
+        "--distill-loss-weight", type=float, default=1.0, help="weight of the distillation term"
+    )
+    g.add_argument(
+        "--distill-logit-scale",
+        type=float,
+        help="the teacher's softmax scale (default: its learned one; MetaCLIP 2's release: 200)",
+    )
+    g = p.add_argument_group("active data curation (ACID, SigLIP 2's B/16 and B/32)")
+    g.add_argument(
+        "--acid-ratio",
+        type=float,
+        default=1.0,
+        help="draw F x --batch-size samples per rank and micro-batch, train on the --batch-size "
+        "of them with the highest learnability (learner loss - reference loss within the drawn "
+        "set; per-sample top-k: trainer/acid.py says why not the joint selection); an epoch "
+        "counts drawn samples. Reference: --reference-model, else the --distill-model teacher. "
+        "1: off",
+    )
+    g.add_argument("--reference-model", help="ACID's frozen reference (an open_clip model name)")
+    g.add_argument("--reference-pretrained", metavar="PATH", help="its weights (as --pretrained)")
+    g.add_argument(
+        "--reference-tokenizer",
+        help="its local Hugging Face tokenizer folder (default: open_clip's)",
+    )
     g = p.add_argument_group("model, continued")
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
@@ -365,6 +426,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lr-scheduler const-cooldown needs --cooldown-steps > 0")
     if args.cooldown_steps and args.lr_scheduler != "const-cooldown":
         p.error("--cooldown-steps is the decay of --lr-scheduler const-cooldown")
+    if bool(args.distill_model) != bool(args.distill_pretrained):
+        p.error("--distill-model and --distill-pretrained go together (a teacher and its weights)")
+    distill_flags = (args.distill_tokenizer, args.distill_image_size, args.distill_logit_scale)
+    if not args.distill_model and (any(distill_flags) or args.distill_loss_weight != 1.0):
+        p.error("the --distill-* flags need --distill-model and --distill-pretrained")
+    if args.distill_model and not contrastive:
+        p.error("--distill-model distils a contrastive loss: not --loss caption")
+    if bool(args.reference_model) != bool(args.reference_pretrained):
+        p.error("--reference-model and --reference-pretrained go together")
+    if args.reference_tokenizer and not args.reference_model:
+        p.error("--reference-tokenizer needs --reference-model")
+    if args.acid_ratio < 1:
+        p.error("--acid-ratio is >= 1 (the drawn set's size over the trained batch's)")
+    if args.acid_ratio > 1:
+        if not (args.reference_model or args.distill_model):
+            p.error("--acid-ratio needs a reference: --reference-model or --distill-model")
+        if caption or not contrastive:
+            p.error(
+                f"--acid-ratio scores contrastive losses (clip, siglip), not --loss {args.loss}: "
+                "a caption model's per-step plan is made on the host before selection"
+            )
+    elif args.reference_model:
+        p.error("--reference-model is ACID's reference: it needs --acid-ratio > 1")
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if args.eval_every and not args.eval:
@@ -423,9 +507,10 @@ def optimizer_step(
     """After a step's backward passes: the replicated parameters' gradients averaged (FSDP),
     the gradient norm clipped, the (scaled) optimizer step, unless the step's loss or gradient
     norm is not finite. Returns that verdict as a float tensor on the device (1.0: skipped),
-    the same on every rank. No host sync but fp16's scaler: the fused AdamW reads the verdict
-    on the device (its `found_inf`, which GradScaler uses the same way) and leaves parameters,
-    moments and step count as they were."""
+    the same on every rank. No host sync but fp16's scaler: a fused AdamW (train.py's on GPU)
+    reads the verdict on the device (its `found_inf`, which GradScaler uses the same way) and
+    leaves parameters, moments and step count as they were; a foreach one (CPU) is skipped
+    after a host check."""
     if replicated:
         sharding.sync_replicated_grads(replicated)
     scaler.unscale_(optimizer)  # a no-op unless fp16
@@ -444,12 +529,14 @@ def optimizer_step(
         torch.distributed.all_reduce(skipped, op=torch.distributed.ReduceOp.MAX)
     if scaler.is_enabled():
         scaler.step(optimizer)  # its own found_inf covers non-finite gradients
-    else:
+    elif optimizer.defaults.get("fused"):
         optimizer.found_inf = skipped
         try:
             optimizer.step()
         finally:
             del optimizer.found_inf
+    elif not skipped.item():  # the foreach AdamW (CPU): a host check costs nothing there
+        optimizer.step()
     scaler.update()
     return skipped
 
@@ -561,6 +648,33 @@ def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def loader_batch_size(args) -> int:
+    """Samples per rank and micro-batch the loader draws: --batch-size, x --acid-ratio."""
+    return math.ceil(args.batch_size * args.acid_ratio)
+
+
+def frozen_tokens(batch: dict, name: str, tokens: torch.Tensor, device) -> torch.Tensor:
+    """A frozen model's tokens on the device: its own (batch["NAME_tokens"]) when its
+    tokenizer differs from the student's, else the student's."""
+    own = batch.get(f"{name}_tokens")
+    return tokens if own is None else own.to(device, non_blocking=True)
+
+
+def select_samples(model, images, tokens, batch, counts, args, autocast, device, reference):
+    """ACID: the indices of the --batch-size most learnable samples of the drawn set (the
+    learner in eval mode without gradient against the frozen reference's features); counts
+    drawn and kept per language."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        learner = model(images, tokens)
+    model.train(was_training)
+    chosen = acid.select(acid.learnability(learner, reference), args.batch_size)
+    lang_ids = counts.lang_ids(batch["langs"]).to(device, non_blocking=True)
+    counts.add_kept(lang_ids, chosen)
+    return chosen
+
+
 def lr_factor(args, total_steps: int):
     """The learning rate's factor of --lr at each step (a LambdaLR lambda): linear warmup
     ((step + 1) / warmup), then --lr-scheduler's shape, as open_clip's schedulers."""
@@ -635,6 +749,12 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     urls = data.expand_urls(args.train_data)
+    sources, weights = None, None
+    if args.train_data_weights:
+        sources = data.expand_sources(args.train_data)
+        weights = data.parse_weights(args.train_data_weights, len(sources))
+        if args.online_curation:
+            raise UsageError("--train-data-weights mixes sources; online curation reads one pool")
     online = None
     if args.online_curation:
         online, pool_size, expected = online_curation(args, urls)
@@ -681,18 +801,55 @@ def main(argv=None) -> dict:
     if args.fsdp and checkpoint_format != "dcp":
         raise ValueError("--fsdp writes dcp checkpoints (rank 0 cannot hold the whole state)")
     tokenizer = models.build_tokenizer(args.model, args.tokenizer, raw_model.context_length)
+    teacher, reference, frozen_tokenizers = None, None, {}
+    if args.distill_model:
+        teacher, frozen_tokenizers["teacher"] = distill.build_frozen(
+            args.distill_model, args.distill_pretrained, args.distill_tokenizer,
+            args.distill_image_size, args.distill_logit_scale, args.model, device,
+        )  # fmt: skip
+        if is_main:
+            print(
+                f"distilling from {args.distill_model} ({args.distill_pretrained}) at "
+                f"{teacher.image_size} px, weight {args.distill_loss_weight}",
+                flush=True,
+            )
+    if args.reference_model:
+        reference, frozen_tokenizers["reference"] = distill.build_frozen(
+            args.reference_model, args.reference_pretrained, args.reference_tokenizer,
+            None, None, args.model, device,
+        )  # fmt: skip
+    frozen_tokenizers = {k: v for k, v in frozen_tokenizers.items() if v is not None}
+    train_tokenizer = (
+        distill.TeacherTokens(tokenizer, **frozen_tokenizers) if frozen_tokenizers else tokenizer
+    )
+    acid_counts = None
+    if args.acid_ratio > 1:
+        acid_counts = acid.SelectionCounts(device)
+        if is_main:
+            print(
+                f"ACID: {loader_batch_size(args)} drawn, {args.batch_size} trained per rank and "
+                f"micro-batch; reference {args.reference_model or args.distill_model}",
+                flush=True,
+            )
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
     image_size = models.image_size(raw_model)
 
     # optimisation
-    total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / global_batch))
+    # samples the loader draws per step: the trained batch, or ACID's larger drawn sets
+    drawn_per_step = global_batch * loader_batch_size(args) // args.batch_size
+    if drawn_per_step > samples_per_epoch:
+        raise UsageError(
+            f"--acid-ratio {args.acid_ratio} draws {drawn_per_step} samples per step, more than "
+            f"the {samples_per_epoch} training samples per epoch"
+        )
+    total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / drawn_per_step))
     optimizer = torch.optim.AdamW(
         param_groups(raw_model, args.wd),
         lr=args.lr,
         betas=(args.beta1, args.beta2),
         eps=args.eps,
-        fused=True,  # skips a non-finite step on the device (optimizer_step), CPU and GPU
+        fused=device.type == "cuda",  # skips a non-finite step on the device: optimizer_step
     )
     if args.cooldown_steps > total_steps:
         raise UsageError(f"--cooldown-steps {args.cooldown_steps} > the run's {total_steps} steps")
@@ -749,8 +906,8 @@ def main(argv=None) -> dict:
     def make_dataset(**resume):
         return data.ShardBatches(
             urls,
-            tokenizer,
-            args.batch_size,
+            train_tokenizer,
+            loader_batch_size(args),
             image_size,
             rank=dist_info.rank,
             world_size=dist_info.world_size,
@@ -762,6 +919,9 @@ def main(argv=None) -> dict:
             hflip=args.hflip,
             gpu_decode=args.gpu_decode,
             online=online,
+            with_langs=args.acid_ratio > 1,
+            sources=sources,
+            weights=weights,
             **resume,
         )
 
@@ -831,6 +991,11 @@ def main(argv=None) -> dict:
             f"micro-batch(es), all in one contrastive loss) on {device.type}",
             flush=True,
         )
+        if sources is not None:
+            mixed = ", ".join(
+                f"{len(urls)} shards x {w:.3f}" for urls, w in zip(sources, weights, strict=True)
+            )
+            print(f"mixing {len(sources)} sources per data stream: {mixed}", flush=True)
         if online is not None:
             t = ", ".join(f"{lang} {t:g}" for lang, (t, _) in sorted(online.thresholds.items()))
             print(
@@ -856,13 +1021,33 @@ def main(argv=None) -> dict:
     stalls = []  # seconds the training loop waited for each checkpoint
     state_bytes = None
     while step < total_steps:
-        micro_batches = []
+        micro_batches, teacher_features = [], []
         for _ in range(args.accum_steps):
             batch, keys = pending.pop() if pending else (next(loader), loader.last_keys)
+            host = host_inputs(batch, raw_model)
+            images, tokens, host = micro_batch(batch, transform, host, device)
+            taught = None  # the teacher's features of this micro-batch, for the distill term
+            if teacher is not None:
+                taught = teacher.features(images, frozen_tokens(batch, "teacher", tokens, device))
+            if acid_counts is not None:
+                chosen = select_samples(
+                    raw_model, images, tokens, batch, acid_counts, args, autocast, device,
+                    taught if reference is None else reference.features(
+                        images, frozen_tokens(batch, "reference", tokens, device)
+                    ),
+                )  # fmt: skip
+                images, tokens = images[chosen], tokens[chosen]
+                if taught is not None:
+                    taught = {
+                        k: v[chosen] if k in TEACHER_KEYS[:2] else v for k, v in taught.items()
+                    }
+                if keys_file:
+                    keys = [keys[i] for i in chosen.tolist()]  # a host sync: --record-samples
             if keys_file:
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
-            host = host_inputs(batch, raw_model)
-            micro_batches.append(micro_batch(batch, transform, host, device))
+            micro_batches.append((images, tokens, host))
+            if taught is not None:
+                teacher_features.append(taught)
         step_loss = accumulate.forward_backward(
             model,
             micro_batches,
@@ -872,6 +1057,8 @@ def main(argv=None) -> dict:
             no_sync=no_sync,
             caption_weight=args.caption_loss_weight,
             siglip_exchange=args.siglip_exchange,
+            teacher=teacher_features,
+            distill_weight=args.distill_loss_weight,
         )
         skipped = optimizer_step(
             raw_model, optimizer, scaler, args.grad_clip, replicated, loss=step_loss
@@ -905,8 +1092,12 @@ def main(argv=None) -> dict:
                 online_counts = data.sum_online_counts(
                     distributed.all_gather_json(loader.online_counts(), dist_info)
                 )
+            if acid_counts is not None:  # drawn and kept per language, all ranks
+                selection = acid.sum_counts(
+                    distributed.all_gather_json(acid_counts.read(), dist_info)
+                )
             if is_main:
-                epoch = step * global_batch / samples_per_epoch
+                epoch = step * drawn_per_step / samples_per_epoch
                 skips = f" skipped {nonfinite.total} non-finite" if nonfinite.total else ""
                 print(
                     f"step {step}/{total_steps} epoch {epoch:.2f} loss {mean_loss:.4f} "
@@ -929,6 +1120,8 @@ def main(argv=None) -> dict:
                 }
                 if online is not None:
                     row["online"] = online_counts  # kept / skipped per language, all ranks
+                if acid_counts is not None:
+                    row["acid"] = selection
                 with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
             last_time, last_step, loss_sum, finite_steps = now, step, 0.0, 0.0
@@ -969,6 +1162,10 @@ def main(argv=None) -> dict:
         "nonfinite_steps": nonfinite.total,
         "flops_per_sample": sample_flops,
     }
+    if acid_counts is not None:
+        summary["acid"] = acid.sum_counts(
+            distributed.all_gather_json(acid_counts.read(), dist_info)
+        )
     if transform.undecodable:  # --gpu-decode: this rank's JPEGs that no decoder could read
         summary["undecodable_on_device"] = transform.undecodable
     if eval_row is not None:
