@@ -156,13 +156,14 @@ def check_syncs(device: torch.device, args) -> None:
 
 def _syncs_in_a_step(name: str, loss: str, device: torch.device) -> tuple[int, list[str]]:
     """Host syncs in train.py's step (host inputs, device copies and transform, forward +
-    backward in bf16, clipped fused AdamW) after a warm-up step; and the first lines."""
+    backward in bf16, clipped fused AdamW with the non-finite guard) after a warm-up step; and
+    the first lines."""
     import numpy as np
     from trainer_shards import captions, source_images
 
     from trainer import accumulate, augment, models
     from trainer import data as trainer_data
-    from trainer.train import host_inputs, micro_batch, optimizer_step
+    from trainer.train import NonFiniteSteps, host_inputs, micro_batch, optimizer_step
 
     model = models.build_model(name, loss).to(device)
     tokenizer = models.build_tokenizer(name, None, model.context_length)
@@ -173,11 +174,13 @@ def _syncs_in_a_step(name: str, loss: str, device: torch.device) -> tuple[int, l
     batch = trainer_data.make_batch(images, captions(8), tokenizer, 0, True, True)
     batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    nonfinite = NonFiniteSteps(device)
+
     def step():
         micro = [micro_batch(batch, transform, host_inputs(batch, model), device)]
         bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-        accumulate.forward_backward(model, micro, loss, autocast=bf16)
-        optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+        step_loss = accumulate.forward_backward(model, micro, loss, autocast=bf16)
+        nonfinite.add(optimizer_step(model, optimizer, scaler, grad_clip=1.0, loss=step_loss))
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: lazy initialisation may synchronise once

@@ -35,7 +35,9 @@ def loader(spec, weights, *, rank=0, world_size=2, state=None, batch_size=50):
             **resume,
         )  # fmt: skip
 
-    return data.ResumableLoader(make_dataset, 0, state, rank=rank, world_size=world_size)
+    return data.ResumableLoader(
+        make_dataset, 0, state, rank=rank, world_size=world_size, mixed=True
+    )
 
 
 def test_observed_shares_are_within_three_standard_errors(sources):
@@ -89,7 +91,16 @@ def test_weights_that_cannot_work_are_one_line(sources, tmp_path):
     next(it)
     state = it.state_dict()
     with pytest.raises(ValueError, match="resumes with the world size"):
-        data.ResumableLoader(lambda **kw: None, 0, None, elastic=([state, state], 2))
+        data.ResumableLoader(lambda **kw: None, 0, None, elastic=([state, state], 2), mixed=True)
+    # a checkpoint resumed with weights added or dropped: one line, not a silent restart
+    with pytest.raises(ValueError, match="resume it with the same --train-data-weights"):
+        data.ResumableLoader(lambda **kw: None, 0, state)
+    plain = data.ShardBatches(data.expand_urls(sources), models.build_tokenizer("tiny-clip",
+                              None, 32), 10, 16, num_workers=0)  # fmt: skip
+    one = data.ResumableLoader(lambda **kw: plain, 0)
+    next(one)
+    with pytest.raises(ValueError, match="resume it without --train-data-weights"):
+        data.ResumableLoader(lambda **kw: None, 0, one.state_dict(), mixed=True)
 
 
 def test_a_training_run_mixes_its_sources(sources, tmp_path):

@@ -102,3 +102,42 @@ def test_the_fused_adamw_skips_on_the_device():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert all(torch.equal(s["exp_avg"], m) for s, m in zip(optimizer.state.values(), moments))
     assert {s["step"].item() for s in optimizer.state.values()} == {1.0}
+
+
+def test_a_burst_between_two_checks_still_stops_the_run(shards, tmp_path, monkeypatch, capsys):
+    """Three NaN steps in a row, then good ones, all between two log lines: the check at the
+    next log line sees the burst."""
+    plant_nan(monkeypatch, {1, 2, 3})
+    out = tmp_path / "run"
+    argv_ = argv(shards, out, "--max-nonfinite", "3", "--log-every", "5", "--save-every", "100")
+    assert train.cli(argv_) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step 5: 3 steps in a row" in err[0]
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
+def test_fp16_overflow_is_the_scalers_not_a_nonfinite_step():
+    """Under fp16 an overflowing gradient is GradScaler's routine: it skips and halves its
+    scale, and the guard does not count it; a non-finite loss is counted."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    loss = model(torch.ones(2, 4)).sum()
+    scaler.scale(loss).backward()
+    model.weight.grad[0, 0] = float("inf")
+    before = model.weight.detach().clone()
+    assert train.optimizer_step(model, optimizer, scaler, 1.0, loss=loss.detach()).item() == 0.0
+    assert torch.equal(model.weight, before) and scaler.get_scale() == 2.0**15
+    optimizer.zero_grad()
+    nan_loss = model(torch.ones(2, 4)).sum() * float("nan")
+    scaler.scale(nan_loss).backward()
+    assert train.optimizer_step(model, optimizer, scaler, 1.0, loss=nan_loss.detach()).item() == 1
+
+
+def test_the_count_carries_over_a_resume(shards, tmp_path, monkeypatch):
+    plant_nan(monkeypatch, {2})
+    out = tmp_path / "run"
+    assert train.main(argv(shards, out, "--exit-after", "3"))["nonfinite_steps"] == 1
+    plant_nan(monkeypatch, set())
+    summary = train.main(argv(shards, out, "--resume", "latest"))
+    assert summary["steps"] == 5 and summary["nonfinite_steps"] == 1

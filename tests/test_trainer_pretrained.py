@@ -149,6 +149,18 @@ def test_mismatches_are_one_line_naming_keys(released, tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert "missing ln_final.weight" in message and "unexpected extra.weight" in message
+    state = torch.load(released["bin"], weights_only=True)
+    state["text_projection"] = torch.zeros(64, 32)
+    torch.save(state, tmp_path / "shape.bin")
+    with pytest.raises(ValueError) as info:
+        pretrained.load_pretrained(model, str(tmp_path / "shape.bin"), MODEL, {})
+    assert "text_projection is (64, 32) there, (64, 64) here" in str(info.value)
+    # a bare file of another width (no config to compare): still one line
+    with pytest.raises(ValueError) as info:
+        pretrained.load_pretrained(
+            models.build_model("tiny-clip-w32"), str(released["bin"]), "tiny-clip-w32", {}
+        )
+    assert "does not fit this model" in str(info.value) and "\n" not in str(info.value)
     # a hub folder of another architecture: the first differing config key
     with pytest.raises(ValueError, match=r"embed_dim is 64 there, 32 here"):
         pretrained.load_pretrained(
@@ -180,6 +192,10 @@ def test_locks_follow_open_clips_groups():
     assert "text_projection" in text and "logit_scale" in text
     assert all(n.startswith(last) or n in ("text_projection", "logit_scale") for n in text)
     assert not any(".ln_" in n or n.startswith("ln_final") for n in text)
+    # ... and every other parameter of the last block is trainable (its group is unlocked)
+    for name, param in model.named_parameters():
+        if name.startswith(last) and ".ln_" not in name:
+            assert param.requires_grad, name
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert {id(p) for g in train.param_groups(model, 0.1) for p in g["params"]} == {
         id(p) for p in model.parameters() if p.requires_grad

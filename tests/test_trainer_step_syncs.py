@@ -8,6 +8,7 @@ with the line that called them. The same step runs on a GPU in `benchmarks/gpu_c
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 
 import numpy as np
@@ -19,8 +20,14 @@ pytest.importorskip("open_clip")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from trainer_shards import captions, source_images  # noqa: E402
 
-from trainer import accumulate, augment, data, models  # noqa: E402
-from trainer.train import host_inputs, micro_batch, optimizer_step  # noqa: E402
+from trainer import accumulate, acid, augment, data, distill, models  # noqa: E402
+from trainer.train import (  # noqa: E402
+    NonFiniteSteps,
+    StepExtras,
+    host_inputs,
+    optimizer_step,
+    prepare_micro_batch,
+)
 
 aten = torch.ops.aten
 # ops whose result size or value the host needs on CUDA (each waits for the device)
@@ -60,18 +67,30 @@ class SyncingOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def one_step(model, batch, loss: str, accum: int) -> list[str]:
+def one_step(model, batch, loss: str, accum: int, extras=None) -> list[str]:
     """train.py's step: the host's inputs from the CPU batch, then (under the inspection) the
-    device copies and transform, forward + backward over `accum` micro-batches, the clipped
-    fused-AdamW step."""
+    device copies and transform, the teacher / ACID work of `extras`, forward + backward over
+    `accum` micro-batches, the clipped fused-AdamW step with its non-finite guard and the loop's
+    loss and skip accounting."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     transform = augment.DeviceTransform.for_model(model, torch.device("cpu"))
+    extras = extras or StepExtras()
     hosts = [host_inputs(batch, model) for _ in range(accum)]  # CPU work, on CPU tensors
+    nonfinite, loss_sum = NonFiniteSteps(torch.device("cpu")), 0.0
     with SyncingOps() as inspected:
-        micro = [micro_batch(batch, transform, host, torch.device("cpu")) for host in hosts]
-        accumulate.forward_backward(model, micro, loss)
-        optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+        micro, taught = [], []
+        for host in hosts:
+            m, t, _ = prepare_micro_batch(
+                batch, host, model, transform, torch.device("cpu"), contextlib.nullcontext, extras
+            )
+            micro.append(m)
+            if t is not None:
+                taught.append(t)
+        step_loss = accumulate.forward_backward(model, micro, loss, teacher=taught or None)
+        skipped = optimizer_step(model, optimizer, scaler, grad_clip=1.0, loss=step_loss)
+        loss_sum = loss_sum + torch.where(skipped > 0, 0.0, step_loss)
+        nonfinite.add(skipped)
         optimizer.zero_grad(set_to_none=True)
     return inspected.found
 
@@ -94,6 +113,25 @@ def test_a_training_step_reads_nothing_back_from_the_device(loss, accum):
     model = models.build_model(name, loss)
     found = one_step(model, loader_batch(model), loss, accum)
     assert not found, found
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_distillation_and_acid_read_nothing_back_either(accum):
+    """A distilled step with ACID (2x drawn, the teacher as reference), and ACID with a
+    separate reference, whose teacher then runs on the kept rows only."""
+    torch.manual_seed(0)
+    model = models.build_model("tiny-clip")
+    teacher = distill.Teacher(models.build_model("tiny-clip-w32"), 32, None, torch.device("cpu"))
+    batch = loader_batch(model)
+    batch["langs"] = ["en", "de", "en", "ja"]
+    counts = acid.SelectionCounts(torch.device("cpu"))
+    for reference in (None, teacher):
+        extras = StepExtras(teacher, reference, counts, batch_size=2)
+        found = one_step(model, batch, "clip", accum, extras)
+        assert not found, found
+    seen = counts.read()  # two runs x accum micro-batches of 4 drawn ("en" twice), 2 kept
+    assert seen["en"]["drawn"] == 2 * 2 * accum
+    assert sum(c["kept"] for c in seen.values()) == 2 * 2 * accum
 
 
 def test_the_inspection_sees_the_syncs_of_a_caption_forward_without_the_host_plan():

@@ -78,40 +78,47 @@ def select(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 class SelectionCounts:
     """Drawn and kept samples per language: drawn counted on the host from the batch's
-    languages, kept on the device (no sync per step), both read at log lines."""
+    languages, kept on the device (no sync per step), both read at log lines. Languages past
+    the first MAX_LANGUAGES - 1 are counted together as "other"."""
 
     MAX_LANGUAGES = 1024
+    OTHER = "other"
 
     def __init__(self, device: torch.device):
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, int] = {self.OTHER: self.MAX_LANGUAGES - 1}
         self.drawn: dict[str, int] = {}
         self.kept = torch.zeros(self.MAX_LANGUAGES, dtype=torch.long, device=device)
 
     def lang_ids(self, langs: list[str]) -> torch.Tensor:
+        ids = []
         for lang in langs:
-            self.drawn[lang] = self.drawn.get(lang, 0) + 1
-            if lang not in self.ids and len(self.ids) < self.MAX_LANGUAGES - 1:
-                self.ids[lang] = len(self.ids)
-        other = self.MAX_LANGUAGES - 1
-        return torch.tensor([self.ids.get(lang, other) for lang in langs], dtype=torch.long)
+            if lang not in self.ids and len(self.ids) < self.MAX_LANGUAGES:
+                self.ids[lang] = len(self.ids) - 1  # 0, 1, ...; OTHER keeps the last slot
+            name = lang if lang in self.ids else self.OTHER
+            self.drawn[name] = self.drawn.get(name, 0) + 1
+            ids.append(self.ids[name])
+        return torch.tensor(ids, dtype=torch.long)
 
     def add_kept(self, lang_ids: torch.Tensor, chosen: torch.Tensor) -> None:
         self.kept.index_add_(0, lang_ids[chosen], torch.ones_like(chosen))
 
     def read(self) -> dict:
+        """{lang: {"drawn", "kept"}} of this rank since it started."""
         kept = self.kept.tolist()
-        out = {}
-        for lang, drawn in sorted(self.drawn.items()):
-            k = kept[self.ids[lang]] if lang in self.ids else 0
-            out[lang] = {"drawn": drawn, "kept": k, "kept_share": k / drawn if drawn else 0.0}
-        return out
+        return {
+            lang: {"drawn": drawn, "kept": kept[self.ids[lang]]}
+            for lang, drawn in sorted(self.drawn.items())
+        }
 
 
 def sum_counts(parts: list[dict]) -> dict:
-    """`SelectionCounts.read` of every rank summed: per language and "all"."""
+    """`SelectionCounts.read` of every rank (and a resumed run's earlier totals) summed: per
+    language, and "all", each with its kept share."""
     total: dict[str, dict] = {}
     for part in parts:
         for lang, c in part.items():
+            if lang == "all":
+                continue
             t = total.setdefault(lang, {"drawn": 0, "kept": 0})
             t["drawn"] += c["drawn"]
             t["kept"] += c["kept"]

@@ -826,8 +826,18 @@ class ResumableLoader:
         seed: int = 0,
         resampled: bool = False,
         pin_memory: bool = False,
+        mixed: bool = False,
     ):
         self.num_workers, self.workers = num_workers, max(num_workers, 1)
+        for given in [state] if elastic is None else elastic[0]:
+            slots = given["slots"].values() if given is not None else ()
+            if any(("sources" in s) != mixed for s in slots):
+                raise ValueError(
+                    "this checkpoint's data position "
+                    + ("mixes sources: resume it with the same --train-data-weights"
+                       if not mixed else
+                       "reads one list of shards: resume it without --train-data-weights")
+                )  # fmt: skip
         self.note = None
         if state is not None and state["num_workers"] != num_workers:
             raise ValueError(

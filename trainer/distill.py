@@ -77,7 +77,8 @@ def build_frozen(
     from trainer import models, pretrained
 
     model = models.build_model(name, "clip", image_size)
-    pretrained.load_pretrained(model, weights, name, models.model_config(name))
+    hint = f"a QuickGELU config as the model name, e.g. {name}-quickgelu where open_clip has one"
+    pretrained.load_pretrained(model, weights, name, models.model_config(name), hint)
     tokenizer = None
     if tokenizer_dir or name != student_model:
         tokenizer = models.build_tokenizer(name, tokenizer_dir, model.context_length)

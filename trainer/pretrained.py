@@ -70,7 +70,13 @@ def read_state_dict(path: str | Path) -> tuple[dict, dict | None]:
 IGNORED_CFG_KEYS = {"hf_tokenizer_name", "tokenizer_kwargs", "image_size"}
 
 
-def check_config(model_cfg: dict | None, expected: dict, path, model_name: str) -> None:
+def check_config(
+    model_cfg: dict | None,
+    expected: dict,
+    path,
+    model_name: str,
+    quick_gelu_hint: str = "--force-quick-gelu turns it on",
+) -> None:
     """A hub folder's architecture must be --model's: the first differing key in one line."""
     if model_cfg is None:
         return
@@ -83,7 +89,7 @@ def check_config(model_cfg: dict | None, expected: dict, path, model_name: str) 
 
     if bool(model_cfg.get("quick_gelu")) != bool(expected.get("quick_gelu")):
         error = differs("quick_gelu", model_cfg.get("quick_gelu"), expected.get("quick_gelu"))
-        raise ValueError(f"{error} (--force-quick-gelu turns it on)")
+        raise ValueError(f"{error} ({quick_gelu_hint})")
     if model_cfg.get("embed_dim") != expected.get("embed_dim"):
         raise differs("embed_dim", model_cfg.get("embed_dim"), expected.get("embed_dim"))
     for tower in ("vision_cfg", "text_cfg"):
@@ -122,7 +128,7 @@ def for_caption_model(state: dict, model) -> dict:
     out = {}
     for key, value in state.items():
         if key.startswith("visual."):
-            if key == "visual.proj" and model.visual.proj is None:
+            if key == "visual.proj" and getattr(model.visual, "proj", None) is None:
                 continue
             out[key] = value
         elif model.text is not None:
@@ -137,7 +143,16 @@ def _first(keys, n: int = 3) -> str:
 
 
 def load_into(model, state: dict, what: str) -> dict:
-    """Strict load but for KEEP_INIT_PREFIXES; returns counts for the log line."""
+    """Strict load but for KEEP_INIT_PREFIXES; returns counts for the log line. A tensor of
+    another shape is one line naming the key and both shapes (torch's own error lists them all
+    over several lines)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(
+                f"{what} does not fit this model: {key} is {tuple(value.shape)} there, "
+                f"{tuple(own[key].shape)} here"
+            )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(KEEP_INIT_PREFIXES)]
     if missing or result.unexpected_keys:
@@ -150,10 +165,27 @@ def load_into(model, state: dict, what: str) -> dict:
     return {"loaded": len(state), "kept_init": len(result.missing_keys)}
 
 
-def load_pretrained(model, path: str, model_name: str, expected_cfg: dict) -> str:
-    """--pretrained PATH into `model` (all towers it has); returns the log line."""
+def load_pretrained(
+    model, path: str, model_name: str, expected_cfg: dict, quick_gelu_hint: str | None = None
+) -> str:
+    """--pretrained PATH into `model` (all towers it has); returns the log line. open_clip's
+    conversions that refuse a checkpoint (e.g. a text width that differs) are one line too."""
     state, model_cfg = read_state_dict(path)
-    check_config(model_cfg, expected_cfg, path, model_name)
+    hint = {"quick_gelu_hint": quick_gelu_hint} if quick_gelu_hint else {}
+    check_config(model_cfg, expected_cfg, path, model_name, **hint)
+    try:
+        state = _converted(state, model)
+    except (AssertionError, RuntimeError) as exc:  # open_clip's resize_* assert on widths
+        raise ValueError(f"--pretrained {path} does not fit this model: {exc}") from None
+    counts = load_into(model, state, f"--pretrained {path}")
+    return (
+        f"pretrained weights from {path}: {counts['loaded']} tensors, "
+        f"{counts['kept_init']} kept their init"
+    )
+
+
+def _converted(state: dict, model) -> dict:
+    """A CLIP checkpoint under `model`'s names, conversions applied."""
     if hasattr(model, "decoder"):  # a CaptionModel: its vision tower and text part
         from open_clip.factory import resize_pos_embed, resize_text_pos_embed
 
@@ -162,14 +194,8 @@ def load_pretrained(model, path: str, model_name: str, expected_cfg: dict) -> st
         if model.text is not None:
             state = _scalar_shapes(state, model.text)
             resize_text_pos_embed(state, model.text)
-        state = for_caption_model(state, model)
-    else:
-        state = _clip_conversions(state, model)
-    counts = load_into(model, state, f"--pretrained {path}")
-    return (
-        f"pretrained weights from {path}: {counts['loaded']} tensors, "
-        f"{counts['kept_init']} kept their init"
-    )
+        return for_caption_model(state, model)
+    return _clip_conversions(state, model)
 
 
 def load_pretrained_image(model, path: str) -> str:
@@ -182,9 +208,12 @@ def load_pretrained_image(model, path: str) -> str:
         state = {k: v for k, v in state.items() if k.startswith("visual.")}
     else:
         state = {f"visual.{k}": v for k, v in state.items()}
-    if model.visual.proj is None:
+    if getattr(model.visual, "proj", None) is None:  # caption-only; ResNets have attnpool
         state.pop("visual.proj", None)
-    resize_pos_embed(state, model)
+    try:
+        resize_pos_embed(state, model)
+    except (AssertionError, RuntimeError) as exc:
+        raise ValueError(f"--pretrained-image {path} does not fit this model: {exc}") from None
     tower = {k[len("visual.") :]: v for k, v in state.items()}
     counts = load_into(model.visual, tower, f"--pretrained-image {path}")
     return f"pretrained image tower from {path}: {counts['loaded']} tensors"

@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights from local files only: never a hub
@@ -521,7 +522,11 @@ def optimizer_step(
         norm = torch.nn.utils.get_total_norm(grads)
     if hasattr(norm, "full_tensor"):  # FSDP: a DTensor over the ranks' shards
         norm = norm.full_tensor()
-    bad = torch.isfinite(norm).logical_not()
+    # fp16: an overflowing gradient is the scaler's routine (it skips and lowers its scale);
+    # only a non-finite loss counts then
+    bad = torch.zeros((), dtype=torch.bool, device=norm.device)
+    if not scaler.is_enabled():
+        bad = torch.isfinite(norm).logical_not()
     if loss is not None:
         bad = bad | torch.isfinite(loss).logical_not()
     skipped = bad.float()
@@ -542,23 +547,26 @@ def optimizer_step(
 
 
 class NonFiniteSteps:
-    """Skipped steps, counted on the device (no sync per step): the total, and the current run
-    of consecutive ones, which `check` compares with --max-nonfinite."""
+    """Skipped steps, counted on the device (no sync per step): the run's total (carried over a
+    resume), the current run of consecutive ones, and the longest run since the last check,
+    which `check` compares with --max-nonfinite (so a burst between two checks is seen)."""
 
-    def __init__(self, device: torch.device):
-        self.counts = torch.zeros(2, device=device)  # [total, in a row]
-        self.total = 0
+    def __init__(self, device: torch.device, total: int = 0):
+        self.counts = torch.tensor([total, 0, 0], dtype=torch.float32, device=device)
+        self.total = total
 
     def add(self, skipped: torch.Tensor) -> None:
         self.counts[0] += skipped
         self.counts[1] = (self.counts[1] + 1) * skipped
+        self.counts[2] = torch.maximum(self.counts[2], self.counts[1])
 
     def check(self, step: int, limit: int) -> None:
-        total, in_a_row = (int(x) for x in self.counts.tolist())
+        total, _, longest = (int(x) for x in self.counts.tolist())
         self.total = total
-        if limit and in_a_row >= limit:
+        self.counts[2] = self.counts[1]  # the next check looks at runs from here on
+        if limit and longest >= limit:
             raise NonFiniteError(
-                f"step {step}: {in_a_row} steps in a row had a non-finite loss or gradient norm "
+                f"step {step}: {longest} steps in a row had a non-finite loss or gradient norm "
                 f"(--max-nonfinite {limit}); stopped without writing a checkpoint (the newest "
                 "one holds the last finite state)"
             )
@@ -660,19 +668,49 @@ def frozen_tokens(batch: dict, name: str, tokens: torch.Tensor, device) -> torch
     return tokens if own is None else own.to(device, non_blocking=True)
 
 
-def select_samples(model, images, tokens, batch, counts, args, autocast, device, reference):
-    """ACID: the indices of the --batch-size most learnable samples of the drawn set (the
-    learner in eval mode without gradient against the frozen reference's features); counts
-    drawn and kept per language."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), autocast():
-        learner = model(images, tokens)
-    model.train(was_training)
-    chosen = acid.select(acid.learnability(learner, reference), args.batch_size)
-    lang_ids = counts.lang_ids(batch["langs"]).to(device, non_blocking=True)
-    counts.add_kept(lang_ids, chosen)
-    return chosen
+@dataclass
+class StepExtras:
+    """The frozen models and ACID state a step uses beside the learner (None: not used)."""
+
+    teacher: distill.Teacher | None = None
+    reference: distill.Teacher | None = None  # ACID's, when not the teacher
+    acid_counts: acid.SelectionCounts | None = None
+    batch_size: int = 0  # trained samples per micro-batch under ACID
+
+
+def prepare_micro_batch(
+    batch: dict, host: dict, model, transform, device, autocast, extras: StepExtras
+):
+    """One loader batch and its `host_inputs` -> (micro-batch for
+    `accumulate.forward_backward`, the teacher's features of its rows or None, ACID's chosen
+    indices or None). Under ACID the learner (eval mode, no gradient) and the reference score
+    the drawn set and the most learnable `batch_size` rows go on; a teacher that is not the
+    reference runs on those rows only. No host sync: tests/test_trainer_step_syncs.py."""
+    images, tokens, host = micro_batch(batch, transform, host, device)
+    teacher, reference = extras.teacher, extras.reference
+    taught, chosen = None, None
+    if teacher is not None and (extras.acid_counts is None or reference is None):
+        taught = teacher.features(images, frozen_tokens(batch, "teacher", tokens, device))
+    if extras.acid_counts is not None:
+        scores_against = taught
+        if reference is not None:
+            ref_tokens = frozen_tokens(batch, "reference", tokens, device)
+            scores_against = reference.features(images, ref_tokens)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast():
+            learner = model(images, tokens)
+        model.train(was_training)
+        chosen = acid.select(acid.learnability(learner, scores_against), extras.batch_size)
+        lang_ids = extras.acid_counts.lang_ids(batch["langs"]).to(device, non_blocking=True)
+        extras.acid_counts.add_kept(lang_ids, chosen)
+        teacher_tokens = frozen_tokens(batch, "teacher", tokens, device)
+        images, tokens = images[chosen], tokens[chosen]
+        if taught is not None:  # the teacher was the reference: its features of the kept rows
+            taught = {k: v[chosen] if k in TEACHER_KEYS[:2] else v for k, v in taught.items()}
+        elif teacher is not None:
+            taught = teacher.features(images, teacher_tokens[chosen])
+    return (images, tokens, host), taught, chosen
 
 
 def lr_factor(args, total_steps: int):
@@ -831,6 +869,13 @@ def main(argv=None) -> dict:
                 f"micro-batch; reference {args.reference_model or args.distill_model}",
                 flush=True,
             )
+    extras = StepExtras(teacher, reference, acid_counts, args.batch_size)
+
+    def acid_totals() -> dict:
+        """ACID's drawn and kept per language over all ranks and the whole run."""
+        ranks = distributed.all_gather_json(acid_counts.read(), dist_info)
+        return acid.sum_counts([*ranks, acid_before])
+
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
     image_size = models.image_size(raw_model)
@@ -936,6 +981,7 @@ def main(argv=None) -> dict:
         seed=args.seed,
         resampled=args.resampled,
         pin_memory=device.type == "cuda",
+        mixed=sources is not None,
     )
     if loader.note and is_main:
         print(loader.note, flush=True)
@@ -1017,35 +1063,24 @@ def main(argv=None) -> dict:
         )  # fmt: skip
     model.train()
     rates, last_time, last_step, loss_sum = [], time.perf_counter(), step, 0.0
-    finite_steps, nonfinite = 0.0, NonFiniteSteps(device)
+    finite_steps = 0.0
+    nonfinite = NonFiniteSteps(device, ckpt.get("nonfinite_steps", 0) if ckpt else 0)
+    acid_before = (ckpt or {}).get("acid", {})  # ACID's counts up to the resumed checkpoint
     stalls = []  # seconds the training loop waited for each checkpoint
     state_bytes = None
     while step < total_steps:
         micro_batches, teacher_features = [], []
         for _ in range(args.accum_steps):
             batch, keys = pending.pop() if pending else (next(loader), loader.last_keys)
-            host = host_inputs(batch, raw_model)
-            images, tokens, host = micro_batch(batch, transform, host, device)
-            taught = None  # the teacher's features of this micro-batch, for the distill term
-            if teacher is not None:
-                taught = teacher.features(images, frozen_tokens(batch, "teacher", tokens, device))
-            if acid_counts is not None:
-                chosen = select_samples(
-                    raw_model, images, tokens, batch, acid_counts, args, autocast, device,
-                    taught if reference is None else reference.features(
-                        images, frozen_tokens(batch, "reference", tokens, device)
-                    ),
-                )  # fmt: skip
-                images, tokens = images[chosen], tokens[chosen]
-                if taught is not None:
-                    taught = {
-                        k: v[chosen] if k in TEACHER_KEYS[:2] else v for k, v in taught.items()
-                    }
-                if keys_file:
-                    keys = [keys[i] for i in chosen.tolist()]  # a host sync: --record-samples
+            host = host_inputs(batch, raw_model)  # CPU work on the CPU batch
+            micro, taught, chosen = prepare_micro_batch(
+                batch, host, raw_model, transform, device, autocast, extras
+            )
             if keys_file:
+                if chosen is not None:
+                    keys = [keys[i] for i in chosen.tolist()]  # a host sync: --record-samples
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
-            micro_batches.append((images, tokens, host))
+            micro_batches.append(micro)
             if taught is not None:
                 teacher_features.append(taught)
         step_loss = accumulate.forward_backward(
@@ -1093,9 +1128,7 @@ def main(argv=None) -> dict:
                     distributed.all_gather_json(loader.online_counts(), dist_info)
                 )
             if acid_counts is not None:  # drawn and kept per language, all ranks
-                selection = acid.sum_counts(
-                    distributed.all_gather_json(acid_counts.read(), dist_info)
-                )
+                selection = acid_totals()
             if is_main:
                 epoch = step * drawn_per_step / samples_per_epoch
                 skips = f" skipped {nonfinite.total} non-finite" if nonfinite.total else ""
@@ -1135,9 +1168,12 @@ def main(argv=None) -> dict:
             nonfinite.check(step, args.max_nonfinite)
             check_finite_weights(raw_model, step)
             started = time.perf_counter()
+            totals = {"nonfinite_steps": nonfinite.total}
+            if acid_counts is not None:
+                totals["acid"] = acid_totals()
             save_checkpoint(
                 args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir,
-                checkpointer,
+                checkpointer, totals,
             )  # fmt: skip
             stalls.append(time.perf_counter() - started)
         if args.exit_after is not None and step >= args.exit_after and step < total_steps:
@@ -1163,9 +1199,7 @@ def main(argv=None) -> dict:
         "flops_per_sample": sample_flops,
     }
     if acid_counts is not None:
-        summary["acid"] = acid.sum_counts(
-            distributed.all_gather_json(acid_counts.read(), dist_info)
-        )
+        summary["acid"] = acid_totals()
     if transform.undecodable:  # --gpu-decode: this rank's JPEGs that no decoder could read
         summary["undecodable_on_device"] = transform.undecodable
     if eval_row is not None:
@@ -1252,10 +1286,12 @@ def online_curation(args, urls):
 
 
 def save_checkpoint(
-    args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir, checkpointer
-):
+    args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir, checkpointer,
+    totals=None,
+):  # fmt: skip
     """Every rank contributes its RNG and data position; rank 0 writes a .pt, or every rank its
-    shards of a DCP folder (`checkpointer`)."""
+    shards of a DCP folder (`checkpointer`). `totals`: run-wide counters a resume carries on
+    (skipped non-finite steps, ACID's drawn and kept per language)."""
     per_rank = distributed.all_gather_json(
         {"rng": checkpoint.rng_state(), "data": loader.state_dict()}, dist_info
     )
@@ -1267,6 +1303,7 @@ def save_checkpoint(
         "data": [r["data"] for r in per_rank],
         "world_size": dist_info.world_size,
         "args": dict(vars(args)),
+        **(totals or {}),
     }
     if checkpointer is not None:
         checkpointer.save(model, optimizer, state, step)
