@@ -3,9 +3,10 @@
 Input: the real CC3M + WIT captions repeated (each repetition a distinct image URL) to each of
 --sizes. Metadata: --metadata URI (e.g. the output of `make metadata`), or by default WordNet
 lemmas for English and caption n-grams for the WIT languages. Per size, on one core (taskset):
-- baseline: `benchmarks/release_style_curate.py`, one Python process in the style of the MetaCLIP
-  2 release's scripts (pyahocorasick `iter`, numpy counts, `p_to_t`, per-image choice and keep;
-  every record in memory);
+- baseline: `benchmarks/release_style_curate.py`, one Python process that does per record what
+  the MetaCLIP 2 release's curation does and nothing more (pyahocorasick `iter` per language on
+  distinct (uid, text), numpy counts, `t_to_p` / `p_to_t` / `count_to_prob`, `random.choice`
+  of one matched text per image and one `random.random()` keep draw; every record in memory);
 - ours: `jobs/curate.py --master local[1]`, and local[2] on two CPUs (scaling, every size);
   with `--without-archive` also local[1] without the Spark class archive
   (curation/tools/spark_archive.py).
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run local[1] without the Spark class archive (CURATION_SPARK_CDS=0)",
     )
+    parser.add_argument(
+        "--one-core", action="store_true", help="skip the local[2] runs (scaling figures)"
+    )
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     sizes = sorted(int(n) for n in args.sizes.split(","))
@@ -360,10 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             (scratch / f"input{n}").mkdir()
             write_input(scratch / f"input{n}", n)
             source = scratch / f"input{n}"
-            configs = [
-                ("ours", partial(run_job, 1, metadata, source)),
-                ("ours, two cores", partial(run_job, 2, metadata, source)),
-            ]
+            configs = [("ours", partial(run_job, 1, metadata, source))]
+            if not args.one_core:
+                configs.append(("ours, two cores", partial(run_job, 2, metadata, source)))
             if args.without_archive:
                 no_archive = partial(run_job, 1, metadata, source, archive=False)
                 configs.append(("ours, no archive", no_archive))
@@ -378,14 +381,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(describe(f"{n:,} {name}", n, sides[name][n]), flush=True)
         ours = sides["ours"]
         largest = sizes[-1]
-        if sides["baseline"]:
-            ratio = cpu(sides["baseline"][largest]) / cpu(ours[largest])
-            print(f"records per CPU-s at {largest:,}: ours / baseline = {ratio:.2f}x")
+        for n in sizes if sides["baseline"] else ():
+            ratio = cpu(sides["baseline"][n]) / cpu(ours[n])
+            print(
+                f"records per CPU-s at {n:,}, one core: ours / baseline = {ratio:.2f}x "
+                f"({cpu(ours[n]):.1f} against {cpu(sides['baseline'][n]):.1f} CPU-s)"
+            )
         if len(sizes) > 1:
             for name, runs in sides.items():
                 if len(runs) > 1:
                     fixed, marginal = fixed_and_marginal(runs)
                     print(f"{name}: fixed {fixed:.1f} CPU-s, marginal {marginal:.2f} CPU-µs/record")
+        if args.one_core:
+            return 0
         for n in sizes:
             two = sides["ours, two cores"][n]
             print(
