@@ -151,7 +151,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval-batch-size", type=int, default=256, help="images or texts per forward in --eval"
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="ViT-B-32", help="any open_clip model name (random init)")
+    g.add_argument(
+        "--model",
+        default="ViT-B-32",
+        help="any open_clip model name (random init unless --pretrained)",
+    )
     g.add_argument(
         "--tokenizer",
         help="local Hugging Face tokenizer directory (e.g. XLM-V for multilingual runs; needs "
