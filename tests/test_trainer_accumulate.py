@@ -115,7 +115,30 @@ def _rank_main(rank: int, port: int, loss_kind: str, results):
     loss = forward_backward(ddp, micro, loss_kind, no_sync=ddp.no_sync)
     results[rank] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
     results[("fsdp", rank)] = _fsdp_step(loss_kind, micro)
+    results[("fsdp_locked", rank)] = _fsdp_locked_step(loss_kind, micro)
     dist.destroy_process_group()
+
+
+def _fsdp_locked_step(loss_kind: str, micro) -> tuple[bool, dict]:
+    """--lock-image under FSDP2: after the step no image-tower parameter has a gradient (none
+    was reduce-scattered) and the others hold their shards; returns that and the full
+    gradients of the trainable parameters."""
+    from torch.distributed.tensor import DTensor
+
+    from trainer import sharding
+
+    model = tiny_model(loss_kind)
+    model.visual.patch_dropout = torch.nn.Identity()
+    model.lock_image_tower()
+    replicated = sharding.shard_model(model, "fp32")
+    forward_backward(model, micro, loss_kind)
+    sharding.sync_replicated_grads(replicated)
+    params = dict(model.named_parameters())
+    no_image_grads = all(p.grad is None for n, p in params.items() if n.startswith("visual."))
+    trainable = {n: p for n, p in params.items() if p.requires_grad}
+    sharded = all(isinstance(p.grad, DTensor) for p in trainable.values() if isinstance(p, DTensor))
+    grads = {n: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for n, p in trainable.items()}
+    return no_image_grads and sharded and bool(trainable), grads
 
 
 def _fsdp_step(loss_kind: str, micro) -> tuple:
@@ -179,3 +202,9 @@ def test_two_rank_accumulated_step_has_the_full_batch_gradient(loss_kind):
             torch.testing.assert_close(grads[name], param.grad, rtol=1e-7, atol=1e-10, msg=name)
         assert held == [True] * K
         assert not deferred_held  # no-sync mode holds the unsharded gradients elsewhere
+        # a locked image tower: no gradient there, the text tower's gradient unchanged
+        locked_ok, locked_grads = results[("fsdp_locked", rank)]
+        assert locked_ok
+        assert not any(n.startswith("visual.") for n in locked_grads) and locked_grads
+        for name, grad in locked_grads.items():
+            torch.testing.assert_close(grad, grads[name], rtol=1e-7, atol=1e-10, msg=name)
