@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gettext
-import gzip
 import hashlib
 import html
 import io
@@ -56,20 +55,25 @@ import json
 import lzma
 import platform
 import re
+import sys
 import time
 import zlib
 from collections import Counter, defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
 
-from curation.alt_text.extract import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # warc_fixtures
+
+from warc_fixtures import gz, wat_record  # noqa: E402
+
+from curation.alt_text.extract import (  # noqa: E402
     extract_warc,
     extract_wat,
     iter_warc_records,
     response_alt_texts,
 )
-from curation.alt_text.lid import FastTextLID
-from curation.languages import wikipedia_language
+from curation.alt_text.lid import FastTextLID  # noqa: E402
+from curation.languages import wikipedia_language  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -200,36 +204,13 @@ def wat_twin(warc_member: bytes) -> bytes:
     headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
     parser = _WatLinks()
     parser.feed(body.decode("utf-8", "replace"))
-    page = record.headers["warc-target-uri"]
-    envelope = {
-        "Format": "WARC",
-        "WARC-Header-Length": "500",
-        "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page},
-        "Payload-Metadata": {
-            "Actual-Content-Type": "application/http; msgtype=response",
-            "HTTP-Response-Metadata": {
-                "Response-Message": {"Status": status.split(" ")[1], "Version": "HTTP/1.1"},
-                "Headers": headers,
-                "Headers-Length": str(len(head)),
-                "Entity-Length": str(len(body)),
-                "HTML-Metadata": {
-                    "Head": {"Title": parser.title, "Metas": parser.metas,
-                             "Link": parser.head_links},
-                    "Links": parser.links,
-                },
-            },
-        },
-    }  # fmt: skip
-    block = json.dumps({"Container": {"Offset": str(record.offset)}, "Envelope": envelope})
-    warc = (
-        (
-            f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {page}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(block.encode())}\r\n\r\n"
-        ).encode()
-        + block.encode()
-        + b"\r\n\r\n"
-    )
-    return gzip.compress(warc, mtime=0)
+    head_meta = {"Title": parser.title, "Metas": parser.metas, "Link": parser.head_links}
+    wat = wat_record(
+        record.headers["warc-target-uri"], parser.links, headers=headers, head=head_meta,
+        status=status.split(" ")[1], offset=str(record.offset),
+        **{"Headers-Length": str(len(head)), "Entity-Length": str(len(body))},
+    )  # fmt: skip
+    return gz(wat)
 
 
 def bench_wat(copies: int) -> dict:

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import gzip
 import io
-import json
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import shared_path
+from warc_fixtures import gz, warc_record, wat_record
 
 from curation.alt_text.extract import (
     DROP_REASONS,
@@ -31,14 +30,6 @@ PAGE = "https://an.wikipedia.org/wiki/Escopete"
 # --------------------------------------------------------------------------- WARC writers
 
 
-def warc_record(warc_type: str, uri: str | None, block: bytes, extra: str = "") -> bytes:
-    headers = f"WARC/1.0\r\nWARC-Type: {warc_type}\r\n"
-    if uri:
-        headers += f"WARC-Target-URI: {uri}\r\n"
-    headers += f"{extra}Content-Length: {len(block)}\r\n\r\n"
-    return headers.encode() + block + b"\r\n\r\n"
-
-
 def http_response(body: bytes, content_type: str = "text/html; charset=UTF-8", status=200):
     head = f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n\r\n"
     return head.encode() + body
@@ -51,10 +42,6 @@ def html_page(*imgs: tuple[str, str], lang: str = "da") -> bytes:
 
 def response(uri: str, body: bytes, **kwargs) -> bytes:
     return warc_record("response", uri, http_response(body, **kwargs))
-
-
-def gz(data: bytes) -> bytes:
-    return gzip.compress(data, mtime=0)
 
 
 def run_warc(data: bytes, limits: Limits | None = None):
@@ -141,30 +128,6 @@ def test_real_wat_sample_parses_without_drops():
     assert types == ["warcinfo", "metadata"]
     assert list(extract_file(path, "wat", drops)) == []  # its only metadata is a request's
     assert drops == Counter()
-
-
-def wat_record(page: str, links: list[dict], content_language: str | None = None) -> bytes:
-    headers = {"Content-Type": "text/html; charset=UTF-8"}
-    if content_language:
-        headers["Content-Language"] = content_language
-    envelope = {
-        "Format": "WARC",
-        "WARC-Header-Length": "500",
-        "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page},
-        "Payload-Metadata": {
-            "Actual-Content-Type": "application/http; msgtype=response",
-            "HTTP-Response-Metadata": {
-                "Response-Message": {"Status": "200", "Version": "HTTP/1.1", "Reason": "OK"},
-                "Headers": headers,
-                "HTML-Metadata": {
-                    "Head": {"Title": "t", "Metas": [], "Link": []},
-                    "Links": links,
-                },
-            },
-        },
-    }
-    block = json.dumps({"Container": {"Offset": "0"}, "Envelope": envelope}).encode()
-    return warc_record("metadata", page, block, extra="Content-Type: application/json\r\n")
 
 
 def test_wat_records_in_common_crawl_format():
