@@ -70,12 +70,11 @@ def read_state_dict(path: str | Path) -> tuple[dict, dict | None]:
 IGNORED_CFG_KEYS = {"hf_tokenizer_name", "tokenizer_kwargs", "image_size"}
 
 
+QUICK_GELU_HINT = "--force-quick-gelu turns it on"  # for --model; a teacher's names its config
+
+
 def check_config(
-    model_cfg: dict | None,
-    expected: dict,
-    path,
-    model_name: str,
-    quick_gelu_hint: str = "--force-quick-gelu turns it on",
+    model_cfg: dict | None, expected: dict, path, model_name: str, quick_gelu_hint: str
 ) -> None:
     """A hub folder's architecture must be --model's: the first differing key in one line."""
     if model_cfg is None:
@@ -166,13 +165,12 @@ def load_into(model, state: dict, what: str) -> dict:
 
 
 def load_pretrained(
-    model, path: str, model_name: str, expected_cfg: dict, quick_gelu_hint: str | None = None
+    model, path: str, model_name: str, expected_cfg: dict, quick_gelu_hint: str = QUICK_GELU_HINT
 ) -> str:
     """--pretrained PATH into `model` (all towers it has); returns the log line. open_clip's
     conversions that refuse a checkpoint (e.g. a text width that differs) are one line too."""
     state, model_cfg = read_state_dict(path)
-    hint = {"quick_gelu_hint": quick_gelu_hint} if quick_gelu_hint else {}
-    check_config(model_cfg, expected_cfg, path, model_name, **hint)
+    check_config(model_cfg, expected_cfg, path, model_name, quick_gelu_hint)
     try:
         state = _converted(state, model)
     except (AssertionError, RuntimeError) as exc:  # open_clip's resize_* assert on widths

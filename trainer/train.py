@@ -764,13 +764,20 @@ def has_running_stats(model: torch.nn.Module) -> bool:
 
 
 def global_batch_size(args, samples_per_epoch: int, world_size: int) -> int:
-    """The contrastive batch of one optimizer step, batch-size x ranks x accum-steps. It must fit
-    in the training samples: a larger one holds the same pair twice, a positive that is also its
-    own negative (resampled draws repeat pairs just the same): UsageError."""
+    """The contrastive batch of one optimizer step, batch-size x ranks x accum-steps. What the
+    loader draws for it (the same, or --acid-ratio times more) must fit in the training
+    samples: a larger batch holds the same pair twice, a positive that is also its own
+    negative (resampled draws repeat pairs just the same): UsageError."""
     per_step = world_size * args.accum_steps
     global_batch = args.batch_size * per_step
-    if global_batch <= samples_per_epoch:
+    drawn = loader_batch_size(args) * per_step
+    if drawn <= samples_per_epoch:
         return global_batch
+    if args.acid_ratio > 1:
+        raise UsageError(
+            f"--acid-ratio {args.acid_ratio} draws {drawn} samples per step, more than the "
+            f"{samples_per_epoch} training samples per epoch"
+        )
     fits = samples_per_epoch // per_step
     advice = (
         f"the largest --batch-size that fits is {fits}"
@@ -816,6 +823,8 @@ def main(argv=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     # checked once the output folder exists: one that cannot be made is said first
     global_batch = global_batch_size(args, samples_per_epoch, dist_info.world_size)
+    # samples the loader draws per step: the trained batch, or ACID's larger drawn sets
+    drawn_per_step = loader_batch_size(args) * dist_info.world_size * args.accum_steps
 
     # model, tokenizer, preprocessing
     torch.manual_seed(args.seed)
@@ -885,13 +894,6 @@ def main(argv=None) -> dict:
     image_size = models.image_size(raw_model)
 
     # optimisation
-    # samples the loader draws per step: the trained batch, or ACID's larger drawn sets
-    drawn_per_step = global_batch * loader_batch_size(args) // args.batch_size
-    if drawn_per_step > samples_per_epoch:
-        raise UsageError(
-            f"--acid-ratio {args.acid_ratio} draws {drawn_per_step} samples per step, more than "
-            f"the {samples_per_epoch} training samples per epoch"
-        )
     total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / drawn_per_step))
     optimizer = torch.optim.AdamW(
         param_groups(raw_model, args.wd),
