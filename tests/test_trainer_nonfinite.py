@@ -138,6 +138,6 @@ def test_the_count_carries_over_a_resume(shards, tmp_path, monkeypatch):
     plant_nan(monkeypatch, {2})
     out = tmp_path / "run"
     assert train.main(argv(shards, out, "--exit-after", "3"))["nonfinite_steps"] == 1
-    plant_nan(monkeypatch, set())
+    monkeypatch.undo()  # the real micro_batch again
     summary = train.main(argv(shards, out, "--resume", "latest"))
     assert summary["steps"] == 5 and summary["nonfinite_steps"] == 1

@@ -27,6 +27,15 @@ def photographs(size: int) -> torch.Tensor:
     return torch.stack([transform(Image.fromarray(np.asarray(im))) for im in images])
 
 
+def save_for_hf(model, cfg: dict, out: Path, **kwargs) -> None:
+    """open_clip's own hub-folder writer (weights + open_clip_config.json)."""
+    hub = importlib.import_module("open_clip.push_to_hf_hub")
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    if not hasattr(tokenizer, "save_pretrained"):  # open_clip's SimpleTokenizer saves nothing
+        tokenizer.save_pretrained = lambda directory: None
+    hub.save_for_hf(model, tokenizer, cfg, out, **kwargs)
+
+
 TEXTS = ["an astronaut in a suit", "a cup of coffee", "a cat", "a rocket on its pad", "x"]
 
 
@@ -39,11 +48,7 @@ def released(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("released")
     torch.manual_seed(7)
     model = open_clip.create_model(MODEL)
-    hub = importlib.import_module("open_clip.push_to_hf_hub")
-    tokenizer = open_clip.get_tokenizer(MODEL)
-    if not hasattr(tokenizer, "save_pretrained"):  # open_clip's SimpleTokenizer saves nothing
-        tokenizer.save_pretrained = lambda directory: None
-    hub.save_for_hf(model, tokenizer, models.model_config(MODEL), root / "hub")
+    save_for_hf(model, models.model_config(MODEL), root / "hub")
     bin_only = root / "hub_bin"
     bin_only.mkdir()
     for name in ("open_clip_pytorch_model.bin", "open_clip_config.json"):
@@ -224,11 +229,8 @@ def test_quick_gelu_weights_need_force_quick_gelu(tmp_path):
     models.register_configs()
     torch.manual_seed(11)
     quick = open_clip.create_model(MODEL, force_quick_gelu=True)
-    hub = importlib.import_module("open_clip.push_to_hf_hub")
-    tokenizer = open_clip.get_tokenizer(MODEL)
-    tokenizer.save_pretrained = lambda directory: None
     cfg = dict(models.model_config(MODEL), quick_gelu=True)
-    hub.save_for_hf(quick, tokenizer, cfg, tmp_path / "hub", safe_serialization=True)
+    save_for_hf(quick, cfg, tmp_path / "hub", safe_serialization=True)
     with pytest.raises(ValueError, match=r"quick_gelu .*--force-quick-gelu"):
         pretrained.load_pretrained(
             models.build_model(MODEL), str(tmp_path / "hub"), MODEL, models.model_config(MODEL)
