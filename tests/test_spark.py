@@ -77,3 +77,46 @@ def test_local_sessions_map_the_spark_class_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATION_SPARK_CDS", "1")
     monkeypatch.setenv("CURATION_SPARK_CDS_DIR", str(tmp_path))
     assert spark_cds.archive_java_options() == "", "no archive for this JDK and Spark: no option"
+
+
+def _worker_memory_settings(spark) -> dict:
+    """What a Python worker of a job planned now sees: its Arrow pool and the variables."""
+    names = ["JE_ARROW_MALLOC_CONF", "MALLOC_TRIM_THRESHOLD_"]
+
+    def probe(batches):
+        import os
+
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "pool": [pa.default_memory_pool().backend_name],
+                    **{name: [os.environ.get(name)] for name in names},
+                }
+            )
+
+    schema = "pool string, " + ", ".join(f"{name} string" for name in names)
+    return spark.range(1, numPartitions=1).mapInArrow(probe, schema).collect()[0].asDict()
+
+
+def test_python_worker_env_reaches_the_workers_then_goes_away(spark):
+    """The curation job's allocator settings (KEEP_FREED_MEMORY) reach the Python workers of
+    the jobs planned inside the block, through SparkContext.environment (so under spark-submit
+    too), and a variable the user set for the executors wins."""
+    from curation.core.spark import KEEP_FREED_MEMORY, _has_jemalloc, python_worker_env
+
+    before = _worker_memory_settings(spark)
+    assert before["JE_ARROW_MALLOC_CONF"] is None and before["pool"] != "jemalloc"
+    with python_worker_env(spark, KEEP_FREED_MEMORY):
+        inside = _worker_memory_settings(spark)
+    assert inside["pool"] == ("jemalloc" if _has_jemalloc() else before["pool"])
+    assert inside["JE_ARROW_MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert inside["MALLOC_TRIM_THRESHOLD_"] == str(2**30)
+    assert _worker_memory_settings(spark) == before  # back to the session's own environment
+
+    spark.sparkContext.environment["MALLOC_TRIM_THRESHOLD_"] = "12345"  # the user's
+    try:
+        with python_worker_env(spark, KEEP_FREED_MEMORY):
+            assert _worker_memory_settings(spark)["MALLOC_TRIM_THRESHOLD_"] == "12345"
+        assert spark.sparkContext.environment["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    finally:
+        del spark.sparkContext.environment["MALLOC_TRIM_THRESHOLD_"]

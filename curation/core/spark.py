@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -128,6 +129,57 @@ def _quiet_task_failures(session) -> None:
         )
     except Exception:  # noqa: BLE001 - another logging backend: keep Spark's default
         pass
+
+
+# --- the Python workers' allocators --------------------------------------------------------
+# A curation task allocates and frees hundreds of MB of Arrow and numpy buffers. By default both
+# allocators hand freed pages back to the kernel at once (Arrow's mimalloc purges them, glibc
+# unmaps every block above its mmap threshold), so the next task faults every page in again:
+# ~5 of a 3M-record run's 35 CPU-s were system time, nearly all page faults. These settings keep
+# freed memory in the worker for its next allocation: a worker's RSS stays at its largest task's
+# peak instead of falling between tasks (docs/benchmarks.md, curation section).
+KEEP_FREED_MEMORY = {
+    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",  # read once, when pyarrow's default pool is made
+    "JE_ARROW_MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",  # never purge freed pages
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),  # glibc (numpy): keep up to 1 GiB free at the top
+    "MALLOC_TOP_PAD_": str(64 * 2**20),
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # its largest: smaller blocks come from the heap
+}
+
+
+def _has_jemalloc() -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without it (Windows wheels)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def python_worker_env(spark, env: dict[str, str]):
+    """Environment variables for the Python workers of the Spark jobs planned inside the block.
+
+    PySpark sends `SparkContext.environment` with every Python function and starts a worker
+    daemon per distinct environment, so this works under spark-submit and on a cluster as well
+    as locally. A variable the user set (`spark.executorEnv.NAME`, or in the environment of a
+    local run) wins; the previous environment is back after the block."""
+    environment = spark.sparkContext.environment
+    local = spark.sparkContext.master.startswith("local")
+    added = {
+        name: value
+        for name, value in env.items()
+        if name not in environment and not (local and name in os.environ)
+    }
+    if added.get("ARROW_DEFAULT_MEMORY_POOL") == "jemalloc" and not _has_jemalloc():
+        del added["ARROW_DEFAULT_MEMORY_POOL"]  # Arrow would warn in every worker
+    environment.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            environment.pop(name, None)
 
 
 def _conf_given(key: str) -> bool:

@@ -36,7 +36,14 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from curation.balance import T_EN_METACLIP2, compute_thresholds
 from curation.core import hashing, tables
 from curation.core.jobs import CurationError
-from curation.core.spark import LOCAL_JAVA_OPTIONS, HadoopFS, get_spark, size_shuffle_partitions
+from curation.core.spark import (
+    KEEP_FREED_MEMORY,
+    LOCAL_JAVA_OPTIONS,
+    HadoopFS,
+    get_spark,
+    python_worker_env,
+    size_shuffle_partitions,
+)
 from curation.curate import exchange, input_splits
 from curation.curate import tasks as curate_tasks
 from curation.curate.tasks import OTHER, RECORD_COLUMNS
@@ -546,7 +553,7 @@ def _session_conf(spark, settings: dict[str, str]):
 def run(config: CurateConfig, spark=None) -> CurateReport:
     """The curation job on `spark` (default: a session of `session()`)."""
     spark = spark or session()
-    with _session_conf(spark, UNCAPPED_ARROW_BYTES):
+    with _session_conf(spark, UNCAPPED_ARROW_BYTES), python_worker_env(spark, KEEP_FREED_MEMORY):
         return CurationJob(spark, config).run()
 
 
