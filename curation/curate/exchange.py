@@ -43,11 +43,18 @@ _PLAIN = pa.ipc.IpcWriteOptions(compression=None)
 
 
 def pack(
-    records: pa.Table, partition: np.ndarray, keys: np.ndarray, blob_bytes: int = BLOB_BYTES
+    records: pa.Table,
+    partition: np.ndarray,
+    keys: np.ndarray,
+    blob_bytes: int = BLOB_BYTES,
+    order: np.ndarray | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """(key, blob) for each partition that `records` has rows for (`partition[i]` is row i's),
-    the rows of a partition in their order in `records`; large shares in several blobs."""
-    order = np.argsort(partition, kind="stable")
+    the rows of a partition in their order in `records`, or in `order` (a permutation of the
+    rows that keeps each partition's rows together, in ascending partition order); large
+    shares in several blobs."""
+    if order is None:
+        order = np.argsort(partition, kind="stable")
     present = np.unique(partition)
     bounds = np.searchsorted(partition[order], np.append(present, len(keys)))
     records = records.take(order) if order.size else records

@@ -527,9 +527,16 @@ class CurationJob:
         )
 
 
-# Arrow batches to the Python workers are capped by rows (10,000) only: with a byte cap too
-# Spark sizes the batch being built after every row.
-UNCAPPED_ARROW_BYTES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
+# For the job's duration:
+# - Arrow batches to the Python workers are capped by rows (10,000) only: with a byte cap too
+#   Spark sizes the batch being built after every row.
+# - no order-independent checksum of every shuffled row (Spark 4.1+): it detects a retried map
+#   task that sent other rows than its first attempt, and ours cannot (a map task's blobs are a
+#   function of its input split). It hashed every byte of the blobs, ~0.3 CPU-s at 3M records.
+JOB_SQL_CONF = {
+    "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
+    "spark.sql.shuffle.orderIndependentChecksum.enabled": "false",
+}
 # ...except for the reduce tasks' blob rows, of up to ~32 MB each
 BLOB_BATCHES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(BLOB_BATCH_BYTES)}
 
@@ -553,7 +560,7 @@ def _session_conf(spark, settings: dict[str, str]):
 def run(config: CurateConfig, spark=None) -> CurateReport:
     """The curation job on `spark` (default: a session of `session()`)."""
     spark = spark or session()
-    with _session_conf(spark, UNCAPPED_ARROW_BYTES), python_worker_env(spark, KEEP_FREED_MEMORY):
+    with _session_conf(spark, JOB_SQL_CONF), python_worker_env(spark, KEEP_FREED_MEMORY):
         return CurationJob(spark, config).run()
 
 
@@ -561,11 +568,13 @@ def session(master: str | None = None):
     """The Spark session the curation job runs best on: the active one under spark-submit, else
     a local one whose JVM is compiled with C1 only (it only schedules Python tasks and moves a
     few rows per task: this halves its start-up CPU) and shuffles uncompressed (the blobs are lz4
-    already), with file scans cut into enough tasks that the cores finish together."""
+    already) without checksums of its shuffle files (they find disks or networks that corrupt
+    them: none in one process), with file scans cut into enough tasks that the cores finish
+    together."""
     spark = get_spark(
         "curate",
         master=master,
-        local_conf={"spark.shuffle.compress": "false"},
+        local_conf={"spark.shuffle.compress": "false", "spark.shuffle.checksum.enabled": "false"},
         local_java_options=LOCAL_JAVA_OPTIONS + " -XX:TieredStopAtLevel=1",
     )
     context = spark.sparkContext

@@ -205,6 +205,7 @@ def read_and_pack(
     `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA)."""
     match = match_records(metadata_uri, version, metadata_langs)
     keys = hashing.partition_keys(num_partitions)
+    known = pa.array(sorted(metadata_langs), pa.string())
 
     def records_of(batch: pa.RecordBatch) -> Iterator[pa.Table]:
         if not splits:
@@ -217,12 +218,12 @@ def read_and_pack(
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for records in records_of(batch):
-                yield _pack(derive_columns(records, derive, lid_model), match, keys)
+                yield _pack(derive_columns(records, derive, lid_model), match, keys, known)
 
     return run
 
 
-def _pack(records: pa.Table, match, keys: np.ndarray) -> pa.RecordBatch:
+def _pack(records: pa.Table, match, keys: np.ndarray, known: pa.Array) -> pa.RecordBatch:
     """Blob rows of some records: the matched ones with a uid, url and text, by partition of
     their uid hash; first a row (no blob) with the number of records read and dropped."""
     columns = [records.column(c) for c in ("uid", "url", "text")]
@@ -236,7 +237,8 @@ def _pack(records: pa.Table, match, keys: np.ndarray) -> pa.RecordBatch:
         matched = matched.cast(exchange.RECORD_SCHEMA)
         hashes = hashing.uid_hashes(matched.column("uid"))
         partition = (hashes % np.uint64(len(keys))).astype(np.int64)
-        for key, blob in exchange.pack(matched, partition, keys):
+        order = _write_order(matched, partition, hashes, known)
+        for key, blob in exchange.pack(matched, partition, keys, order=order):
             row_keys.append(key)
             blobs.append(blob)
     counts = np.zeros(len(blobs), dtype=np.int64)
@@ -251,6 +253,20 @@ def _pack(records: pa.Table, match, keys: np.ndarray) -> pa.RecordBatch:
         ],
         names=["key", "records", "nulls", "blob"],
     )
+
+
+def _write_order(
+    records: pa.Table, partition: np.ndarray, hashes: np.ndarray, known: pa.Array
+) -> np.ndarray:
+    """The records by partition, each partition's rows in the order in which its reduce task
+    writes them (partition_records: routed lang, matched first, uid hash). It only changes
+    speed: the reduce task sorts its rows itself, but with each blob already in that order its
+    final gather reads every blob front to back instead of jumping around hundreds of MB
+    (measured: 0.2 against 0.07 µs per row)."""
+    lang = _routed(records.column("lang"), known)
+    lengths = pc.list_value_length(records.column("entry_ids"))
+    matched = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    return np.lexsort((hashes, ~matched, _lang_ranks(lang), partition))
 
 
 # --- reduce: distinct records, the chosen text, matches/ files -------------------------------
