@@ -233,3 +233,36 @@ def collect_matches(
         n_out = write
         out_offsets[text + 1] = n_out
     return out_offsets, out[:n_out].copy()
+
+
+@njit(cache=True, nogil=True)
+def texts_with_any(chars, offsets, table):
+    """Which texts hold at least one code point that `table` marks."""
+    n_texts = offsets.size - 1
+    found = np.zeros(n_texts, dtype=np.bool_)
+    limit = table.size
+    for text in range(n_texts):
+        for i in range(offsets[text], offsets[text + 1]):
+            cp = np.int64(chars[i])
+            if cp < limit and table[cp]:
+                found[text] = True
+                break
+    return found
+
+
+@njit(cache=True, nogil=True)
+def gather_texts(chars, offsets, rows):
+    """Texts `rows` (ascending) back to back, with their offsets."""
+    total = 0
+    for row in rows:
+        total += offsets[row + 1] - offsets[row]
+    out = np.empty(total, dtype=chars.dtype)
+    out_offsets = np.zeros(rows.size + 1, dtype=np.int64)
+    write = 0
+    for k in range(rows.size):
+        row = rows[k]
+        for i in range(offsets[row], offsets[row + 1]):
+            out[write] = chars[i]
+            write += 1
+        out_offsets[k + 1] = write
+    return out, out_offsets

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
@@ -33,6 +34,7 @@ from curation import _match_kernel as kernel
 from curation.text import SPACED_PUNCTUATION, entry_key, normalize
 
 BATCH_TEXTS = 8192
+GATHER_BELOW = 0.75  # the automaton scans only the texts with an anchor when fewer than this
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _IS_SPACE = np.array([chr(cp).isspace() for cp in range(0x3001)], dtype=np.bool_)
 _IS_PUNCT = np.array([chr(cp) in SPACED_PUNCTUATION for cp in range(128)], dtype=np.bool_)
@@ -77,6 +79,7 @@ class EntryMatcher:
             if substring_keys
             else None
         )
+        self._anchors = _anchor_table(substring_keys, key_index)
 
     def __len__(self) -> int:
         return self.num_entries
@@ -151,15 +154,45 @@ class EntryMatcher:
 
         No key spans two texts: that would need two spaces in a row, which no key has.
         """
+        none = np.empty(0, np.int64), np.empty(0, np.int64)
         if self._automaton is None:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
+            return none
+        # only texts holding an anchor can hold a key: the others are not scanned
+        rows = np.flatnonzero(kernel.texts_with_any(normalized, norm_offsets, self._anchors))
+        if not rows.size:
+            return none
+        if rows.size < GATHER_BELOW * (norm_offsets.size - 1):
+            normalized, norm_offsets = kernel.gather_texts(normalized, norm_offsets, rows)
+        else:  # most texts: copying them would cost more than scanning the rest
+            rows = np.arange(norm_offsets.size - 1)
         text = normalized.tobytes().decode("utf-32-le", "surrogatepass")
         found = _find_all(self._automaton, text)
         if not found:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
+            return none
         matches = np.array(found, dtype=np.int64).reshape(-1, 3)
         text_idx = np.searchsorted(norm_offsets, matches[:, 1], side="right") - 1
-        return text_idx, self._substring_key_ids[matches[:, 0]]
+        return rows[text_idx], self._substring_key_ids[matches[:, 0]]
+
+
+def _anchor_table(substring_keys: list[str], all_keys: Iterable[str]) -> np.ndarray:
+    """Marks, over code points, one character of each substring key, its anchor: a text that
+    holds no anchor holds no key, so the automaton skips it (in English most texts: its few
+    substring keys are anchored on an apostrophe or a period). The anchor is the key's likeliest
+    rare character: punctuation and symbols before digits before letters, then the one least
+    frequent among all the language's keys. Lone surrogates are scanned as U+FFFD (`_find_all`),
+    so those are marked too when U+FFFD is an anchor."""
+    frequency = Counter("".join(all_keys))
+
+    def rarity(char: str) -> tuple:
+        kind = 2 if char.isalpha() else 1 if char.isdigit() else 0
+        return kind, frequency[char], char
+
+    anchors = {min((c for c in key if c != " "), key=rarity) for key in substring_keys}
+    if "\ufffd" in anchors:
+        anchors.update(chr(cp) for cp in range(0xD800, 0xE000))
+    table = np.zeros(max(map(ord, anchors), default=-1) + 1, dtype=np.bool_)
+    table[[ord(c) for c in anchors]] = True
+    return table
 
 
 def _find_all(automaton: AhoCorasick, text: str) -> list[tuple[int, int, int]]:

@@ -1,6 +1,7 @@
 import random
 import re
 
+import numpy as np
 import pytest
 
 from curation.matching import EntryMatcher
@@ -287,3 +288,38 @@ def test_match_many_restores_the_garbage_collector_state():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(
+    cc3m_captions, monkeypatch
+):
+    """Only texts that hold an anchor (one character of each substring key) are scanned by the
+    automaton; the matches equal the literal definition whether the texts it scans are gathered
+    (few hold an anchor) or not (most do)."""
+    import curation.matching as matching
+
+    entries = ["'s gravenhage", ".22 caliber", "a.d.", "o'clock", "new york", "\ufffd"]
+    matcher = EntryMatcher(entries)
+    anchors = {chr(c) for c in np.flatnonzero(matcher._anchors)}
+    assert anchors >= {"'", "."} and not anchors & set("acdeghiklnorsvw")  # letters come last
+    texts = [*cc3m_captions[:300], "it is five o'clock", "a .22 caliber rifle", "in 100 a.d.",
+             "lone \ud800 surrogate", "new york"]  # fmt: skip
+    expected = [brute_force(entries, t) for t in texts]
+    scanned = []
+    real_find_all = matching._find_all
+
+    def spy(automaton, text):
+        scanned.append(text)
+        return real_find_all(automaton, text)
+
+    monkeypatch.setattr(matching, "_find_all", spy)
+    for gather_below in (0.75, 0.0):  # gathered, then scanned whole
+        monkeypatch.setattr(matching, "GATHER_BELOW", gather_below)
+        scanned.clear()
+        assert matcher.match_many(texts) == expected
+        assert expected[-5] == [3] and expected[-4] == [1]
+        length = sum(len(normalize(t)) for t in texts)
+        if gather_below:
+            assert 0 < len(scanned[0]) < length / 2
+        else:
+            assert len(scanned[0]) == length
