@@ -266,3 +266,47 @@ def gather_texts(chars, offsets, rows):
             write += 1
         out_offsets[k + 1] = write
     return out, out_offsets
+
+
+@njit(cache=True, nogil=True)
+def decode_utf8(data, offsets, valid):
+    """Arrow string data (UTF-8 bytes, per-string byte offsets) as code points and per-string
+    offsets into them; a null string (valid[i] False) is empty. Encoded surrogates decode to
+    themselves, as `surrogatepass` does; a byte that starts no valid sequence is U+FFFD."""
+    n = offsets.size - 1
+    chars = np.empty(max(0, offsets[n] - offsets[0]), dtype=np.uint32)
+    char_offsets = np.zeros(n + 1, dtype=np.int64)
+    write = 0
+    for s in range(n):
+        i, end = offsets[s], offsets[s + 1]
+        if valid.size and not valid[s]:
+            i = end
+        while i < end:
+            b = np.int64(data[i])
+            if b < 0x80:
+                cp, size = b, 1
+            elif 0xC2 <= b < 0xE0:
+                cp, size = b & 0x1F, 2
+            elif 0xE0 <= b < 0xF0:
+                cp, size = b & 0x0F, 3
+            elif 0xF0 <= b < 0xF5:
+                cp, size = b & 0x07, 4
+            else:
+                cp, size = 0xFFFD, 1
+            if size > 1:
+                if i + size > end:
+                    cp, size = 0xFFFD, 1
+                else:
+                    for k in range(1, size):
+                        c = np.int64(data[i + k])
+                        if c & 0xC0 != 0x80:
+                            cp, size = 0xFFFD, 1
+                            break
+                        cp = (cp << 6) | (c & 0x3F)
+                    if size == 3 and cp < 0x800 or size == 4 and not 0x10000 <= cp < 0x110000:
+                        cp, size = 0xFFFD, 1  # overlong, or beyond Unicode
+            chars[write] = cp
+            write += 1
+            i += size
+        char_offsets[s + 1] = write
+    return chars[:write], char_offsets

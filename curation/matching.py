@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
@@ -113,15 +112,17 @@ class EntryMatcher:
         return results
 
     def match_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
-        """Matches of an Arrow string array as list<int32> (null texts match nothing)."""
-        batch = ["" if text is None else text for text in texts.to_pylist()]
-        offsets, ids = self._match_batch(batch)
+        """Matches of an Arrow string array as list<int32> (null texts match nothing), decoded
+        from its UTF-8 buffers without making Python strings."""
+        offsets, ids = self._match_code_points(*_arrow_code_points(texts))
         return pa.ListArray.from_arrays(
             pa.array(offsets, type=pa.int32()), pa.array(ids, type=pa.int32())
         )
 
     def _match_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        chars, text_offsets = _code_points(texts)
+        return self._match_code_points(*_code_points(texts))
+
+    def _match_code_points(self, chars, text_offsets) -> tuple[np.ndarray, np.ndarray]:
         trie = self._trie
         token_ids, token_offsets, normalized, norm_offsets = kernel.tokenize(
             chars,
@@ -181,7 +182,8 @@ def _anchor_table(substring_keys: list[str], all_keys: Iterable[str]) -> np.ndar
     rare character: punctuation and symbols before digits before letters, then the one least
     frequent among all the language's keys. Lone surrogates are scanned as U+FFFD (`_find_all`),
     so those are marked too when U+FFFD is an anchor."""
-    frequency = Counter("".join(all_keys))
+    joined = "".join(all_keys)
+    frequency = {c: joined.count(c) for c in set("".join(substring_keys)) - {" "}}
 
     def rarity(char: str) -> tuple:
         kind = 2 if char.isalpha() else 1 if char.isdigit() else 0
@@ -210,6 +212,23 @@ def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=offsets[1:])
     return chars, offsets
+
+
+def _arrow_code_points(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """`_code_points` of an Arrow string array, straight from its buffers."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not len(texts):
+        return np.empty(0, np.uint32), np.zeros(1, np.int64)
+    if not pa.types.is_large_string(texts.type):
+        texts = texts.cast(pa.large_string())  # string and string_view: int64 offsets
+    _, offsets, data = texts.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    valid = np.empty(0, np.bool_)
+    if texts.null_count:
+        valid = texts.is_valid().to_numpy(zero_copy_only=False)
+    return kernel.decode_utf8(data, offsets, valid)
 
 
 def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

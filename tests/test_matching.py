@@ -290,9 +290,7 @@ def test_match_many_restores_the_garbage_collector_state():
         gc.enable()
 
 
-def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(
-    cc3m_captions, monkeypatch
-):
+def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(cc3m_captions, monkeypatch):
     """Only texts that hold an anchor (one character of each substring key) are scanned by the
     automaton; the matches equal the literal definition whether the texts it scans are gathered
     (few hold an anchor) or not (most do)."""
@@ -323,3 +321,36 @@ def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(
             assert 0 < len(scanned[0]) < length / 2
         else:
             assert len(scanned[0]) == length
+
+
+def test_match_arrow_decodes_the_utf8_buffers_like_python():
+    """match_arrow reads code points from the Arrow buffers: every string layout (sliced,
+    chunked, large, view, with nulls) gives match_many's answers on the same texts, and a
+    byte of broken UTF-8 (Parquet does not check) is one U+FFFD, not a crash."""
+    import pyarrow as pa
+
+    from curation.matching import _arrow_code_points
+
+    matcher = EntryMatcher(TRICKY_ENTRIES)
+    texts = [t for t in TRICKY_TEXTS if "\ud800" not in t] + ["", "é ñ 😀 東京", None]
+    expected = matcher.match_many([t or "" for t in texts])
+    plain = pa.array(texts, pa.string())
+    layouts = [
+        plain,
+        pa.chunked_array([plain[:3], plain[3:]]),
+        plain.cast(pa.large_string()),
+        plain.cast(pa.string_view()),
+        pa.array([None, "x", *texts])[2:],
+    ]
+    for layout in layouts:
+        assert matcher.match_arrow(layout).to_pylist() == expected, layout.type
+    assert matcher.match_arrow(plain[:0]).to_pylist() == []
+
+    raw = b"new york \xff\xe2\x82" + " city é".encode()
+    broken = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(np.array([0, len(raw)], np.int32)), pa.py_buffer(raw)]
+    )
+    chars, offsets = _arrow_code_points(broken)
+    decoded = "".join(map(chr, chars))
+    assert decoded == "new york \ufffd\ufffd\ufffd city é" and offsets.tolist() == [0, len(decoded)]
+    assert matcher.match_arrow(broken).to_pylist() == [matcher.match(decoded)]
