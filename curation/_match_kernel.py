@@ -271,11 +271,13 @@ def gather_texts(chars, offsets, rows):
 @njit(cache=True, nogil=True)
 def decode_utf8(data, offsets, valid):
     """Arrow string data (UTF-8 bytes, per-string byte offsets) as code points and per-string
-    offsets into them; a null string (valid[i] False) is empty. Encoded surrogates decode to
-    themselves, as `surrogatepass` does; a byte that starts no valid sequence is U+FFFD."""
+    offsets into them; a null string (valid[i] False) is empty. Also the index of the first
+    string that is not valid UTF-8 (-1: none): there each byte that starts no valid sequence,
+    and each encoded surrogate, decodes to U+FFFD, but callers refuse such input."""
     n = offsets.size - 1
     chars = np.empty(max(0, offsets[n] - offsets[0]), dtype=np.uint32)
     char_offsets = np.zeros(n + 1, dtype=np.int64)
+    first_bad = -1
     write = 0
     for s in range(n):
         i, end = offsets[s], offsets[s + 1]
@@ -292,21 +294,27 @@ def decode_utf8(data, offsets, valid):
             elif 0xF0 <= b < 0xF5:
                 cp, size = b & 0x07, 4
             else:
-                cp, size = 0xFFFD, 1
+                cp, size = -1, 1
             if size > 1:
                 if i + size > end:
-                    cp, size = 0xFFFD, 1
+                    cp, size = -1, 1
                 else:
                     for k in range(1, size):
                         c = np.int64(data[i + k])
                         if c & 0xC0 != 0x80:
-                            cp, size = 0xFFFD, 1
+                            cp, size = -1, 1
                             break
                         cp = (cp << 6) | (c & 0x3F)
-                    if size == 3 and cp < 0x800 or size == 4 and not 0x10000 <= cp < 0x110000:
-                        cp, size = 0xFFFD, 1  # overlong, or beyond Unicode
+                    if size == 3 and (cp < 0x800 or 0xD800 <= cp < 0xE000):
+                        cp, size = -1, 1  # overlong, or a surrogate
+                    elif size == 4 and not 0x10000 <= cp < 0x110000:
+                        cp, size = -1, 1  # overlong, or beyond Unicode
+            if cp < 0:
+                cp = 0xFFFD
+                if first_bad < 0:
+                    first_bad = s
             chars[write] = cp
             write += 1
             i += size
         char_offsets[s + 1] = write
-    return chars[:write], char_offsets
+    return chars[:write], char_offsets, first_bad

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
@@ -151,7 +152,8 @@ class EntryMatcher:
         )
 
     def _automaton_matches(self, normalized, norm_offsets) -> tuple[np.ndarray, np.ndarray]:
-        """One scan over the batch's normalized texts, back to back; (text, key) per match.
+        """One scan over the batch's normalized texts that hold an anchor, back to back; (text,
+        key) per match.
 
         No key spans two texts: that would need two spaces in a row, which no key has.
         """
@@ -182,8 +184,7 @@ def _anchor_table(substring_keys: list[str], all_keys: Iterable[str]) -> np.ndar
     rare character: punctuation and symbols before digits before letters, then the one least
     frequent among all the language's keys. Lone surrogates are scanned as U+FFFD (`_find_all`),
     so those are marked too when U+FFFD is an anchor."""
-    joined = "".join(all_keys)
-    frequency = {c: joined.count(c) for c in set("".join(substring_keys)) - {" "}}
+    frequency = Counter("".join(all_keys))  # one pass: per-character counts would be one each
 
     def rarity(char: str) -> tuple:
         kind = 2 if char.isalpha() else 1 if char.isdigit() else 0
@@ -215,7 +216,8 @@ def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _arrow_code_points(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """`_code_points` of an Arrow string array, straight from its buffers."""
+    """`_code_points` of an Arrow string array, straight from its buffers. Bytes that are not
+    UTF-8 are a ValueError, as they were for `to_pylist`."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     if not len(texts):
@@ -228,7 +230,11 @@ def _arrow_code_points(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, n
     valid = np.empty(0, np.bool_)
     if texts.null_count:
         valid = texts.is_valid().to_numpy(zero_copy_only=False)
-    return kernel.decode_utf8(data, offsets, valid)
+    chars, char_offsets, first_bad = kernel.decode_utf8(data, offsets, valid)
+    if first_bad >= 0:  # Parquet readers do not check: to_pylist would have raised here too
+        sample = texts[first_bad].as_buffer().to_pybytes()[:60]
+        raise ValueError(f"alt-text {first_bad} of a batch is not valid UTF-8: {sample!r}")
+    return chars, char_offsets
 
 
 def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -160,3 +160,15 @@ def test_text_written_as_bytes_reads_as_text_and_bad_bytes_name_the_file(caption
     (split,) = list_input(str(tmp_path / "bad.parquet"), 1 << 20).splits
     with pytest.raises(ValueError, match=r"bad\.parquet: column text"):
         read_split(split, COLUMNS)
+    # a string column (UTF8 annotation) holding such bytes: Parquet readers take it as it is
+    data = b"ok\xff\xfe"
+    broken = pa.Array.from_buffers(
+        pa.string(),
+        20,
+        [None, pa.py_buffer(np.r_[0, np.full(20, len(data))].astype(np.int32)), pa.py_buffer(data)],
+    )
+    pq.write_table(raw.set_column(2, "text", broken), tmp_path / "annotated.parquet")
+    assert pq.read_table(tmp_path / "annotated.parquet").schema.field("text").type == pa.string()
+    (split,) = list_input(str(tmp_path / "annotated.parquet"), 1 << 20).splits
+    with pytest.raises(ValueError, match=r"annotated\.parquet: column text: .*UTF8"):
+        read_split(split, COLUMNS)

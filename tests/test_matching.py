@@ -296,13 +296,16 @@ def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(cc3m_cap
     (few hold an anchor) or not (most do)."""
     import curation.matching as matching
 
-    entries = ["'s gravenhage", ".22 caliber", "a.d.", "o'clock", "new york", "\ufffd"]
+    entries = ["'s gravenhage", ".22 caliber", "a.d.", "o'clock", "new york", "東\ufffd"]
     matcher = EntryMatcher(entries)
     anchors = {chr(c) for c in np.flatnonzero(matcher._anchors)}
     assert anchors >= {"'", "."} and not anchors & set("acdeghiklnorsvw")  # letters come last
     texts = [*cc3m_captions[:300], "it is five o'clock", "a .22 caliber rifle", "in 100 a.d.",
-             "lone \ud800 surrogate", "new york"]  # fmt: skip
-    expected = [brute_force(entries, t) for t in texts]
+             "東\ud800 x", "new york"]  # fmt: skip
+    # a lone surrogate is scanned as U+FFFD (brute_force knows nothing of that): 東\ufffd's anchor
+    expected = [brute_force(entries, t) for t in texts[:-2]] + [[5], [4]]
+    assert matcher.match(texts[-2]) == [5]
+    assert matcher._anchors[0xD800] and matcher._anchors[0xFFFD]
     scanned = []
     real_find_all = matching._find_all
 
@@ -325,11 +328,9 @@ def test_the_automaton_skips_texts_without_an_anchor_and_misses_nothing(cc3m_cap
 
 def test_match_arrow_decodes_the_utf8_buffers_like_python():
     """match_arrow reads code points from the Arrow buffers: every string layout (sliced,
-    chunked, large, view, with nulls) gives match_many's answers on the same texts, and a
-    byte of broken UTF-8 (Parquet does not check) is one U+FFFD, not a crash."""
+    chunked, large, view, with nulls) gives match_many's answers on the same texts; bytes that
+    are not UTF-8 (Parquet readers do not check) are an error, as they were for to_pylist."""
     import pyarrow as pa
-
-    from curation.matching import _arrow_code_points
 
     matcher = EntryMatcher(TRICKY_ENTRIES)
     texts = [t for t in TRICKY_TEXTS if "\ud800" not in t] + ["", "é ñ 😀 東京", None]
@@ -346,11 +347,17 @@ def test_match_arrow_decodes_the_utf8_buffers_like_python():
         assert matcher.match_arrow(layout).to_pylist() == expected, layout.type
     assert matcher.match_arrow(plain[:0]).to_pylist() == []
 
-    raw = b"new york \xff\xe2\x82" + " city é".encode()
+    raw = b"new york \xff\xe2\x82" + " city é".encode() + b"\xed\xa0\x80"
     broken = pa.Array.from_buffers(
         pa.string(), 1, [None, pa.py_buffer(np.array([0, len(raw)], np.int32)), pa.py_buffer(raw)]
     )
-    chars, offsets = _arrow_code_points(broken)
-    decoded = "".join(map(chr, chars))
-    assert decoded == "new york \ufffd\ufffd\ufffd city é" and offsets.tolist() == [0, len(decoded)]
-    assert matcher.match_arrow(broken).to_pylist() == [matcher.match(decoded)]
+    with pytest.raises(ValueError, match=r"alt-text 0 of a batch is not valid UTF-8: b'new york"):
+        matcher.match_arrow(broken)
+    from curation import _match_kernel as kernel
+
+    offsets = np.array([0, 3, len(raw) + 3], np.int64)
+    chars, char_offsets, first_bad = kernel.decode_utf8(
+        np.frombuffer(b"abc" + raw, np.uint8), offsets, np.empty(0, np.bool_)
+    )
+    assert "".join(map(chr, chars)) == "abcnew york \ufffd\ufffd\ufffd city é\ufffd\ufffd\ufffd"
+    assert char_offsets.tolist() == [0, 3, len(chars)] and first_bad == 1

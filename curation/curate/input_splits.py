@@ -149,9 +149,12 @@ def read_split(split: Split, columns: list[str]) -> pa.Table:
         else:
             column = pa.nulls(table.num_rows, pa.string())
         try:
-            out.append(column.cast(pa.string()))
+            column = column.cast(pa.string())
+            if name in stored:  # Parquet readers do not check strings' UTF-8, cast only bytes
+                column.validate(full=True)
         except pa.ArrowInvalid as error:  # bytes that are not UTF-8
             raise ValueError(f"input file {split.path}: column {name}: {error}") from None
+        out.append(column)
     return pa.table(out, names=columns)
 
 
