@@ -149,8 +149,9 @@ def read_split(split: Split, columns: list[str]) -> pa.Table:
         else:
             column = pa.nulls(table.num_rows, pa.string())
         try:
+            unchecked = name in stored and not _is_bytes(column.type)  # a cast checks bytes
             column = column.cast(pa.string())
-            if name in stored:  # Parquet readers do not check strings' UTF-8, cast only bytes
+            if unchecked:  # Parquet readers do not check the UTF-8 of string columns
                 column.validate(full=True)
         except pa.ArrowInvalid as error:  # bytes that are not UTF-8
             raise ValueError(f"input file {split.path}: column {name}: {error}") from None
@@ -163,9 +164,14 @@ def _is_text(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     view = getattr(pa.types, "is_string_view", lambda _: False)(kind)
-    binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
     strings = pa.types.is_string(kind) or pa.types.is_large_string(kind) or view
-    return strings or binary or pa.types.is_null(kind)
+    return strings or _is_bytes(kind) or pa.types.is_null(kind)
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
 def _row_groups(metadata: pq.FileMetaData, start: int, length: int) -> list[int]:

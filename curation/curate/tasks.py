@@ -264,9 +264,14 @@ def _write_order(
     final gather reads every blob front to back instead of jumping around hundreds of MB
     (measured: 0.2 against 0.07 µs per row)."""
     lang = _routed(records.column("lang"), known)
-    lengths = pc.list_value_length(records.column("entry_ids"))
-    matched = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    matched = has_matches(records.column("entry_ids"))
     return np.lexsort((hashes, ~matched, _lang_ranks(lang), partition))
+
+
+def has_matches(entry_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Whether each record matched at least one entry (a null list matched none)."""
+    lengths = pc.list_value_length(entry_ids)
+    return pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
 
 
 # --- reduce: distinct records, the chosen text, matches/ files -------------------------------
@@ -320,8 +325,7 @@ def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
     columns = [*RECORD_COLUMNS, "entry_ids"]
     source = table.select(columns)
     lang = _routed(table.column("lang").take(alone), known)
-    lengths = pc.list_value_length(table.column("entry_ids").take(alone))
-    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    chosen = has_matches(table.column("entry_ids").take(alone))
     rows, hashes, tie = alone, hashes[alone], np.zeros(alone.size, dtype=np.int64)
     if shared.any():
         copies = _resolve_copies(table.take(order[shared]), seed, known)
@@ -357,7 +361,7 @@ def write_matches(matches_uri: str, counts_uri: str, part: int, records: pa.Tabl
     cuts = np.flatnonzero(run_starts(langs))
     bounds = np.append(cuts, records.num_rows)
     chosen = records.column("chosen").to_numpy()
-    lengths = pc.list_value_length(records.column("entry_ids")).to_numpy(zero_copy_only=False)
+    matched_rows = has_matches(records.column("entry_ids"))
     body = records.drop_columns(["lang"])
     rows, counted = [], []
     for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -368,7 +372,7 @@ def write_matches(matches_uri: str, counts_uri: str, part: int, records: pa.Tabl
         tables.write_parquet(
             f"{matches_uri}/{name}", [p for p in pieces if p.num_rows], plain=UNIQUE_STRINGS
         )
-        matched = int(np.count_nonzero(lengths[start:stop]))
+        matched = int(np.count_nonzero(matched_rows[start:stop]))
         rows.append(dict(part=part, lang=lang, file=name, rows=int(stop - start), chosen=first,
                          matched=matched, input_records=0, nulls=0))  # fmt: skip
         if matched:
@@ -534,8 +538,7 @@ def chosen_texts(seed: int, table: pa.Table, rows: np.ndarray, image: np.ndarray
     """Section 8's one text per image, for records `rows` of `table` in (uid, text) order
     (`image` numbers their uids): among an image's matched texts the smallest
     (text_choice_key, text). Only images with several matched texts hash a key."""
-    lengths = pc.list_value_length(table.column("entry_ids").take(rows))
-    chosen = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False) > 0
+    chosen = has_matches(table.column("entry_ids").take(rows))
     matched = np.flatnonzero(chosen)
     if matched.size < 2:
         return chosen
