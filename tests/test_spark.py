@@ -124,3 +124,27 @@ def test_python_worker_env_reaches_the_workers_then_goes_away(spark):
         assert spark.sparkContext.environment["MALLOC_TRIM_THRESHOLD_"] == "12345"
     finally:
         del spark.sparkContext.environment["MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_the_curation_job_plans_its_queries_without_generated_code_and_restores_the_conf(spark):
+    """JOB_SQL_CONF turns off whole-stage and expression code generation for the job (its
+    queries move a few blob rows between Python tasks; compiling Java for them cost the JVM
+    more than running them interpreted), and _session_conf gives the session its own values
+    back afterwards."""
+    from curation.curate.job import JOB_SQL_CONF, _session_conf
+
+    def executed_plan(df) -> str:
+        return df._jdf.queryExecution().executedPlan().toString()
+
+    query = spark.range(1000).selectExpr("id * 2 AS x").where("x % 3 = 0")
+    key = "spark.sql.codegen.wholeStage"
+    before = spark.conf.get(key)
+    assert "*(" in executed_plan(query)  # the session's default: generated stages
+    with _session_conf(spark, JOB_SQL_CONF):
+        interpreted = spark.range(1000).selectExpr("id * 2 AS x").where("x % 3 = 0")
+        assert "*(" not in executed_plan(interpreted)
+        assert sum(row.x for row in interpreted.collect()) == sum(
+            2 * i for i in range(1000) if (2 * i) % 3 == 0
+        )
+    assert spark.conf.get(key) == before
+    assert spark.conf.get("spark.sql.codegen.factoryMode") != "NO_CODEGEN"

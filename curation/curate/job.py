@@ -533,9 +533,14 @@ class CurationJob:
 # - no order-independent checksum of every shuffled row (Spark 4.1+): it detects a retried map
 #   task that sent other rows than its first attempt, and ours cannot (a map task's blobs are a
 #   function of its input split). It hashed every byte of the blobs, ~0.3 CPU-s at 3M records.
+# - no generated Java (whole-stage or per expression): the job's queries move a few blob rows
+#   per task, so compiling code for them (Janino, in the JVM's planning threads) cost more than
+#   interpreting them: ~0.5 CPU-s of the JVM's at 3M records.
 JOB_SQL_CONF = {
     "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
     "spark.sql.shuffle.orderIndependentChecksum.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
 }
 # ...except for the reduce tasks' blob rows, of up to ~32 MB each
 BLOB_BATCHES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(BLOB_BATCH_BYTES)}
