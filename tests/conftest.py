@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import s3_server
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+# before any Spark session starts: its JVM and Python workers keep the environment they start with
+S3_ENDPOINT = s3_server.configure_environment()
 WIT_LANGUAGES = ("ar", "bg", "da", "el", "en", "et", "id", "ja", "ko", "tr", "vi")
 
 
@@ -43,6 +47,14 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared sample {path} is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server on 127.0.0.1 (moto), one bucket, for the whole run."""
+    server, stop = s3_server.start(S3_ENDPOINT)
+    yield server
+    stop()
 
 
 @pytest.fixture(scope="session")

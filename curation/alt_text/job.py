@@ -15,10 +15,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+import pyarrow as pa
+
 from curation.alt_text.extract import Columns, Limits, extract_file, infer_format
 from curation.alt_text.lid import get_identifier
+from curation.core import tables
 from curation.core.jobs import ExtractError, NothingReadable
-from curation.core.spark import HadoopFS, get_spark, size_shuffle_partitions
+from curation.core.spark import get_spark, size_shuffle_partitions
 from curation.core.uris import read_text_lines
 from curation.languages import Language, load_languages, use_languages
 
@@ -48,6 +52,9 @@ _LID_SCHEMA = (
     "source_offset long"
 )
 _BATCH_ROWS = 4096
+_DROPS_SCHEMA = pa.schema(
+    [("source_file", pa.string()), ("reason", pa.string()), ("count", pa.int64())]
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,10 @@ def run(config: ExtractConfig, spark=None, master: str | None = None, log=print)
         spark.conf.set("spark.sql.shuffle.partitions", "8")  # not 200 tiny tasks on a laptop
     elif ours:
         size_shuffle_partitions(spark, len(files) << 27)  # about one partition per input file
-    HadoopFS(spark).check_writable(config.output)
+    try:  # the tasks and the driver write with pyarrow
+        tables.check_writable(config.output)
+    except (OSError, ValueError) as error:
+        raise ExtractError(f"cannot write to output {config.output}: {error}") from None
     summary = run_extract(
         spark, files, config.output, config.options, config.output_partitions, log=log
     )
@@ -308,13 +318,18 @@ def run_extract(
     )
     partitions = output_partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
     identified = unique.mapInArrow(lambda batches: _lid_batches(batches, options), _LID_SCHEMA)
-    (
+    # the tasks write the files with pyarrow (any filesystem pyarrow reaches: a Spark without
+    # Hadoop's S3 connector writes to s3:// too), one per (lang, partition) under a name that
+    # a retried task writes again whole (tables.published)
+    alt_text_uri, drops_uri = _join(output, "alt_text"), _join(output, "drops")
+    tables.start_table(alt_text_uri)
+    written = (
         identified.repartition(partitions, "lang", "uid")
         .sortWithinPartitions("lang", "uid", "text")
-        .write.mode("overwrite")
-        .partitionBy("lang")
-        .parquet(_join(output, "alt_text"))
+        .mapInArrow(_alt_text_writer(alt_text_uri), "lang string, records long")
+        .collect()
     )
+    tables.finish_table(alt_text_uri, "parquet", ["lang"])
     drops = (
         extracted.filter(F.col("kind") == "drop")
         .select("source_file", "reason", "count")
@@ -322,22 +337,63 @@ def run_extract(
         .groupBy("source_file", "reason")
         .agg(F.sum("count").alias("count"))
         .orderBy("source_file", "reason")
-    )
-    drops.coalesce(1).write.mode("overwrite").parquet(_join(output, "drops"))
-
-    written = spark.read.schema(_LID_SCHEMA).parquet(_join(output, "alt_text"))
-    per_lang = {row["lang"]: row["count"] for row in written.groupBy("lang").count().collect()}
-    per_reason = {
-        row["reason"]: row["count"]
-        for row in spark.read.schema("source_file string, reason string, count long")
-        .parquet(_join(output, "drops"))
-        .groupBy("reason")
-        .agg(F.sum("count").alias("count"))
         .collect()
-    }
+    )
+    drops = pa.Table.from_pylist([row.asDict() for row in drops], schema=_DROPS_SCHEMA)
+    tables.start_table(drops_uri)
+    tables.write_parquet(f"{drops_uri}/part-00000.parquet", [drops])
+    tables.finish_table(drops_uri, "parquet", None)
+    per_lang: dict[str, int] = {}
+    for row in written:
+        per_lang[row["lang"]] = per_lang.get(row["lang"], 0) + row["records"]
+    per_reason: dict[str, int] = {}
+    for reason, count in zip(drops.column("reason").to_pylist(), drops.column("count").to_pylist()):
+        per_reason[reason] = per_reason.get(reason, 0) + count
     extracted.unpersist()
     ranked.unpersist()
     return {"records": sum(per_lang.values()), "per_lang": per_lang, "drops": per_reason}
+
+
+def _alt_text_writer(uri: str):
+    """mapInArrow function over one partition's records, sorted by lang: each language's rows
+    as `lang=L/part-NNNNN.parquet` (NNNNN the partition; lang is the folder, as Spark writes
+    it); returns (lang, records) rows."""
+
+    def run(batches):
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        pieces: dict[str, list] = {}
+        for batch in batches:
+            langs = batch.column("lang")
+            if not len(langs):
+                continue
+            bounds = np.append(np.flatnonzero(_run_starts(langs)), len(langs))
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                piece = batch.slice(start, stop - start)
+                pieces.setdefault(langs[start].as_py(), []).append(piece.drop_columns(["lang"]))
+        rows = []
+        for lang, batches_of_lang in pieces.items():
+            table = pa.Table.from_batches(batches_of_lang)
+            folder = "__HIVE_DEFAULT_PARTITION__" if lang is None else lang  # as Spark names it
+            tables.write_parquet(f"{uri}/lang={folder}/part-{part:05d}.parquet", [table])
+            rows.append({"lang": lang, "records": table.num_rows})
+        yield pa.RecordBatch.from_pylist(
+            rows, schema=pa.schema([("lang", pa.string()), ("records", pa.int64())])
+        )
+
+    return run
+
+
+def _run_starts(values) -> np.ndarray:
+    """True where a value differs from the previous one (the first is always a start)."""
+    import pyarrow.compute as pc
+
+    starts = np.ones(len(values), dtype=np.bool_)
+    if len(values) > 1:
+        same = pc.equal(values.slice(1), values.slice(0, len(values) - 1))
+        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+    return starts
 
 
 def _join(base: str, name: str) -> str:

@@ -57,7 +57,7 @@ def read_text(uri: str) -> str | None:
     """A small text file (a marker, a summary), or None when there is none."""
     fs, path = filesystem(uri)
     try:
-        with fs.open_input_stream(path) as stream:
+        with fs.open_input_stream(path, compression=None) as stream:
             return stream.read().decode("utf-8")
     except FileNotFoundError:
         return None
@@ -68,7 +68,7 @@ def read_text(uri: str) -> str | None:
 
 
 def write_text(uri: str, text: str) -> None:
-    """A small text file, written under a hidden name and renamed: never seen half-written."""
+    """A small text file, never seen half-written (`published`)."""
     write_bytes(uri, text.encode("utf-8"))
 
 
@@ -79,16 +79,25 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 @contextlib.contextmanager
 def published(uri: str):
-    """An output stream for `uri` that is written beside it under a hidden name and renamed
-    into place once complete: a reader, or a retried task writing the same name, never sees
-    half a file; on failure the hidden file is removed (`finish_table` sweeps what a killed
-    process leaves)."""
+    """An output stream for `uri` whose file appears whole or not at all, so that a reader, or
+    a retried task writing the same name, never sees half a file.
+
+    Where a rename is atomic (local disks, HDFS) the file is written beside the target under a
+    hidden name and renamed into place; on failure the hidden file is removed (`finish_table`
+    sweeps what a killed process leaves). An object store has no rename (pyarrow copies and
+    deletes), but a PUT of an object is atomic: the bytes are spooled to a local temporary file
+    and uploaded to the final name once complete, and nothing is uploaded on failure. Every name
+    this project publishes is deterministic, so a retry overwrites with the same content."""
     fs, path = filesystem(uri)
     folder, name = path.rsplit("/", 1)
+    if not renames_atomically(fs):
+        with _spooled_upload(fs, path) as sink:
+            yield sink
+        return
     temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(temporary) as sink:
+        with fs.open_output_stream(temporary, compression=None) as sink:
             yield sink
         fs.move(temporary, path)
     except BaseException:
@@ -97,6 +106,26 @@ def published(uri: str):
         except (OSError, pa.ArrowException):
             pass
         raise
+
+
+def renames_atomically(fs: pafs.FileSystem) -> bool:
+    """Local disks and HDFS rename a file in one step; S3, GCS and Azure copy it."""
+    return isinstance(fs, pafs.LocalFileSystem | pafs.HadoopFileSystem) or (
+        isinstance(fs, pafs.SubTreeFileSystem) and renames_atomically(fs.base_fs)
+    )
+
+
+@contextlib.contextmanager
+def _spooled_upload(fs: pafs.FileSystem, path: str):
+    """A local temporary file for the caller to write; uploaded to `path` in one go once the
+    caller is done, so that the object store never holds a partial object."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="curation-upload-") as folder:
+        local = f"{folder}/part"
+        with pa.OSFile(local, "wb") as sink:
+            yield sink
+        pafs.copy_files(local, path, destination_filesystem=fs)
 
 
 def delete(uri: str) -> None:
@@ -231,8 +260,8 @@ def _convert_to_delta(spark, uri: str, partition_by: list[str] | None) -> None:
 
 def write_parquet(uri: str, pieces: list[pa.Table], plain: tuple[str, ...] = ()) -> None:
     """One Parquet file from an executor (snappy, as Spark writes), each piece its own row
-    groups. Written beside the target under a hidden name, then renamed: a reader, or a retried
-    task writing the same name, never sees half a file (`published`). `plain` columns (unique
+    groups, published whole (`published`): a reader, or a retried task writing the same name,
+    never sees half a file. `plain` columns (unique
     strings) get no dictionary pages and no statistics."""
     schema = pieces[0].schema
     encoded = [f.name for f in schema if f.name not in plain]
@@ -254,7 +283,7 @@ def check_writable(uri: str) -> None:
         parent = posixpath.dirname(parent)
     probe = f"{path.rstrip('/')}/_pyarrow_write_probe"
     fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(probe) as sink:
+    with fs.open_output_stream(probe, compression=None) as sink:
         sink.write(b"")
     fs.delete_file(probe)
 

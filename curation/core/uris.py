@@ -57,7 +57,10 @@ def open_binary(uri: str) -> BinaryIO:
     uri = remote_uri(uri)
     try:
         filesystem, inner = arrow_filesystem(uri)
-        return filesystem.open_input_stream(inner)
+        # the stored bytes (pyarrow would inflate a .gz name: WARC offsets are of the gzip
+        # members), buffered (readers iterate lines, which pyarrow's own streams cannot)
+        raw = filesystem.open_input_stream(inner, compression=None)
+        return io.BufferedReader(raw, 1 << 20)
     except Exception:  # noqa: BLE001 - pyarrow has no driver for this scheme: try fsspec
         try:
             import fsspec
