@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import gzip
-import json
 import importlib.util
+import json
 from pathlib import Path
 
 import pyarrow as pa

@@ -295,6 +295,8 @@ def test_shard_deleted_mid_epoch_is_skipped_with_a_warning(tmp_path):
     assert warnings and any(name in w for w in warnings for name in deleted)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 16 and summary["dropped"]["bad_shard"] >= 1
+    assert summary["shard_io"]["read"] >= 16 * 4  # a deleted local file is not read again
+    assert "shard_retries" not in summary["shard_io"]
     assert "done:" in stdout
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 16

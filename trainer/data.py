@@ -104,17 +104,20 @@ def parse_weights(text: str, sources: int) -> list[float]:
 
 
 def _read_json_next_to(url: str, name: str) -> dict | None:
-    """The JSON file `name` in the shard's folder, local or any fsspec URI (s3://, gs://...)."""
+    """The JSON file `name` in the shard's folder (local, or remote as `_open_shard` reads it),
+    None when there is none."""
     if url.startswith("pipe:"):
         return None
     if "://" in url.removeprefix("file://"):
-        import fsspec
+        from curation.core.uris import is_not_found, open_binary
 
-        fs, path = fsspec.core.url_to_fs(posixpath.join(posixpath.dirname(url), name))
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        try:
+            with open_binary(posixpath.join(posixpath.dirname(url), name)) as f:
+                return json.load(f)
+        except OSError as error:
+            if is_not_found(error):
+                return None
+            raise
     path = Path(url.removeprefix("file://")).parent / name
     if not path.is_file():
         return None
@@ -156,16 +159,33 @@ def mix(*parts) -> int:
 
 
 def _open_shard(url: str):
-    """(file object, seekable) for a local path, file://, pipe:CMD or any fsspec URI."""
+    """(file object, seekable) for a local path, file://, pipe:CMD, or a remote URL: http(s),
+    the object stores pyarrow reaches by itself (s3://, gs://, hdfs://, abfs://: endpoint and
+    credentials from their standard variables, as the curation jobs read them), else fsspec."""
     if url.startswith("pipe:"):
         import webdataset as wds
 
         return wds.gopen(url, "rb"), False
     if "://" in url.removeprefix("file://"):
-        import fsspec
+        from curation.core.uris import open_binary
 
-        return fsspec.open(url, "rb").open(), False
+        return open_binary(url), False
     return open(url.removeprefix("file://"), "rb"), True
+
+
+# A remote shard whose read fails mid-way (a dropped connection, a throttled object store) is
+# opened again up to SHARD_READ_ATTEMPTS times, with exponential backoff from
+# SHARD_RETRY_BACKOFF_S, and read on from the sample where it broke.
+SHARD_READ_ATTEMPTS = 4
+SHARD_RETRY_BACKOFF_S = 1.0
+
+
+class _Progress:
+    """How far a read of one shard got: its first `done` samples are complete (yielded, or
+    passed over by header); `counted` is the counter the sample being read was counted in."""
+
+    def __init__(self):
+        self.done, self.counted = 0, None
 
 
 def read_shard(
@@ -175,37 +195,73 @@ def read_shard(
 
     The other samples are skipped by their tar headers: on a local file their data is seeked
     over, on a stream it is read but never decoded. Returns the number of samples in the shard.
-    An unreadable or truncated shard ends early (its samples so far stay; the partial one is
-    dropped), and so does a tar that ends cleanly before the count sizes.json gives it (cut at
-    a header); `_count_lost` counts what this read lost. Its warning is printed once per url in
-    `warned` (a stream's set: not again on every later visit), every time without one.
+
+    A remote read that fails with an I/O error (not a missing file, not bad tar bytes) is
+    retried (SHARD_READ_ATTEMPTS, counted as `shard_retries`) from the first sample it had
+    not finished: the samples before it are passed over by header, neither yielded nor
+    counted again. An unreadable or truncated shard ends early (its samples so far stay; the
+    partial one is dropped), and so does a tar that ends cleanly before the count sizes.json
+    gives it (cut at a header); `_count_lost` counts what this read lost. Its warning is printed
+    once per url in `warned` (a stream's set: not again on every later visit), every time
+    without one.
     """
+    import time
+
+    from curation.core.uris import is_transient
+
+    remote = "://" in url.removeprefix("file://") and not url.startswith("pipe:")
+    attempts = SHARD_READ_ATTEMPTS if remote else 1
+    progress = _Progress()
+    for attempt in range(attempts):
+        try:
+            yield from _tar_samples(url, want, counters, progress)
+            break
+        except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+            failure = repr(exc)
+            # an I/O error, not bad tar bytes and not a missing shard (or an HTTP 4xx)
+            transient = isinstance(exc, OSError) and is_transient(exc)
+            if transient and attempt + 1 < attempts:
+                counters["shard_retries"] += 1
+                if progress.counted:  # the broken sample is read again, and counted then
+                    counters[progress.counted] -= 1
+                time.sleep(SHARD_RETRY_BACKOFF_S * 2**attempt)
+                continue
+        _count_lost(url, progress.done, want, counters, warned, failure)
+        return progress.done  # the partial sample is dropped with the rest of the shard
+    if progress.done < (shard_size(url) or 0):
+        _count_lost(url, progress.done, want, counters, warned, "the tar ends early")
+    return progress.done
+
+
+def _tar_samples(url, want, counters, progress: _Progress) -> Iterator[tuple[int, dict]]:
+    """read_shard's one pass over the tar, from sample `progress.done` on."""
+    first = progress.done
     k, key, sample = -1, None, None
-    try:
-        fileobj, seekable = _open_shard(url)
-        with fileobj, tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*") as tar:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                parts = _KEY_RE.match(member.name)
-                if parts is None or _META_RE.match(member.name):
-                    continue
-                if parts.group(1) != key:
-                    if sample is not None:
-                        yield k, sample
-                    k, key = k + 1, parts.group(1)
-                    sample = {"__key__": key, "__url__": url} if want(k) else None
-                    counters["read" if sample is not None else "skipped"] += 1
+    fileobj, seekable = _open_shard(url)
+    with fileobj, tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            parts = _KEY_RE.match(member.name)
+            if parts is None or _META_RE.match(member.name):
+                continue
+            if parts.group(1) != key:
+                if k >= first:
+                    progress.done, progress.counted = k + 1, None
                 if sample is not None:
-                    sample[parts.group(2).lower()] = tar.extractfile(member).read()
-    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
-        _count_lost(url, max(k, 0), want, counters, warned, repr(exc))
-        return k  # the partial sample is dropped with the rest of the shard
+                    yield k, sample
+                k, key = k + 1, parts.group(1)
+                wanted = k >= first and want(k)
+                sample = {"__key__": key, "__url__": url} if wanted else None
+                if k >= first:
+                    progress.counted = "read" if wanted else "skipped"
+                    counters[progress.counted] += 1
+            if sample is not None:
+                sample[parts.group(2).lower()] = tar.extractfile(member).read()
+    if k >= first:
+        progress.done, progress.counted = k + 1, None
     if sample is not None:
         yield k, sample
-    if k + 1 < (shard_size(url) or 0):
-        _count_lost(url, k + 1, want, counters, warned, "the tar ends early")
-    return k + 1
 
 
 def _count_lost(url, done, want, counters, warned, reason) -> None:
@@ -883,7 +939,8 @@ class ResumableLoader:
         self.dropped_before = Counter(state["dropped_before"])
         self.slots = {int(k): v for k, v in state["slots"].items()}
         self.last_keys: list[str] = []
-        self.last_io: dict = {}
+        self.last_io: dict = {}  # the last batch's stream: samples read, skipped, retries
+        self.io: dict[int, dict] = {}  # each slot's stream's, since this start
         self.last_slot = None
         dataset = make_dataset(
             slot_states=self.slots, worker_offset=self.layout_batches % self.workers
@@ -902,6 +959,7 @@ class ResumableLoader:
         batch, slot_state = next(self.iterator)
         self.last_keys = slot_state.pop("keys", [])
         self.last_io = slot_state.pop("io", {})
+        self.io[slot_state["slot"]] = self.last_io
         self.slots[slot_state["slot"]] = slot_state
         self.last_slot = slot_state["slot"]
         self.batches += 1
@@ -911,6 +969,14 @@ class ResumableLoader:
     def online_counts(self) -> dict[str, dict[str, int]]:
         """Online curation: kept and skipped samples per language, over this rank's streams."""
         return sum_online_counts(s.get("online", {}) for s in self.slots.values())
+
+    def io_counts(self) -> dict[str, int]:
+        """This rank's shard reads since this start, over its streams: samples read and
+        skipped by header, and remote reads retried (shard_retries)."""
+        total = Counter()
+        for counts in self.io.values():
+            total.update(counts)
+        return dict(sorted(total.items()))
 
     def dropped(self) -> dict[str, int]:
         total = Counter(self.dropped_before)

@@ -1201,6 +1201,7 @@ def main(argv=None) -> dict:
         "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_memory_gib": peak_memory_gib(device),
         "dropped": loader.dropped(),
+        "shard_io": loader.io_counts(),  # read / skipped samples, shard_retries, this start
         "nonfinite_steps": nonfinite.total,
         "flops_per_sample": sample_flops,
     }

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
 
-from curation.core.uris import file_size, local_path, open_binary
+from curation.core.uris import file_size, is_transient, local_path, open_binary
 from curation.identity import normalize_url, url_uid
 from curation.languages import language_from_tag, wikipedia_language
 
@@ -846,19 +846,6 @@ def extract_file(
     drops["unreadable_file"] += 1
 
 
-def _transient(error: BaseException) -> bool:
-    """Worth reading again: not a missing file, not an HTTP 4xx other than timeout/throttling."""
-    seen = 0
-    while error is not None and seen < 8:
-        if isinstance(error, FileNotFoundError):
-            return False
-        code = getattr(error, "code", None)
-        if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
-            return False
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return True
-
-
 class _Unreadable(Exception):
     def __init__(self, transient: bool):
         self.transient = transient
@@ -873,7 +860,7 @@ def _read_file(uri, input_format, drops, limits, columns) -> Iterator[AltText]:
     try:
         stream = open_binary(uri)
     except OSError as error:
-        raise _Unreadable(transient=_transient(error)) from None
+        raise _Unreadable(transient=is_transient(error)) from None
     with stream:
         if input_format in ("tsv", "jsonl") and _is_gzip_name(uri):
             stream = gzip.open(stream)

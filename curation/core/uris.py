@@ -70,6 +70,32 @@ def open_binary(uri: str) -> BinaryIO:
             raise OSError(f"cannot open {uri}: {error}") from error
 
 
+def _causes(error: BaseException | None, limit: int = 8):
+    """The error and the errors it was raised from (or while handling)."""
+    while error is not None and limit:
+        yield error
+        error, limit = error.__cause__ or error.__context__, limit - 1
+
+
+def is_not_found(error: BaseException) -> bool:
+    """A missing file or object, or an HTTP 404, anywhere in the error's chain."""
+    return any(
+        isinstance(e, FileNotFoundError) or getattr(e, "code", None) == 404 for e in _causes(error)
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth reading again: not a missing file, not an HTTP 4xx other than timeout (408) and
+    throttling (429); a dropped connection, a 5xx, an object store's throttling are."""
+    for e in _causes(error):
+        if isinstance(e, FileNotFoundError):
+            return False
+        code = getattr(e, "code", None)
+        if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+            return False
+    return True
+
+
 def file_size(uri: str) -> int | None:
     """Bytes in the file at `uri` (None where the scheme cannot say: http without a HEAD)."""
     path = local_path(uri)
