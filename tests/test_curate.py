@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -691,12 +692,16 @@ TABLE_COLUMNS = {
 }
 
 
-def test_a_run_on_an_object_store_equals_the_local_run(spark, corpus, curated_run, s3, tmp_path):
+def test_a_run_on_an_object_store_equals_the_local_run(
+    spark, corpus, curated_run, s3, tmp_path, capfd, caplog
+):
     """Metadata, input and output on an S3-compatible server (credentials and endpoint from the
     standard AWS_* variables only): every table equals the local run's row for row; each file
     is uploaded once under its final name (no temporary name, no copy: a rename on S3 is a copy
     and a delete); `--resume` on the store skips every stage; Delta output on the store is a
-    Delta table that delta-rs reads back."""
+    Delta table that delta-rs reads back; the report reads the run from the store; the secret
+    key is in no log line and no output, and a bucket that does not exist is a one-line error
+    before any work."""
     from dataclasses import replace
 
     from deltalake import DeltaTable
@@ -707,6 +712,7 @@ def test_a_run_on_an_object_store_equals_the_local_run(spark, corpus, curated_ru
     source = s3.upload(root / "alt_text.parquet", "curate", "in", "alt_text.parquet")
     output = s3.uri("curate", "run")
     first_request = len(s3.requests)
+    caplog.set_level(logging.INFO, logger="curate")
     config = corpus_config(root, output, metadata=metadata, input=source, seed=7, partitions=4)
     report = run(config, spark)
     assert report.counts == local_report.counts and report.drops == local_report.drops
@@ -729,6 +735,24 @@ def test_a_run_on_an_object_store_equals_the_local_run(spark, corpus, curated_ru
     delta["lang"] = delta["lang"].astype(str)
     columns = TABLE_COLUMNS["curated"]
     assert sorted(map(tuple, delta[columns].values)) == curated_content(local_out)
+
+    from curation.report.job import main as report
+
+    assert report([output, "--html", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert f"<td>{local_report.counts['curated_records']}</td>" in html
+
+    with pytest.raises(CurationError) as missing:
+        run(replace(config, output="s3://no-such-bucket/run"), spark)
+    assert "cannot write to output s3://no-such-bucket/run" in str(missing.value)
+    assert "\n" not in str(missing.value)
+
+    from tests.s3_server import SECRET
+
+    logs = caplog.text + "".join(capfd.readouterr())  # the job's log, Spark's, the report's
+    assert "stage curated: done" in logs and SECRET not in logs
+    everything = b"".join(p.read_bytes() for p in copy.rglob("*") if p.is_file())
+    assert SECRET.encode() not in everything + html.encode() + str(missing.value).encode()
 
 
 STAGE_NAMES = ("matches", "entry_counts", "thresholds", "curated")
