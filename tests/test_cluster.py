@@ -211,3 +211,62 @@ def test_a_module_missing_on_the_executors_is_one_line(cluster, packed_env, inpu
     assert len(errors) == 1, output[-3000:]
     assert "on the executors: No module named 'pyarrow'" in errors[0]
     assert "Traceback" not in output
+
+
+def test_a_python_worker_killed_mid_stage_is_retried_and_the_tables_equal_a_local_run(
+    spark, cluster, packed_env, inputs, tmp_path
+):
+    """SIGKILL of an executor's Python worker while the matches stage runs on the cluster: the
+    task fails, Spark runs it again, and the job's tables equal a local run row for row (a
+    task's files are published whole under names a retry writes again; nothing half-written
+    or duplicated survives)."""
+    import psutil
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = shared_path("cc3m_val_10k.tsv").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("\t") for line in lines if line.count("\t") == 1]
+    table = pa.table({"url": [u for _, u in pairs], "text": [t for t, _ in pairs]})
+    table = table.append_column("lang", pa.array(["en"] * table.num_rows))
+    pq.write_table(table, tmp_path / "captions.parquet")
+    args = ["--metadata", str(inputs / "metadata"), "--t-en", "20", "--partitions", "4",
+            "--input", str(tmp_path / "captions.parquet")]  # fmt: skip
+    assert load_job("curate").main([*args, "--output", str(tmp_path / "local")]) == 0
+
+    cmd = [
+        str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster,
+        "--archives", f"{packed_env}#environment",
+        "--conf", "spark.pyspark.python=./environment/bin/python",
+        "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        "--conf", "spark.executor.memory=3g", "--conf", "spark.executor.cores=2",
+        "--conf", "spark.cores.max=2", str(ROOT / "jobs" / "curate.py"),
+        *args, "--output", str(tmp_path / "cluster"),
+    ]  # fmt: skip
+    log = (tmp_path / "submit.log").open("w")
+    job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=_env())
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and job.poll() is None and time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline", "ppid"]):
+            try:
+                forked = "pyspark.daemon" in " ".join(process.info["cmdline"] or [])
+                parent = psutil.Process(process.info["ppid"]).cmdline()
+            except psutil.Error:
+                continue
+            if forked and "pyspark.daemon" in " ".join(parent):
+                process.kill()  # a worker the daemon forked, running a task
+                killed = process.pid
+                break
+        time.sleep(0.02)
+    assert job.wait(300) == 0, (tmp_path / "submit.log").read_text()[-3000:]
+    assert killed is not None, "no Python worker was caught running a task"
+    for table_name, key in (
+        ("matches", ["uid", "text"]),
+        ("entry_counts", ["lang", "entry_id"]),
+        ("curated", ["uid"]),
+    ):
+        local = rows(tmp_path / "local" / table_name, key)
+        assert local, table_name
+        assert rows(tmp_path / "cluster" / table_name, key) == local, table_name
+    leftovers = [p.name for p in (tmp_path / "cluster").rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
