@@ -238,6 +238,7 @@ class ShardedCheckpointer:
                 self.directory, cache_staged_state_dict=torch.cuda.is_available()
             )
         self.pending = None  # (future, temp folder, final folder)
+        self.on_publish = None  # called with each published folder (rank 0): --remote-sync
 
     def save(self, model, optimizer, trainer_state: dict, step: int) -> Path:
         import torch.distributed as dist
@@ -278,6 +279,8 @@ class ShardedCheckpointer:
             _publish(tmp, final)
             _prune(self.directory, self.keep)
             print(f"saved {final}", flush=True)
+            if self.on_publish is not None:
+                self.on_publish(final)
         return final
 
 

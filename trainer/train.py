@@ -50,6 +50,7 @@ from trainer.losses import (  # noqa: E402
     compute_loss,
     loss_parts,
 )
+from trainer.remote_sync import RemoteSync  # noqa: E402
 
 
 class NonFiniteError(ValueError):
@@ -387,6 +388,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output-dir", default="runs/clip", help="checkpoints, metrics, tensorboard")
     g.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
+    g.add_argument(
+        "--remote-sync",
+        metavar="URI",
+        help="also keep the checkpoints at this URI (s3://, gs://, abfs://, hdfs:// or a "
+        "folder; credentials from the store's standard chain): each is uploaded in the "
+        "background once written, the same number kept; `--resume latest` fetches the newest "
+        "from there when this machine has none as new; metrics.jsonl and summary.json follow "
+        "at the end (open_clip's flag; here per checkpoint, not every N seconds)",
+    )
     g.add_argument(
         "--checkpoint-format",
         choices=["auto", "pt", "dcp"],
@@ -821,6 +831,16 @@ def main(argv=None) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    remote = None
+    if args.remote_sync:
+        remote = RemoteSync(args.remote_sync)
+        if is_main:
+            try:
+                remote.check()
+            except (OSError, ValueError) as error:
+                raise UsageError(
+                    f"--remote-sync {args.remote_sync}: cannot write: {error}"
+                ) from None
     # checked once the output folder exists: one that cannot be made is said first
     global_batch = global_batch_size(args, samples_per_epoch, dist_info.world_size)
     # samples the loader draws per step: the trained batch, or ACID's larger drawn sets
@@ -918,6 +938,12 @@ def main(argv=None) -> dict:
     resume_path, ckpt = None, None
     if args.resume:
         warn = (lambda line: print(line, flush=True)) if is_main else (lambda line: None)
+        if remote is not None and args.resume == "latest":
+            if dist_info.local_rank == 0:  # one download per machine
+                fetched = remote.fetch_newer(ckpt_dir)
+                if fetched is not None:
+                    print(f"fetched {fetched.name} from {args.remote_sync}", flush=True)
+            distributed.all_gather_json(None, dist_info)  # the others wait for it
         resume_path, ckpt = checkpoint.resolve_and_load(args.resume, ckpt_dir, warn)
         chosen = distributed.all_gather_json(resume_path and str(resume_path), dist_info)
         if len(set(chosen)) > 1:  # a file one rank could read and another not: never diverge
@@ -1027,6 +1053,10 @@ def main(argv=None) -> dict:
         checkpointer = checkpoint.ShardedCheckpointer(
             ckpt_dir, args.keep_checkpoints, is_main, use_async=not args.sync_checkpoint
         )
+        if remote is not None and is_main:
+            checkpointer.on_publish = lambda path: remote.upload_checkpoint(
+                path, args.keep_checkpoints
+            )
     if args.compile:
         if hasattr(raw_model, "trim_multiple"):
             raw_model.trim_multiple = 8  # caption lengths in steps of 8: few recompilations
@@ -1180,7 +1210,7 @@ def main(argv=None) -> dict:
                 totals["acid"] = acid_totals()
             save_checkpoint(
                 args, raw_model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir,
-                checkpointer, totals,
+                checkpointer, totals, remote,
             )  # fmt: skip
             stalls.append(time.perf_counter() - started)
         if args.exit_after is not None and step >= args.exit_after and step < total_steps:
@@ -1190,6 +1220,8 @@ def main(argv=None) -> dict:
 
     if checkpointer is not None:
         checkpointer.wait()
+    if remote is not None and is_main:
+        remote.wait()  # the last checkpoint is at URI too before the run says done
     nonfinite.check(step, 0)  # the total, for the summary
     if keys_file:
         keys_file.close()
@@ -1234,6 +1266,8 @@ def main(argv=None) -> dict:
     if is_main:
         writer.close()
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if remote is not None:
+            remote.upload_logs(out_dir)
         print(f"done: {json.dumps(summary)}", flush=True)
     distributed.cleanup(dist_info)
     return summary
@@ -1295,7 +1329,7 @@ def online_curation(args, urls):
 
 def save_checkpoint(
     args, model, optimizer, scheduler, scaler, loader, step, dist_info, ckpt_dir, checkpointer,
-    totals=None,
+    totals=None, remote=None,
 ):  # fmt: skip
     """Every rank contributes its RNG and data position; rank 0 writes a .pt, or every rank its
     shards of a DCP folder (`checkpointer`). `totals`: run-wide counters a resume carries on
@@ -1321,6 +1355,8 @@ def save_checkpoint(
     state.update(model=model.state_dict(), optimizer=optimizer.state_dict())
     path = checkpoint.save(state, ckpt_dir, step, keep=args.keep_checkpoints)
     print(f"saved {path}", flush=True)
+    if remote is not None:
+        remote.upload_checkpoint(path, args.keep_checkpoints)
 
 
 def cli(argv=None) -> int:
