@@ -34,7 +34,8 @@ def test_checkpoints_go_to_the_store_and_a_new_machine_resumes_from_there(kind, 
     """Each checkpoint is uploaded once written (a .dcp folder's markers last), the store keeps
     --keep-checkpoints of them, metrics.jsonl and summary.json follow at the end; a second run
     with an empty output folder fetches the newest and resumes from it, to the same weights as
-    a run that went through on one machine (checked on the .pt kind)."""
+    a run that went through on one machine (checked on the .pt kind). trainer.evaluate and
+    trainer.export load a checkpoint from the store as from local disk."""
     import torch
 
     shards = tmp_path / "shards"
@@ -55,6 +56,12 @@ def test_checkpoints_go_to_the_store_and_a_new_machine_resumes_from_there(kind, 
     else:
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
         assert [k.split("/", 2)[2] for k in keys if name.format(6) in k] == files
+
+    from trainer.models import load_checkpoint_model  # what trainer.evaluate / export load
+
+    there = load_checkpoint_model(f"{remote}/checkpoints/{name.format(6)}")[0].state_dict()
+    here = load_checkpoint_model(local)[0].state_dict()
+    assert all(torch.equal(there[k], here[k]) for k in here) and there.keys() == here.keys()
 
     resumed = train(
         tmp_path / "second", shards, *flags, "--steps", "8", "--resume", "latest",

@@ -613,7 +613,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Babel-ImageNet and CVQA from their distributed files).",
     )
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a step_*.pt written by trainer/train.py")
+    model.add_argument(
+        "--checkpoint",
+        help="a step_*.pt (or .dcp folder) written by trainer/train.py, local or at a URI "
+        "(s3://..., as --remote-sync keeps them)",
+    )
     model.add_argument("--model-dir", help="an open_clip local-dir folder (trainer.export)")
     p.add_argument(
         "--task",

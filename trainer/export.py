@@ -52,10 +52,16 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     config = {
         "model_cfg": cfg,
         "preprocess_cfg": dict(model.visual.preprocess_cfg),
-        "trainer": {"checkpoint": str(Path(checkpoint).resolve()), "model": args["model"]},
+        "trainer": {"checkpoint": _where(checkpoint), "model": args["model"]},
     }
     (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _where(checkpoint: str | Path) -> str:
+    """The checkpoint's URI as given, or its absolute path."""
+    text = str(checkpoint)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 def main(argv=None) -> int:
@@ -64,7 +70,9 @@ def main(argv=None) -> int:
         description="Write a trainer checkpoint as an open_clip local-dir folder.",
     )
     p.add_argument(
-        "checkpoint", help="a step_*.pt file or step_*.dcp folder written by trainer/train.py"
+        "checkpoint",
+        help="a step_*.pt file or step_*.dcp folder written by trainer/train.py, local or at "
+        "a URI (s3://..., as --remote-sync keeps them)",
     )
     p.add_argument("out_dir", help="folder for open_clip_config.json + weights")
     args = p.parse_args(argv)

@@ -154,10 +154,18 @@ def image_size(model) -> int:
 
 def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
     """(model in eval mode on CPU, tokenizer, the run's args) from a trainer checkpoint: a
-    step_N.pt file or a step_N.dcp folder (sharded; read here in one process)."""
+    step_N.pt file or a step_N.dcp folder (sharded; read here in one process), local or at a
+    remote URI (`--remote-sync`'s store: copied to a temporary folder first)."""
     from trainer import checkpoint
 
-    path = Path(path)
+    if "://" in str(path) and not str(path).startswith("file://"):  # s3://, gs://...: a copy
+        import tempfile
+
+        from trainer.remote_sync import download
+
+        with tempfile.TemporaryDirectory(prefix="checkpoint-") as folder:
+            return load_checkpoint_model(download(str(path), Path(folder)))
+    path = Path(str(path).removeprefix("file://"))
     if path.is_dir():
         if not checkpoint.is_complete(path):
             raise ValueError(f"{path} is not a complete DCP checkpoint of trainer/train.py")

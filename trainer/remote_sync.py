@@ -145,3 +145,19 @@ class RemoteSync:
         pafs.copy_files(source, str(tmp), source_filesystem=self.fs)
         tmp.replace(final)
         return final
+
+
+def download(uri: str, folder: Path) -> Path:
+    """A checkpoint (a .pt object or a .dcp folder) at a remote URI copied into `folder`."""
+    from curation.core.uris import arrow_filesystem
+
+    fs, path = arrow_filesystem(uri)
+    path = path.rstrip("/")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such checkpoint")
+    local = Path(folder) / posixpath.basename(path)
+    if info.type == pafs.FileType.Directory:
+        local.mkdir(parents=True)
+    pafs.copy_files(path, str(local), source_filesystem=fs)
+    return local
