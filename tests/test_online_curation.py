@@ -315,3 +315,14 @@ def test_online_curation_bad_inputs_are_one_line(pool_shards, curation_run, tmp_
     manifest["source"]["run_dir"] = str(bare)
     (named / "manifest.json").write_text(json.dumps(manifest))
     fails(named, bare, "bare_out", "no entry_counts/ table")
+
+
+def test_online_curation_reads_its_run_from_an_object_store(curation_run, pool, s3):
+    """The trainer's --online-curation RUN at s3://: run.json, entry_counts/ and matches/ read
+    with pyarrow as from a local folder; the same pool and the same decisions."""
+    uri = s3.upload(curation_run, "online", "run")
+    assert pool_from_matches(uri) == pool
+    here, there = OnlineCuration(str(curation_run)), OnlineCuration(uri)
+    assert there.thresholds == here.thresholds and there.seed == here.seed
+    for uid, candidates in pool[:200]:
+        assert there.decide(uid, candidates, 2) == here.decide(uid, candidates, 2)
