@@ -701,7 +701,8 @@ def test_a_run_on_an_object_store_equals_the_local_run(
     and a delete); `--resume` on the store skips every stage; Delta output on the store is a
     Delta table that delta-rs reads back; the report reads the run from the store; the secret
     key is in no log line and no output, and a bucket that does not exist is a one-line error
-    before any work."""
+    before any work; `--input-reader spark` on a Spark without Hadoop's S3 connector says which
+    jar to add."""
     from dataclasses import replace
 
     from deltalake import DeltaTable
@@ -741,6 +742,9 @@ def test_a_run_on_an_object_store_equals_the_local_run(
     assert report([output, "--html", str(tmp_path / "report.html")]) == 0
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert f"<td>{local_report.counts['curated_records']}</td>" in html
+
+    with pytest.raises(CurationError, match="no filesystem for s3:// .*: add the hadoop-aws jar"):
+        run(replace(config, input_reader="spark", output=s3.uri("curate", "spark")), spark)
 
     with pytest.raises(CurationError) as missing:
         run(replace(config, output="s3://no-such-bucket/run"), spark)

@@ -241,6 +241,27 @@ def spark_log_level_conf() -> dict[str, str]:
     return {"spark.log.level": os.environ.get("CURATION_SPARK_LOG_LEVEL", "WARN")}
 
 
+# the Hadoop connector Spark needs for a scheme it cannot read by itself
+CONNECTORS = {
+    "s3": "the hadoop-aws jar (--packages org.apache.hadoop:hadoop-aws:<the Hadoop version "
+    "of $SPARK_HOME/jars>) and name the input s3a://",
+    "s3a": "the hadoop-aws jar (--packages org.apache.hadoop:hadoop-aws:<the Hadoop version "
+    "of $SPARK_HOME/jars>)",
+    "gs": "Google's GCS connector jar (--jars gcs-connector-hadoop3-<version>-shaded.jar)",
+    "abfs": "the hadoop-azure jar (--packages org.apache.hadoop:hadoop-azure:<version>)",
+    "abfss": "the hadoop-azure jar (--packages org.apache.hadoop:hadoop-azure:<version>)",
+}
+
+
+class MissingConnector(OSError):
+    """Spark's Hadoop layer has no filesystem for the URI's scheme: says which jar to add."""
+
+    def __init__(self, uri: str):
+        scheme = uri.split("://", 1)[0].lower()
+        fix = CONNECTORS.get(scheme, f"a Hadoop connector for {scheme}://")
+        super().__init__(f"Spark has no filesystem for {scheme}:// ({uri}): add {fix}")
+
+
 class HadoopFS:
     """Small file operations on any URI Spark can write (local, hdfs, s3a, ...), from the driver."""
 
@@ -250,7 +271,12 @@ class HadoopFS:
 
     def _path(self, uri: str):
         path = self._jvm.org.apache.hadoop.fs.Path(uri)
-        return path, path.getFileSystem(self._conf)
+        try:
+            return path, path.getFileSystem(self._conf)
+        except Exception as error:  # noqa: BLE001 - py4j wraps UnsupportedFileSystemException
+            if "No FileSystem for scheme" not in str(error):
+                raise
+            raise MissingConnector(uri) from None
 
     def exists(self, uri: str) -> bool:
         path, fs = self._path(uri)

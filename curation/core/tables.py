@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curation.core.spark import HadoopFS
+from curation.core.spark import HadoopFS, MissingConnector
 from curation.core.uris import arrow_filesystem, local_path
 
 HIVE_LANG = ds.partitioning(pa.schema([("lang", pa.string())]), flavor="hive")
@@ -224,6 +224,15 @@ def read_table(spark, uri: str, schema: str | None = None):
         folder = hadoop.is_dir(uri)
     if not found:
         raise FileNotFoundError(uri)
+    try:
+        return _spark_reader(spark, uri, schema, delta, folder)
+    except Exception as error:  # noqa: BLE001 - py4j's wrapping of Hadoop's exception
+        if "No FileSystem for scheme" in str(error):
+            raise MissingConnector(uri) from None
+        raise
+
+
+def _spark_reader(spark, uri: str, schema: str | None, delta: bool, folder: bool):
     reader = spark.read.schema(schema) if schema else spark.read
     if not delta:
         reader = reader.option("basePath", uri) if folder else reader

@@ -40,6 +40,7 @@ from curation.core.spark import (
     KEEP_FREED_MEMORY,
     LOCAL_JAVA_OPTIONS,
     HadoopFS,
+    MissingConnector,
     get_spark,
     python_worker_env,
     size_shuffle_partitions,
@@ -276,7 +277,10 @@ class CurationJob:
     def load_records(self):
         """The input records read by Spark, as a DataFrame of RECORD_COLUMNS (strings; a
         column the input lacks is null here, and uid and lang are derived in the map tasks)."""
-        df = tables.read_table(self.spark, self.config.input)
+        try:
+            df = tables.read_table(self.spark, self.config.input)
+        except MissingConnector as error:
+            raise CurationError(f"--input-reader spark: {error}") from None
         self.check_input_columns(df.columns)
         for column in df.schema.fields:  # never a number turned into a caption
             kind = column.dataType.typeName()
