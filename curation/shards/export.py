@@ -395,6 +395,7 @@ def reset_broken_shards(output: str) -> list[str]:
     own top-level json files; both are removed here (summarize rewrites them).
     """
     fs, out = _fs_and_path(output)
+    fs.invalidate_cache()  # what another process (an earlier run) wrote: no stale listing
     if not fs.exists(out):
         return []
     for name in ("manifest.json", "sizes.json"):
@@ -511,6 +512,7 @@ def summarize(
 ) -> dict:
     """Write sizes.json and manifest.json from the shards' parquet and stats files."""
     fs, out = _fs_and_path(config.output)
+    fs.invalidate_cache()  # img2dataset wrote in other processes: no stale listing (s3fs)
     shards = expected_shards(list_info["rows"], config.samples_per_shard)
     sizes, languages, raw_reasons = {}, Counter(), Counter()
     totals = Counter()
@@ -605,6 +607,7 @@ def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[di
     if reset:
         log(f"[shards] redoing shard(s) with missing files: {', '.join(reset)}")
     fs, out = _fs_and_path(config.output)
+    fs.invalidate_cache()
     list_uri = config.output.rstrip("/") + f"/{LIST_DIR}/part-00000.parquet"
     done_before = {
         posixpath.basename(p).split("_")[0] for p in fs.glob(posixpath.join(out, "*_stats.json"))
