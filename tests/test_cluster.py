@@ -112,7 +112,10 @@ def load_job(name: str):
     return module
 
 
-def submit(cluster, archive, job, *args, cwd: Path, python=None, conf=()):
+def submit(cluster, archive, job, *args, cwd: Path, python=None, conf=(), kill_worker=False):
+    """spark-submit of jobs/JOB; with `kill_worker`, SIGKILL of the first Python worker an
+    executor's daemon forks (it is running a task): the CompletedProcess gets `killed`, its
+    pid."""
     python = python or "./environment/bin/python"
     cmd = [
         str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster,
@@ -123,7 +126,34 @@ def submit(cluster, archive, job, *args, cwd: Path, python=None, conf=()):
         "--conf", "spark.cores.max=2", *conf,
         str(ROOT / "jobs" / job), *args,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=600)
+    if not kill_worker:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=600)
+    out, err = cwd / f"{job}.stdout", cwd / f"{job}.stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        job_process = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=cwd, env=_env())
+        killed = _kill_first_python_worker(job_process)
+        returncode = job_process.wait(600)
+    result = subprocess.CompletedProcess(cmd, returncode, out.read_text(), err.read_text())
+    result.killed = killed
+    return result
+
+
+def _kill_first_python_worker(job: subprocess.Popen, seconds: float = 300) -> int | None:
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while job.poll() is None and time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline", "ppid"]):
+            try:
+                forked = "pyspark.daemon" in " ".join(process.info["cmdline"] or [])
+                parent = psutil.Process(process.info["ppid"]).cmdline()
+            except psutil.Error:
+                continue
+            if forked and "pyspark.daemon" in " ".join(parent):  # forked by the daemon
+                process.kill()
+                return process.pid
+        time.sleep(0.02)
+    return None
 
 
 def rows(table: Path, sort_by: list[str]) -> list[dict]:
@@ -153,7 +183,12 @@ def test_extract_and_curate_on_the_cluster_equal_a_local_run(
 ):
     """Relative paths (as `make` passes them) on both sides: the cluster's driver runs in the
     inputs folder, its executors in their own work directories; the local run is the same jobs'
-    `main` in the inputs folder, on the test session (local[2]: no second JVM to start)."""
+    `main` in the inputs folder, on the test session (local[2]: no second JVM to start).
+
+    During the cluster's curation an executor's Python worker is killed (SIGKILL) while it runs
+    a task of the matches stage: Spark runs the task again, and the tables still equal the
+    local run's row for row (a task's files are published whole under names its retry writes
+    again: nothing half-written or duplicated survives)."""
     files = ["cc3m.tsv", "wit_el.jsonl", "wit_ja.jsonl"]
     curate_args = ["--metadata", "metadata", "--t-en", "20"]
     monkeypatch.chdir(inputs)
@@ -169,9 +204,10 @@ def test_extract_and_curate_on_the_cluster_equal_a_local_run(
     assert extract.returncode == 0, extract.stderr[-3000:]
     curate = submit(
         cluster, packed_env, "curate.py", *curate_args, "--input", f"{where}/alt_text",
-        "--output", f"{where}/cur", cwd=inputs,
+        "--output", f"{where}/cur", cwd=inputs, kill_worker=True,
     )  # fmt: skip
     assert curate.returncode == 0, curate.stderr[-3000:]
+    assert curate.killed is not None, "no Python worker was caught running a task"
     # WARN by default under spark-submit: a few lines, not Spark's INFO log (the first 3 lines,
     # Spark's version banner, come before spark.log.level takes effect)
     for result in (extract, curate):
@@ -181,11 +217,13 @@ def test_extract_and_curate_on_the_cluster_equal_a_local_run(
     alt_local = rows(inputs / "local" / "alt_text", ["uid", "text"])
     assert len(alt_local) > 600
     assert rows(inputs / "cluster" / "alt_text", ["uid", "text"]) == alt_local
-    for table, key in (("curated", ["uid"]), ("entry_counts", ["lang", "entry_id"])):
+    keys = {"matches": ["uid", "text"], "curated": ["uid"], "entry_counts": ["lang", "entry_id"]}
+    for table, key in keys.items():
         local = rows(inputs / "local" / "cur" / table, key)
         assert local, table
         assert rows(inputs / "cluster" / "cur" / table, key) == local, table
     assert (inputs / "cluster" / "cur" / "_SUCCESS").exists()
+    assert not [p for p in (inputs / "cluster" / "cur").rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_a_module_missing_on_the_executors_is_one_line(cluster, packed_env, inputs, tmp_path):
@@ -211,62 +249,3 @@ def test_a_module_missing_on_the_executors_is_one_line(cluster, packed_env, inpu
     assert len(errors) == 1, output[-3000:]
     assert "on the executors: No module named 'pyarrow'" in errors[0]
     assert "Traceback" not in output
-
-
-def test_a_python_worker_killed_mid_stage_is_retried_and_the_tables_equal_a_local_run(
-    spark, cluster, packed_env, inputs, tmp_path
-):
-    """SIGKILL of an executor's Python worker while the matches stage runs on the cluster: the
-    task fails, Spark runs it again, and the job's tables equal a local run row for row (a
-    task's files are published whole under names a retry writes again; nothing half-written
-    or duplicated survives)."""
-    import psutil
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    lines = shared_path("cc3m_val_10k.tsv").read_text(encoding="utf-8").splitlines()
-    pairs = [line.split("\t") for line in lines if line.count("\t") == 1]
-    table = pa.table({"url": [u for _, u in pairs], "text": [t for t, _ in pairs]})
-    table = table.append_column("lang", pa.array(["en"] * table.num_rows))
-    pq.write_table(table, tmp_path / "captions.parquet")
-    args = ["--metadata", str(inputs / "metadata"), "--t-en", "20", "--partitions", "4",
-            "--input", str(tmp_path / "captions.parquet")]  # fmt: skip
-    assert load_job("curate").main([*args, "--output", str(tmp_path / "local")]) == 0
-
-    cmd = [
-        str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster,
-        "--archives", f"{packed_env}#environment",
-        "--conf", "spark.pyspark.python=./environment/bin/python",
-        "--conf", f"spark.pyspark.driver.python={sys.executable}",
-        "--conf", "spark.executor.memory=3g", "--conf", "spark.executor.cores=2",
-        "--conf", "spark.cores.max=2", str(ROOT / "jobs" / "curate.py"),
-        *args, "--output", str(tmp_path / "cluster"),
-    ]  # fmt: skip
-    log = (tmp_path / "submit.log").open("w")
-    job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=_env())
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and job.poll() is None and time.monotonic() < deadline:
-        for process in psutil.process_iter(["cmdline", "ppid"]):
-            try:
-                forked = "pyspark.daemon" in " ".join(process.info["cmdline"] or [])
-                parent = psutil.Process(process.info["ppid"]).cmdline()
-            except psutil.Error:
-                continue
-            if forked and "pyspark.daemon" in " ".join(parent):
-                process.kill()  # a worker the daemon forked, running a task
-                killed = process.pid
-                break
-        time.sleep(0.02)
-    assert job.wait(300) == 0, (tmp_path / "submit.log").read_text()[-3000:]
-    assert killed is not None, "no Python worker was caught running a task"
-    for table_name, key in (
-        ("matches", ["uid", "text"]),
-        ("entry_counts", ["lang", "entry_id"]),
-        ("curated", ["uid"]),
-    ):
-        local = rows(tmp_path / "local" / table_name, key)
-        assert local, table_name
-        assert rows(tmp_path / "cluster" / table_name, key) == local, table_name
-    leftovers = [p.name for p in (tmp_path / "cluster").rglob("*") if p.name.endswith(".tmp")]
-    assert not leftovers

@@ -33,9 +33,9 @@ def train(out: Path, shards: Path, *args: str) -> subprocess.CompletedProcess:
 def test_checkpoints_go_to_the_store_and_a_new_machine_resumes_from_there(kind, s3, tmp_path):
     """Each checkpoint is uploaded once written (a .dcp folder's markers last), the store keeps
     --keep-checkpoints of them, metrics.jsonl and summary.json follow at the end; a second run
-    with an empty output folder fetches the newest and resumes from it, to the same weights as
-    a run that went through on one machine (checked on the .pt kind). trainer.evaluate and
-    trainer.export load a checkpoint from the store as from local disk."""
+    with an empty output folder fetches the newest and resumes from it (that a resume reaches
+    an uninterrupted run's weights is test_trainer_ddp's). trainer.evaluate and trainer.export
+    load a checkpoint from the store as from local disk."""
     import torch
 
     shards = tmp_path / "shards"
@@ -70,19 +70,7 @@ def test_checkpoints_go_to_the_store_and_a_new_machine_resumes_from_there(kind, 
     assert f"fetched {name.format(6)} from {remote}" in resumed.stdout
     assert "resumed from" in resumed.stdout
     assert json.loads((tmp_path / "second" / "summary.json").read_text())["steps"] == 8
-    if kind == "dcp":  # the same state either way: the pt run checks the weights
-        assert (tmp_path / "second" / "checkpoints" / name.format(8) / ".metadata").is_file()
-        return
-    train(tmp_path / "through", shards, *flags, "--steps", "8")
-
-    def weights(run: Path) -> dict:
-        path = run / "checkpoints" / name.format(8)
-        return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-    expected, got = weights(tmp_path / "through"), weights(tmp_path / "second")
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+    assert (tmp_path / "second" / "checkpoints" / name.format(8)).exists()
 
 
 def test_an_unwritable_remote_is_a_one_line_error_before_training(s3, tmp_path):
