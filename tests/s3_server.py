@@ -28,9 +28,13 @@ def _free_port() -> int:
 
 
 def configure_environment() -> str:
-    """The AWS_* variables for a server on a free port of 127.0.0.1; returns its endpoint. A
-    variable the environment already has is kept (a developer's own endpoint wins)."""
+    """The AWS_* variables for a server on a free port of 127.0.0.1; returns its endpoint.
+    They replace a developer's own (and their profiles and config files are hidden), so that no
+    test can reach a real bucket with real credentials."""
     endpoint = os.environ.get("CURATION_TEST_S3_ENDPOINT") or f"http://127.0.0.1:{_free_port()}"
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL_S3"):  # fmt: skip
+        os.environ.pop(key, None)
     settings = {
         "CURATION_TEST_S3_ENDPOINT": endpoint,
         "AWS_ENDPOINT_URL": endpoint,
@@ -40,10 +44,11 @@ def configure_environment() -> str:
         "AWS_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",  # delta-rs: plain http to the loopback endpoint
         "AWS_EC2_METADATA_DISABLED": "true",  # no instance-role lookups against 169.254.x
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-    for key, value in settings.items():
-        os.environ.setdefault(key, value)
-    return os.environ["CURATION_TEST_S3_ENDPOINT"]
+    os.environ.update(settings)
+    return endpoint
 
 
 @dataclass
