@@ -21,6 +21,7 @@ import pyarrow as pa
 from curation.alt_text.extract import Columns, Limits, extract_file, infer_format
 from curation.alt_text.lid import get_identifier
 from curation.core import tables
+from curation.core.arrays import run_starts
 from curation.core.jobs import ExtractError, NothingReadable
 from curation.core.spark import get_spark, size_shuffle_partitions
 from curation.core.uris import read_text_lines
@@ -368,7 +369,7 @@ def _alt_text_writer(uri: str):
             langs = batch.column("lang")
             if not len(langs):
                 continue
-            bounds = np.append(np.flatnonzero(_run_starts(langs)), len(langs))
+            bounds = np.append(np.flatnonzero(run_starts(langs)), len(langs))
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 piece = batch.slice(start, stop - start)
                 pieces.setdefault(langs[start].as_py(), []).append(piece.drop_columns(["lang"]))
@@ -383,17 +384,6 @@ def _alt_text_writer(uri: str):
         )
 
     return run
-
-
-def _run_starts(values) -> np.ndarray:
-    """True where a value differs from the previous one (the first is always a start)."""
-    import pyarrow.compute as pc
-
-    starts = np.ones(len(values), dtype=np.bool_)
-    if len(values) > 1:
-        same = pc.equal(values.slice(1), values.slice(0, len(values) - 1))
-        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
-    return starts
 
 
 def _join(base: str, name: str) -> str:

@@ -35,6 +35,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation.balance import T_EN_METACLIP2, compute_thresholds
 from curation.core import hashing, tables
+from curation.core.arrays import run_starts
 from curation.core.jobs import CurationError
 from curation.core.spark import (
     KEEP_FREED_MEMORY,
@@ -430,7 +431,7 @@ class CurationJob:
         counts = counts.sort_by("lang")
         langs = counts.column("lang").combine_chunks()
         values = counts.column("count").to_numpy()
-        bounds = np.append(np.flatnonzero(curate_tasks.run_starts(langs)), counts.num_rows)
+        bounds = np.append(np.flatnonzero(run_starts(langs)), counts.num_rows)
         entries, nonzero = {}, {}
         for start, stop in zip(bounds[:-1], bounds[1:]):
             lang, piece = langs[start].as_py(), values[start:stop]

@@ -30,6 +30,7 @@ from curation.balance import (
     keep_uniforms,
 )
 from curation.core import hashing, tables
+from curation.core.arrays import run_starts
 from curation.curate import exchange
 from curation.curate.input_splits import Split, read_split
 from curation.matching import EntryMatcher
@@ -519,19 +520,6 @@ def _smallest_of_copies(out, table, order, group, final) -> pa.Table:
         column = pc.replace_with_mask(out.column(name), pa.array(mask), values.combine_chunks())
         out = out.set_column(out.schema.get_field_index(name), name, column)
     return out
-
-
-def run_starts(*columns) -> np.ndarray:
-    """True where a row differs from the previous one in any of the (sorted) columns."""
-    n = len(columns[0])
-    starts = np.ones(n, dtype=np.bool_)
-    if n > 1:
-        same = None
-        for column in columns:
-            equal = pc.equal(column.slice(1), column.slice(0, n - 1))
-            same = equal if same is None else pc.and_(same, equal)
-        starts[1:] = ~pc.fill_null(same, False).to_numpy(zero_copy_only=False)
-    return starts
 
 
 def chosen_texts(seed: int, table: pa.Table, rows: np.ndarray, image: np.ndarray) -> np.ndarray:
