@@ -29,15 +29,10 @@ MARKERS = (".metadata", checkpoint.TRAINER_STATE)
 
 class RemoteSync:
     def __init__(self, uri: str):
-        from curation.core.uris import arrow_filesystem, local_path
+        from curation.core import tables
 
-        local = local_path(uri)
-        if local is not None:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(local).resolve())
-        else:
-            self.fs, self.root = arrow_filesystem(uri)
-        self.uri = uri.rstrip("/")
-        self.root = self.root.rstrip("/")
+        self.fs, root = tables.filesystem(uri)
+        self.uri, self.root = uri.rstrip("/"), root.rstrip("/")
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -46,11 +41,9 @@ class RemoteSync:
 
     def check(self) -> None:
         """Fail before training if the URI cannot be written (a typo, no credentials)."""
-        probe = self.remote(".remote_sync_probe")
-        self.fs.create_dir(self.root, recursive=True)
-        with self.fs.open_output_stream(probe, compression=None) as sink:
-            sink.write(b"")
-        self.fs.delete_file(probe)
+        from curation.core import tables
+
+        tables.check_writable(self.uri)
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -139,25 +132,27 @@ class RemoteSync:
         tmp = ckpt_dir / f".{newest}.fetch"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.unlink(missing_ok=True)
-        source = self.remote("checkpoints", newest)
-        if newest.endswith(".dcp"):
-            tmp.mkdir()
-        pafs.copy_files(source, str(tmp), source_filesystem=self.fs)
+        _copy_down(self.fs, self.remote("checkpoints", newest), tmp, newest.endswith(".dcp"))
         tmp.replace(final)
         return final
 
 
 def download(uri: str, folder: Path) -> Path:
     """A checkpoint (a .pt object or a .dcp folder) at a remote URI copied into `folder`."""
-    from curation.core.uris import arrow_filesystem
+    from curation.core import tables
 
-    fs, path = arrow_filesystem(uri)
+    fs, path = tables.filesystem(uri)
     path = path.rstrip("/")
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri}: no such checkpoint")
     local = Path(folder) / posixpath.basename(path)
-    if info.type == pafs.FileType.Directory:
+    _copy_down(fs, path, local, info.type == pafs.FileType.Directory)
+    return local
+
+
+def _copy_down(fs: pafs.FileSystem, path: str, local: Path, folder: bool) -> None:
+    """A remote file, or a folder and everything in it, copied to the local path `local`."""
+    if folder:
         local.mkdir(parents=True)
     pafs.copy_files(path, str(local), source_filesystem=fs)
-    return local
