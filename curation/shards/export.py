@@ -137,9 +137,14 @@ class ShardsIncomplete(ExportError):
 
 
 def _fs_and_path(uri: str):
+    """fsspec's filesystem for the output and the path on it, with no listing cached from
+    before: img2dataset writes the shards from other processes, and s3fs reuses one instance
+    (and its directory cache) per set of arguments, so a cached listing would hide them."""
     import fsspec
 
-    return fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.invalidate_cache()
+    return fs, path
 
 
 def read_curated(
@@ -395,7 +400,6 @@ def reset_broken_shards(output: str) -> list[str]:
     own top-level json files; both are removed here (summarize rewrites them).
     """
     fs, out = _fs_and_path(output)
-    fs.invalidate_cache()  # what another process (an earlier run) wrote: no stale listing
     if not fs.exists(out):
         return []
     for name in ("manifest.json", "sizes.json"):
@@ -512,7 +516,6 @@ def summarize(
 ) -> dict:
     """Write sizes.json and manifest.json from the shards' parquet and stats files."""
     fs, out = _fs_and_path(config.output)
-    fs.invalidate_cache()  # img2dataset wrote in other processes: no stale listing (s3fs)
     shards = expected_shards(list_info["rows"], config.samples_per_shard)
     sizes, languages, raw_reasons = {}, Counter(), Counter()
     totals = Counter()
@@ -607,7 +610,6 @@ def export_shards(config: ExportConfig, url_rewrite=None, log=print) -> tuple[di
     if reset:
         log(f"[shards] redoing shard(s) with missing files: {', '.join(reset)}")
     fs, out = _fs_and_path(config.output)
-    fs.invalidate_cache()
     list_uri = config.output.rstrip("/") + f"/{LIST_DIR}/part-00000.parquet"
     done_before = {
         posixpath.basename(p).split("_")[0] for p in fs.glob(posixpath.join(out, "*_stats.json"))
