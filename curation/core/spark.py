@@ -261,6 +261,11 @@ class MissingConnector(OSError):
         fix = CONNECTORS.get(scheme, f"a Hadoop connector for {scheme}://")
         super().__init__(f"Spark has no filesystem for {scheme}:// ({uri}): add {fix}")
 
+    @staticmethod
+    def caused(error: BaseException) -> bool:
+        """Whether a (py4j-wrapped) error is Hadoop's UnsupportedFileSystemException."""
+        return "No FileSystem for scheme" in str(error)
+
 
 class HadoopFS:
     """Small file operations on any URI Spark can write (local, hdfs, s3a, ...), from the driver."""
@@ -274,7 +279,7 @@ class HadoopFS:
         try:
             return path, path.getFileSystem(self._conf)
         except Exception as error:  # noqa: BLE001 - py4j wraps UnsupportedFileSystemException
-            if "No FileSystem for scheme" not in str(error):
+            if not MissingConnector.caused(error):
                 raise
             raise MissingConnector(uri) from None
 

@@ -227,7 +227,7 @@ def read_table(spark, uri: str, schema: str | None = None):
     try:
         return _spark_reader(spark, uri, schema, delta, folder)
     except Exception as error:  # noqa: BLE001 - py4j's wrapping of Hadoop's exception
-        if "No FileSystem for scheme" in str(error):
+        if MissingConnector.caused(error):
             raise MissingConnector(uri) from None
         raise
 
