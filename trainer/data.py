@@ -103,12 +103,18 @@ def parse_weights(text: str, sources: int) -> list[float]:
     return [w / total for w in weights]
 
 
+def _is_remote(url: str) -> bool:
+    """A URL read over the network (http(s), s3://, gs://...), not a local path, file:// or
+    pipe:CMD."""
+    return not url.startswith("pipe:") and "://" in url.removeprefix("file://")
+
+
 def _read_json_next_to(url: str, name: str) -> dict | None:
     """The JSON file `name` in the shard's folder (local, or remote as `_open_shard` reads it),
     None when there is none."""
     if url.startswith("pipe:"):
         return None
-    if "://" in url.removeprefix("file://"):
+    if _is_remote(url):
         from curation.core.uris import is_not_found, open_binary
 
         try:
@@ -166,7 +172,7 @@ def _open_shard(url: str):
         import webdataset as wds
 
         return wds.gopen(url, "rb"), False
-    if "://" in url.removeprefix("file://"):
+    if _is_remote(url):
         from curation.core.uris import open_binary
 
         return open_binary(url), False
@@ -209,8 +215,7 @@ def read_shard(
 
     from curation.core.uris import is_transient
 
-    remote = "://" in url.removeprefix("file://") and not url.startswith("pipe:")
-    attempts = SHARD_READ_ATTEMPTS if remote else 1
+    attempts = SHARD_READ_ATTEMPTS if _is_remote(url) else 1
     progress = _Progress()
     for attempt in range(attempts):
         try:
