@@ -355,55 +355,22 @@ def test_inputs_by_file_and_http_uri(tmp_path):
 def test_remote_reads_are_retried_and_a_recovered_file_counts_as_a_clean_read(tmp_path):
     """An object store or web server that drops the connection mid-file, or answers 503, costs
     a retry, not the file: the records come out once each and the drops match a clean read."""
-    import http.server
-    import threading
+    from flaky_http import flaky_server
 
     data = shared_path("whirlwind.warc.gz").read_bytes()
     clean_drops = Counter()
     clean = list(extract_file(str(shared_path("whirlwind.warc.gz")), "warc", clean_drops))
-    requests = Counter()
-
-    class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests[self.path] += 1
-            if self.path == "/gone.warc.gz":
-                self.send_error(404)
-                return
-            if self.path == "/down.warc.gz" or (
-                self.path == "/busy.warc.gz" and requests[self.path] == 1
-            ):
-                self.send_error(503)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.path == "/cut.warc.gz" and requests[self.path] < 3:
-                # the connection drops after one and then two thirds of the file
-                self.wfile.write(data[: len(data) * requests[self.path] // 3])
-                self.wfile.flush()
-                self.connection.shutdown(2)
-                return
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with flaky_server(lambda name: data) as (base, requests):
         for name, attempts_seen in (("cut", 3), ("busy", 2)):
             drops = Counter()
             records = list(extract_file(f"{base}/{name}.warc.gz", "warc", drops, backoff_s=0.01))
             assert records == clean and drops == clean_drops, name
-            assert requests[f"/{name}.warc.gz"] == attempts_seen
+            assert requests[f"{name}.warc.gz"] == attempts_seen
         for name, attempts_seen in (("down", 3), ("gone", 1)):  # 404 is not worth a retry
             drops = Counter()
             assert list(extract_file(f"{base}/{name}.warc.gz", "warc", drops, backoff_s=0.01)) == []
             assert drops == Counter(unreadable_file=1)
-            assert requests[f"/{name}.warc.gz"] == attempts_seen, name
-    finally:
-        server.shutdown()
+            assert requests[f"{name}.warc.gz"] == attempts_seen, name
     corrupt = tmp_path / "bad.tsv.gz"  # bad bytes on local disk: read once, one drop
     corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
     drops = Counter()

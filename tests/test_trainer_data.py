@@ -303,65 +303,42 @@ def test_remote_shard_reads_that_fail_midway_are_retried_from_where_they_broke(
     a retry (counted as shard_retries), not the shard: every sample comes out once, as from
     the local file, and none is counted twice as read. A shard that keeps failing is skipped
     with its samples counted as bad_shard and one warning; a missing one (404) is not retried."""
-    import http.server
-    import threading
+    from flaky_http import flaky_server
 
     monkeypatch.setattr(data, "SHARD_RETRY_BACKOFF_S", 0.01)
     tar = (shards / "00001.tar").read_bytes()
-    sizes = (shards / "sizes.json").read_bytes()
     local = [(k, s["__key__"], s.get("txt")) for k, s in data.read_shard(
         str(shards / "00001.tar"), lambda k: True, Counter())]  # fmt: skip
-    requests = Counter()
-
-    class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            name = self.path.rsplit("/", 1)[-1]
-            requests[name] += 1
-            body = sizes if name == "sizes.json" else tar
-            if name == "gone.tar":
-                return self.send_error(404)
-            if name == "down.tar" or (name == "busy.tar" and requests[name] == 1):
-                return self.send_error(503)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if name == "cut.tar" and requests[name] < 3:  # drops after 1/3, then after 2/3
-                self.wfile.write(body[: len(body) * requests[name] // 3])
-                self.wfile.flush()
-                self.connection.shutdown(2)
-                return
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    data._SIZES.clear()
-    sizes_json = json.loads(sizes)
+    sizes_json = json.loads((shards / "sizes.json").read_text())
     sizes_json.update({f"{n}.tar": sizes_json["00001.tar"] for n in ("cut", "busy", "down")})
     sizes = json.dumps(sizes_json).encode()
+    data._SIZES.clear()
     try:
-        for name, retries in (("cut", 2), ("busy", 1)):
+        with flaky_server(lambda name: sizes if name == "sizes.json" else tar) as (
+            base,
+            requests,
+        ):
+            for name, retries in (("cut", 2), ("busy", 1)):
+                counters = Counter()
+                got = [(k, s["__key__"], s.get("txt")) for k, s in data.read_shard(
+                    f"{base}/{name}.tar", lambda k: True, counters)]  # fmt: skip
+                assert got == local, name
+                assert counters == Counter(read=len(local), shard_retries=retries), name
+            odd = [k for k, *_ in local if k % 2]
+            counters = Counter()  # a strided reader's share, retried: still only its samples
+            requests["cut.tar"] = 0
+            got = [k for k, _ in data.read_shard(f"{base}/cut.tar", lambda k: k % 2, counters)]
+            assert got == odd and counters["read"] == len(odd)
+            assert counters["shard_retries"] == 2
             counters = Counter()
-            got = [(k, s["__key__"], s.get("txt")) for k, s in data.read_shard(
-                f"{base}/{name}.tar", lambda k: True, counters)]  # fmt: skip
-            assert got == local, name
-            assert counters == Counter(read=len(local), shard_retries=retries), name
-        odd = [k for k, *_ in local if k % 2]
-        counters = Counter()  # a strided reader's share, retried: still only its samples
-        requests["cut.tar"] = 0
-        got = [k for k, _ in data.read_shard(f"{base}/cut.tar", lambda k: k % 2, counters)]
-        assert got == odd and counters["read"] == len(odd) and counters["shard_retries"] == 2
-        counters = Counter()
-        assert list(data.read_shard(f"{base}/down.tar", lambda k: True, counters, set())) == []
-        assert counters == Counter(bad_shard=len(local), shard_retries=data.SHARD_READ_ATTEMPTS - 1)
-        assert requests["down.tar"] == data.SHARD_READ_ATTEMPTS
-        assert list(data.read_shard(f"{base}/gone.tar", lambda k: True, Counter())) == []
-        assert requests["gone.tar"] == 1
+            assert list(data.read_shard(f"{base}/down.tar", lambda k: True, counters, set())) == []
+            assert counters == Counter(
+                bad_shard=len(local), shard_retries=data.SHARD_READ_ATTEMPTS - 1
+            )
+            assert requests["down.tar"] == data.SHARD_READ_ATTEMPTS
+            assert list(data.read_shard(f"{base}/gone.tar", lambda k: True, Counter())) == []
+            assert requests["gone.tar"] == 1
     finally:
-        server.shutdown()
         data._SIZES.clear()
     warnings = [x for x in capsys.readouterr().err.splitlines() if "unreadable shard" in x]
     assert len(warnings) == 2 and "down.tar after 0 of 40 samples" in warnings[0], warnings
