@@ -43,6 +43,10 @@ class ExportError(PipelineError):
     """Stage 4, shard export (curation/shards/)."""
 
 
+class FilterError(PipelineError):
+    """Stage 4b, image filtering (curation/image_filter/)."""
+
+
 class ReportError(PipelineError):
     """The analyst report (curation/report/): the output folder cannot be reported on."""
 
