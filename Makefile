@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := curate,shards,train,notebooks,dev
+EXTRAS := curate,shards,filter,train,notebooks,dev
 OUT ?= out/demo
 
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - install into .venv, then run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run every benchmark in benchmarks/ (prints figures and baseline ratios)"
+	@echo "make filter - de-duplicate, decontaminate, NSFW-filter and face-blur \$$(OUT)/shards into \$$(OUT)/filtered"
 	@echo "make train  - a few steps of a tiny CLIP model on \$$(OUT)/shards (stage 5 smoke run)"
 	@echo "make pack-env - dist/curation-env.tar.gz, the executors' Python for a Spark cluster"
 	@echo "make train-online - pool shards of the demo run + a few steps with online curation"
@@ -79,11 +80,13 @@ CURATE_ARGS ?= --t-en 20
 curate: .venv
 	$(PY) jobs/curate.py --metadata $(OUT)/metadata --input $(OUT)/alt_text --output $(OUT) $(CURATE_ARGS)
 
-# Stage 5 on the shards `make shards` wrote: a few steps of a tiny CLIP model (CPU is fine).
+# Stage 5 on the shards `make shards` wrote (the demo: those `make filter` wrote): a few steps of a
+# tiny CLIP model (CPU is fine).
 TRAIN_ARGS ?= --model tiny-clip --batch-size 16 --steps 20 --warmup 5 --lr 1e-3 --precision fp32 --workers 1 --log-every 5
+TRAIN_DATA ?= $(OUT)/shards
 .PHONY: train
 train: .venv
-	$(PY) trainer/train.py --train-data $(OUT)/shards --output-dir $(OUT)/train $(TRAIN_ARGS)
+	$(PY) trainer/train.py --train-data $(TRAIN_DATA) --output-dir $(OUT)/train $(TRAIN_ARGS)
 
 # Stage 4: WebDataset shards from a curated/ table (Parquet or Delta), written to $(OUT)/shards.
 # Extra flags via SHARDS_ARGS, e.g. SHARDS_ARGS='--image-size 224 --processes 16'.
@@ -96,6 +99,16 @@ SHARDS_OUT ?= $(OUT)/$(if $(filter matched,$(POOL)),pool_shards,shards)
 .PHONY: shards
 shards: .venv
 	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(SHARDS_OUT) --pool $(POOL) $(SHARDS_ARGS)
+
+# Stage 4b: image safety and de-duplication on the shards `make shards` wrote: exact and PDQ
+# near-copies across the whole set, evaluation images (FILTER_ARGS='--eval-sets DIR'), blocklists,
+# NSFW, faces blurred; writes $(OUT)/filtered/shards (the same layout) and $(OUT)/filtered/image_filter.
+# Rules and measurements: docs/filtering.md.
+FILTER_IN ?= $(OUT)/shards
+FILTER_ARGS ?=
+.PHONY: filter
+filter: .venv
+	$(PY) jobs/filter_images.py --shards $(FILTER_IN) --output $(OUT)/filtered $(FILTER_ARGS)
 
 # Online curation (MetaCLIP 2's training-time balancing) on the demo run: pool shards, then a few
 # steps that balance them per epoch from $(OUT)'s entry_counts (docs/online-curation.md).

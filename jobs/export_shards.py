@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(implies --allow-local); 'skimage' serves scikit-image's bundled CC0 photographs",
     )
     p.add_argument(
+        "--serve-variants",
+        action="store_true",
+        help="with --serve-local: give each URL its own variant of one of the photographs (a "
+        "crop, turned, its brightness modulated), so that the image filter's de-duplication "
+        "does not collapse the demo to a dozen pictures",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="delete OUTPUT first instead of resuming"
     )
     p.add_argument(
@@ -139,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> shards.ExportConfig:
         ),
         allow_local=args.allow_local or args.serve_local is not None,
         serve_local=args.serve_local,
+        serve_variants=args.serve_variants,
         resolve_hosts=args.resolve_hosts,
         max_image_pixels=args.max_image_pixels,
         extract_exif=args.extract_exif,

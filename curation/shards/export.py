@@ -74,6 +74,7 @@ class ExportConfig:
     # the demo: curated URLs pointed at the photographs of this folder (or "skimage": the ones
     # scikit-image bundles), served on 127.0.0.1 (curation/shards/loopback.py)
     serve_local: str | None = None
+    serve_variants: bool = False  # with serve_local: each URL its own variant of a photograph
 
     def __post_init__(self):
         if self.pool not in ("curated", "matched"):
@@ -81,6 +82,8 @@ class ExportConfig:
         for name in ("image_size", "samples_per_shard", "processes", "threads", "timeout"):
             if getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.serve_variants and not self.serve_local:
+            raise ExportError("--serve-variants needs --serve-local")
         if self.distributor not in ("multiprocessing", "pyspark"):
             raise ExportError(f"unknown distributor {self.distributor!r}")
 
@@ -110,9 +113,14 @@ def run(config: ExportConfig, log=print) -> ExportReport:
             if folder == "skimage":
                 folder = str(loopback.bundled_photo_dir())
             names = loopback.image_names(folder)
-            with loopback.serve_directory(folder) as base:
+            variants = names if config.serve_variants else None
+            with loopback.serve_directory(folder, variants_of=variants) as base:
                 manifest, built = export_shards(
-                    config, url_rewrite=lambda t: loopback.localize_urls(t, base, names), log=log
+                    config,
+                    url_rewrite=lambda t: loopback.localize_urls(
+                        t, base, names, config.serve_variants
+                    ),
+                    log=log,
                 )
         else:
             manifest, built = export_shards(config, log=log)

@@ -27,12 +27,13 @@ STAGES = [
     (
         "shards",
         {
-            "SHARDS_ARGS": "--serve-local skimage --processes 2 --threads 16 --timeout 5 "
-            "--samples-per-shard 500"
+            "SHARDS_ARGS": "--serve-local skimage --serve-variants --processes 2 --threads 16 "
+            "--timeout 5 --samples-per-shard 500"
         },
         ["shards"],
     ),
-    ("train", {}, ["train"]),
+    ("filter", {}, ["filtered/shards", "filtered/image_filter"]),
+    ("train", {"TRAIN_DATA": "{out}/filtered/shards"}, ["train"]),
     ("report", {}, ["report.html"]),
 ]
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {target}", flush=True)
         stage_started = time.perf_counter()
-        command = ["make", "-s", target, f"OUT={out}", *(f"{k}={v}" for k, v in variables.items())]
+        settings = [f"{k}={v.format(out=out)}" for k, v in variables.items()]
+        command = ["make", "-s", target, f"OUT={out}", *settings]
         result = subprocess.run(command, cwd=ROOT)
         if result.returncode:
             print(
