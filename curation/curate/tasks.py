@@ -33,6 +33,7 @@ from curation.core import hashing, tables
 from curation.core.arrays import run_starts
 from curation.curate import exchange
 from curation.curate.input_splits import Split, read_split
+from curation.curate.recount import only_survivors
 from curation.matching import EntryMatcher
 
 OTHER = "other"
@@ -200,10 +201,12 @@ def read_and_pack(
     derive: tuple[str, ...] = (),
     lid_model: str | None = None,
     splits: bool = True,
+    survivors: str | None = None,
 ):
     """mapInArrow function, the map side: over input splits (input_splits.SPLIT_SCHEMA, each
     read here), or with `splits=False` over records Spark read (RECORD_COLUMNS). The records,
-    `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA)."""
+    `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA); with
+    `survivors` (--recount-from), only the records of the images that file lists."""
     match = match_records(metadata_uri, version, metadata_langs)
     keys = hashing.partition_keys(num_partitions)
     known = pa.array(sorted(metadata_langs), pa.string())
@@ -219,7 +222,10 @@ def read_and_pack(
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for records in records_of(batch):
-                yield _pack(derive_columns(records, derive, lid_model), match, keys, known)
+                records = derive_columns(records, derive, lid_model)
+                if survivors is not None:
+                    records = only_survivors(records, survivors)
+                yield _pack(records, match, keys, known)
 
     return run
 

@@ -149,6 +149,29 @@ class CurationOutput:
         except json.JSONDecodeError as error:
             raise ReportError(f"{self.output}/run.json is not valid JSON: {error}") from error
 
+    def image_drops(self) -> pd.DataFrame | None:
+        """What happened to the curated images after curation, by stage and reason, from the
+        manifests of `make shards` (shards/) and `make filter` (filtered/shards/); None when
+        neither exists."""
+        rows = []
+        shards = json.loads(self._read_text("shards/manifest.json") or "{}")
+        if shards:
+            rows.append(("export", "exported", shards.get("total_samples", 0)))
+            for reason, n in (shards.get("url_filter_drops") or {}).items():
+                rows.append(("export", f"url: {reason}", n))
+            failures = (shards.get("download") or {}).get("failure_categories") or {}
+            for reason, n in failures.items():
+                rows.append(("download", reason, n))
+        filtered = json.loads(self._read_text("filtered/shards/manifest.json") or "{}")
+        if filtered:
+            for reason, n in (filtered.get("drops") or {}).items():
+                rows.append(("image filter", reason, n))
+            rows.append(("image filter", "faces blurred", filtered.get("blurred_images", 0)))
+            rows.append(("image filter", "kept", filtered.get("kept", 0)))
+        if not rows:
+            return None
+        return pd.DataFrame(rows, columns=["stage", "what", "images"])
+
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
         """Any SQL over the views entry_counts, thresholds, curated and matches."""
         return self.con.execute(query, params or []).df()
@@ -438,6 +461,28 @@ def sortable_table_html(frame: pd.DataFrame) -> str:
     return _table(frame, sortable=True) + f"<script>{_SORT_JS}</script>"
 
 
+def recount_table(out: CurationOutput) -> pd.DataFrame | None:
+    """--recount-from runs: per language, t and the kept images before (the run the shards
+    came from) and after (this run); None for other runs."""
+    recount = out.run.get("recount") or {}
+    if not recount:
+        return None
+    before = recount.get("before") or {}
+    t_before, kept_before = before.get("t", {}), before.get("curated", {})
+    t_after = out.thresholds()
+    kept_after = out.run.get("counts", {}).get("curated_per_lang", {})
+    langs = sorted(set(t_before) | set(t_after))
+    return pd.DataFrame(
+        {
+            "lang": langs,
+            "t before": [t_before.get(lang) for lang in langs],
+            "t after": [t_after.get(lang) for lang in langs],
+            "kept before": [kept_before.get(lang, 0) for lang in langs],
+            "kept after": [kept_after.get(lang, 0) for lang in langs],
+        }
+    )
+
+
 def html_report(out: CurationOutput, langs: list[str] | None = None, k: int = 15) -> str:
     """The whole report as one standalone HTML page (plots embedded as base64 PNG)."""
     langs = langs or out.main_languages()
@@ -456,6 +501,20 @@ def html_report(out: CurationOutput, langs: list[str] | None = None, k: int = 15
     counts.update({f"drop: {k_}": v for k_, v in out.run.get("drops", {}).items()})
     if counts:
         parts.append(_table(pd.DataFrame([counts])))
+    images = out.image_drops()
+    if images is not None:
+        parts.append("<h2>Images: download and filtering</h2>")
+        parts.append(_table(images))
+    recount = recount_table(out)
+    if recount is not None:
+        parts.append(
+            "<h2>Before and after download</h2><p>This run counted only the images in "
+            f"{html.escape(str(out.run['recount'].get('shards')))} "
+            f"({out.run['recount'].get('surviving_images')} downloaded and kept by the image "
+            "filter): t and the kept set per language, against the run those shards came "
+            "from.</p>"
+        )
+        parts.append(_table(recount))
     parts.append("<h2>Languages</h2><p>Click a column header to sort.</p>")
     parts.append(_table(frame, sortable=True))
     parts.append(_img(plot_languages(out, frame), "records per language"))
