@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = {"text", "matching", "_match_kernel", "balance", "languages", "identity"}
 CONTRACT |= {"reference_metaclip"}
-STAGES = {"metadata", "alt_text", "curate", "shards", "report"}
+STAGES = {"metadata", "alt_text", "curate", "shards", "image_filter", "report"}
 LAYERS = {"core": 0, "contract": 1, "stage": 2, "tools": 3, "app": 4}
 
 

@@ -2,7 +2,7 @@
 trained on, faces blurred. A Spark job in four steps:
 
 1. analyze: one task per input shard (decode, SHA-256/MD5, PDQ, NSFW score, face boxes) ->
-   OUTPUT/image_filter/_analysis/NNNNN.parquet. A shard whose analysis exists for the same
+   OUTPUT/_analysis/NNNNN.parquet. A shard whose analysis exists for the same
    input and flags is not analyzed again (a killed run resumes).
 2. decide (driver): the rules of decide.py over every shard's analysis at once ->
    OUTPUT/image_filter/ (Parquet: one row per sample, its decision and reason).
@@ -35,7 +35,7 @@ from curation.image_filter.decide import Rules, decide
 from curation.image_filter.nsfw import DEFAULT_THRESHOLD
 from curation.image_filter.rewrite import rewrite_shard
 
-ANALYSIS_DIR = "image_filter/_analysis"
+ANALYSIS_DIR = "_analysis"  # beside image_filter/, which is rewritten whole each run
 TASK_SCHEMA = "shard string, samples long, seconds double"
 PROGRESS_EVERY_S = 10.0
 
