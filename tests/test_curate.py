@@ -760,3 +760,101 @@ def test_a_run_on_an_object_store_equals_the_local_run(
 
 
 STAGE_NAMES = ("matches", "entry_counts", "thresholds", "curated")
+
+
+@pytest.fixture(scope="module")
+def recounted(spark, corpus, tmp_path_factory):
+    """Issue 32, item 6: a run's pool of matched images exported from a loopback server that
+    answers 404 for about a quarter of them, then the run again with --recount-from those
+    shards."""
+    pytest.importorskip("img2dataset")
+    pytest.importorskip("skimage")
+    from curation.shards import export as shards
+    from curation.shards import loopback
+
+    root, table, entries = corpus
+    work = tmp_path_factory.mktemp("recount")
+    subset = table.take(list(range(0, table.num_rows, 8)))
+    pq.write_table(subset, work / "alt_text.parquet")
+    flags = {"input": str(work / "alt_text.parquet"), "t_en": 5, "seed": 3}
+    run(corpus_config(root, work / "run", **flags), spark)
+
+    def rewrite(pool: pa.Table, base: str) -> pa.Table:
+        digests = [hashlib.sha1(u.encode()).hexdigest() for u in pool["url"].to_pylist()]
+        urls = [f"{base}/{'missing' if d[0] in '0123' else 'variant'}/{d}.jpg" for d in digests]
+        return pool.set_column(pool.schema.get_field_index("url"), "url", pa.array(urls))
+
+    names = list(loopback.BUNDLED_PHOTOS)
+    photos = loopback.bundled_photo_dir()
+    with loopback.serve_directory(photos, variants_of=names, lifetime_s=300) as base:
+        config = shards.ExportConfig(
+            curated=str(work / "run" / "curated"),
+            output=str(work / "pool"),
+            pool="matched",
+            allow_local=True,
+            samples_per_shard=100,
+            processes=1,
+            threads=16,
+            timeout=5,
+        )
+        manifest, _ = shards.export_shards(config, url_rewrite=lambda t: rewrite(t, base))
+    report = run(
+        corpus_config(root, work / "after", recount_from=str(work / "pool"), **flags), spark
+    )
+    return work, subset, manifest, report, flags
+
+
+def test_recount_from_shards_gives_the_reference_on_the_images_that_downloaded(recounted, corpus):
+    work, subset, manifest, report, flags = recounted
+    _, _, entries = corpus
+    failed = manifest["download"]["failure_categories"]
+    assert failed.get("http_404", 0) > 0.15 * manifest["download"]["attempted"]
+    assert manifest["total_samples"] > 0
+    survivors = set()
+    for part in (work / "pool").glob("*.parquet"):
+        meta = pq.read_table(part, columns=["uid", "status"]).to_pylist()
+        survivors |= {m["uid"] for m in meta if m["status"] == "success"}
+    assert len(survivors) == manifest["total_samples"]
+    kept_input = subset.filter(pa.array([u in survivors for u in subset["uid"].to_pylist()]))
+    counts, t, p, decisions = reference_run(kept_input, entries, flags["t_en"], flags["seed"])
+    thresholds = read(work / "after" / "thresholds").set_index("lang")
+    assert {lang: thresholds.loc[lang, "t"] for lang in thresholds.index} == t
+    counted = read(work / "after" / "entry_counts")
+    for lang, expected in counts.items():
+        got = counted[counted["lang"] == lang].sort_values("entry_id")["count"].to_numpy()
+        assert np.array_equal(got, expected), lang
+    curated = read(work / "after" / "curated")
+    got = {(r.uid, r.text, r.lang, round(r.keep_prob, 12)) for r in curated.itertuples()}
+    expected = {
+        (d.record.uid, d.record.text, d.record.lang, round(d.keep_prob, 12))
+        for d in decisions
+        if d.kept
+    }
+    assert got == expected and got
+    assert set(curated["uid"]) <= survivors
+    # the counts moved: images that never downloaded no longer count
+    before = read(work / "run" / "entry_counts")["count"].sum()
+    assert counted["count"].sum() < before
+    assert report.recount["surviving_images"] == len(survivors)
+
+
+def test_run_json_and_report_show_t_and_kept_before_and_after(recounted):
+    pytest.importorskip("duckdb")
+    from curation.report.job import CurationOutput, html_report, recount_table
+
+    work, _, _, report, _ = recounted
+    run_json = json.loads((work / "after" / "run.json").read_text())
+    before = run_json["recount"]["before"]
+    assert before["run_dir"] == str(work / "run")
+    original = read(work / "run" / "thresholds").set_index("lang")["t"].to_dict()
+    assert before["t"] == original
+    frame = recount_table(CurationOutput(work / "after"))
+    after = read(work / "after" / "thresholds").set_index("lang")["t"].to_dict()
+    assert dict(zip(frame["lang"], frame["t after"])) == after
+    assert dict(zip(frame["lang"], frame["t before"])) == original
+    kept_after = run_json["counts"]["curated_per_lang"]
+    assert dict(zip(frame["lang"], frame["kept after"])) == {
+        lang: kept_after.get(lang, 0) for lang in frame["lang"]
+    }
+    assert frame["kept after"].sum() <= run_json["recount"]["surviving_images"]
+    assert "Before and after download" in html_report(CurationOutput(work / "after"))
