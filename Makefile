@@ -100,7 +100,7 @@ SHARDS_OUT ?= $(OUT)/$(if $(filter matched,$(POOL)),pool_shards,shards)
 shards: .venv
 	$(PY) jobs/export_shards.py --curated $(CURATED) --output $(SHARDS_OUT) --pool $(POOL) $(SHARDS_ARGS)
 
-# Stage 4b: image safety and de-duplication on the shards `make shards` wrote: exact and PDQ
+# Stage 4b: image safety and de-duplication on the shards `make shards` wrote: exact and pHash
 # near-copies across the whole set, evaluation images (FILTER_ARGS='--eval-sets DIR'), blocklists,
 # NSFW, faces blurred; writes $(OUT)/filtered/shards (the same layout) and $(OUT)/filtered/image_filter.
 # Rules and measurements: docs/filtering.md.

@@ -1,5 +1,6 @@
-"""Filter WebDataset shards before training: de-duplicate (exact and PDQ near-copies, across
-the whole set), remove evaluation images, blocklisted hashes and URLs and NSFW images, blur faces.
+"""Filter WebDataset shards before training: de-duplicate (exact and perceptual-hash
+near-copies, across the whole set), remove evaluation images, blocklisted hashes and URLs and
+NSFW images, blur faces.
 
     python jobs/filter_images.py --shards out/shards --output out/filtered \\
         [--eval-sets DIR ...] [--block-hashes FILE] [--block-urls FILE]
@@ -7,7 +8,7 @@ the whole set), remove evaluation images, blocklisted hashes and URLs and NSFW i
 
 Writes OUT/shards/ (NNNNN.tar + NNNNN.parquet in the input's layout, sizes.json, manifest.json
 with drop counts by reason and the evaluation images found) and OUT/image_filter/ (Parquet, a
-row per input sample: uid, key, sha256, md5, pdq, nsfw_score, face_boxes, decision, reason,
+row per input sample: uid, key, sha256, md5, pdq, phash, nsfw_score, face_boxes, decision, reason,
 duplicate_of). Rerunning the same command analyzes and writes only what is missing.
 Rules and measurements: docs/filtering.md.
 """
@@ -74,8 +75,9 @@ def parse_args(argv: list[str] | None) -> FilterConfig:
         "--near-duplicate-bits",
         type=int,
         default=hashes.DEFAULT_NEAR_DUPLICATE_BITS,
-        help="PDQ Hamming distance (of 256 bits) up to which two images are near-copies "
-        "(measured: edits of a photograph <= 86, distinct photographs >= 100)",
+        help="pHash Hamming distance (of 256 bits) up to which two images are near-copies, for "
+        "de-duplication and --eval-sets (measured: edits of a photograph <= 70, distinct "
+        "photographs >= 102)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="delete OUTPUT's results first instead of resuming"

@@ -24,6 +24,7 @@ ANALYSIS_SCHEMA = pa.schema(
         ("md5", pa.string()),
         ("pdq", pa.string()),
         ("pdq_quality", pa.int32()),
+        ("phash", pa.string()),
         ("nsfw_score", pa.float32()),
         ("face_boxes", pa.list_(pa.list_(pa.int32()))),
         ("error", pa.string()),
@@ -46,11 +47,13 @@ def analyze_sample(
     row |= {"sha256": hashes.sha256_hex(data), "md5": hashes.md5_hex(data)}
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = np.asarray(image.convert("RGB"))
+            image = image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         return row | {"error": f"decode_error: {type(error).__name__}"}
+    rgb = np.asarray(image)
     clock.lap("decode")
     row["pdq"], row["pdq_quality"] = hashes.pdq(rgb)
+    row["phash"] = hashes.phash(image)
     clock.lap("hash")
     if nsfw_on:
         row["nsfw_score"] = nsfw.nsfw_score(rgb)

@@ -4,11 +4,11 @@ and in this order; the first rule that applies names the drop reason:
 1. `no_image` / `decode_error`: nothing to train on.
 2. `blocked_url` / `blocked_domain`, then `blocked_md5` / `blocked_sha256` / `blocked_pdq`
    (`--block-urls`, `--block-hashes`; PDQ within BLOCKLIST_PDQ_BITS).
-3. `eval_contamination`: the same bytes as an evaluation image, or a PDQ hash within the
-   near-duplicate threshold of one (both hashes of PDQ quality >= PDQ_MIN_QUALITY).
+3. `eval_contamination`: the same bytes as an evaluation image, or a pHash within the
+   near-duplicate threshold of one (both images of PDQ quality >= PDQ_MIN_QUALITY).
 4. `nsfw`: an NSFW score at or above the threshold.
 5. `exact_duplicate` / `near_duplicate`, among the samples no earlier rule dropped, across the
-   whole set: samples with the same SHA-256, or PDQ hashes within the threshold (both of
+   whole set: samples with the same SHA-256, or pHashes within the threshold (both of PDQ
    quality >= PDQ_MIN_QUALITY), are linked; of each connected group the sample with the
    smallest uid is kept and the others name it in `duplicate_of` (`exact_duplicate` when their
    bytes equal the kept one's). The smallest uid does not depend on shard order or partitioning.
@@ -69,7 +69,8 @@ def decide(analysis: pa.Table, rules: Rules, evals: EvalImages | None = None) ->
     md5 = analysis["md5"].to_pylist()
     pdq = analysis["pdq"].to_pylist()
     quality = np.array([q if q is not None else -1 for q in analysis["pdq_quality"].to_pylist()])
-    words = hashes.hex_to_words([p or "0" * 64 for p in pdq])
+    pdq_words = hashes.hex_to_words([p or "0" * 64 for p in pdq])
+    words = hashes.hex_to_words([p or "0" * 64 for p in analysis["phash"].to_pylist()])
     has_hash = np.array([p is not None for p in pdq])
 
     def drop(rows, reason: str) -> None:
@@ -89,7 +90,7 @@ def decide(analysis: pa.Table, rules: Rules, evals: EvalImages | None = None) ->
     if rules.hash_list.pdq:
         hashed = np.flatnonzero(has_hash)
         pairs = hashes.pairs_within(
-            words[hashed], rules.hash_list.pdq_words(), hashes.BLOCKLIST_PDQ_BITS
+            pdq_words[hashed], rules.hash_list.pdq_words(), hashes.BLOCKLIST_PDQ_BITS
         )
         drop(sorted({int(hashed[i]) for i, _, _ in pairs}), "blocked_pdq")
 
@@ -125,7 +126,7 @@ def _contamination(ids, sha, words, quality, rules: Rules, evals: EvalImages | N
     ours = np.flatnonzero(quality >= hashes.PDQ_MIN_QUALITY)
     theirs = np.flatnonzero(np.array(evals.quality) >= hashes.PDQ_MIN_QUALITY)
     if len(ours) and len(theirs):
-        eval_words = evals.pdq_words()[theirs]
+        eval_words = evals.phash_words()[theirs]
         for i, j, distance in hashes.pairs_within(
             words[ours], eval_words, rules.near_duplicate_bits
         ):
@@ -146,7 +147,8 @@ def _contamination(ids, sha, words, quality, rules: Rules, evals: EvalImages | N
 
 def _deduplicate(ids, sha, words, quality, reasons, duplicate_of, bits: int) -> None:
     """Union-find over the surviving rows (ids sorted ascending, so the smallest index of a
-    group is its smallest uid): same bytes, or PDQ within `bits` (both of enough quality)."""
+    group is its smallest uid): same bytes, or pHashes within `bits` (both of enough PDQ
+    quality)."""
     alive = [i for i in range(len(ids)) if reasons[i] is None]
     parent = {i: i for i in alive}
 

@@ -22,19 +22,19 @@ from curation.image_filter.samples import image_of, iter_samples
 
 @dataclasses.dataclass(frozen=True)
 class EvalImages:
-    """Every hashed evaluation image: set name, sample key, SHA-256, PDQ hex and quality."""
+    """Every hashed evaluation image: set name, sample key, SHA-256, pHash, PDQ quality."""
 
     names: tuple[str, ...]
     keys: tuple[str, ...]
     sha256: tuple[str, ...]
-    pdq: tuple[str, ...]
+    phash: tuple[str, ...]
     quality: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def pdq_words(self) -> np.ndarray:
-        return hashes.hex_to_words(list(self.pdq))
+    def phash_words(self) -> np.ndarray:
+        return hashes.hex_to_words(list(self.phash))
 
 
 def eval_tars(folder: str) -> list[str]:
@@ -55,7 +55,7 @@ def uri_of(folder: str, path: str) -> str:
 
 
 def hash_eval_sets(folders: list[str]) -> EvalImages:
-    names, keys, sha, pdq, quality = [], [], [], [], []
+    names, keys, sha, phash, quality = [], [], [], [], []
     for folder in folders:
         name = posixpath.basename(folder.rstrip("/"))
         for tar in eval_tars(folder):
@@ -64,11 +64,10 @@ def hash_eval_sets(folders: list[str]) -> EvalImages:
                     _, data = image_of(members)
                     if data is None:
                         continue
-                    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-                    digest, q = hashes.pdq(rgb)
+                    image = Image.open(io.BytesIO(data)).convert("RGB")
                     names.append(name)
                     keys.append(f"{posixpath.basename(tar)[:-4]}/{key}")
                     sha.append(hashes.sha256_hex(data))
-                    pdq.append(digest)
-                    quality.append(q)
-    return EvalImages(tuple(names), tuple(keys), tuple(sha), tuple(pdq), tuple(quality))
+                    phash.append(hashes.phash(image))
+                    quality.append(hashes.pdq(np.asarray(image))[1])
+    return EvalImages(tuple(names), tuple(keys), tuple(sha), tuple(phash), tuple(quality))

@@ -1,9 +1,14 @@
-"""Image identity for de-duplication and blocklists: exact digests of the stored bytes and PDQ,
-the perceptual hash used for industry hash sharing (docs/filtering.md says why PDQ, and why
-these thresholds: both were measured on re-encoded, resized and cropped photographs).
+"""Image identity for de-duplication, decontamination and blocklists: exact digests of the
+stored bytes, PDQ (the perceptual hash of industry hash sharing: blocklists carry it) and a
+256-bit pHash (imagehash's DCT hash at hash_size 16), which finds near-copies.
 
-A PDQ hash is 256 bits, kept as 64 hex characters (the format hash lists exchange) and, for
-distance computations, as four uint64 words per image.
+Why two perceptual hashes (benchmarks/bench_filter.py --sections hashes, docs/filtering.md): on
+tiles of real photographs, near-copies (quality 60, 90% size, 5% centred crop) moved PDQ by up
+to 86 bits with distinct pictures 100 apart, and the 256-bit pHash by up to 70 with distinct
+pictures 102 apart. At the threshold each needs, the demo's 2,725 crops of a dozen photographs
+held 38 pairs of different photographs within 90 PDQ bits, and 1 within 80 pHash bits.
+
+Both are 256 bits, kept as 64 hex characters and, for distances, as four uint64 words.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ PDQ_BITS = 256
 # match: a flat image's hash flips under re-encoding (measured: a featureless tile re-encoded at
 # quality 60 moved 102 bits, more than distinct photographs are apart).
 PDQ_MIN_QUALITY = 50
-# Near-copies (quality 60, 90% size, 5% crop) of photographs moved at most 86 bits; distinct
-# photographs were at least 100 apart (benchmarks/bench_filter.py --hashes).
-DEFAULT_NEAR_DUPLICATE_BITS = 90
+# pHash-256 bits: near-copies (quality 60, 90% size, 5% centred crop) of photographs moved at
+# most 70 (78 counting featureless tiles); distinct photographs were at least 102 apart.
+DEFAULT_NEAR_DUPLICATE_BITS = 80
 # ThreatExchange's own matching threshold for shared PDQ lists.
 BLOCKLIST_PDQ_BITS = 31
 
@@ -38,6 +43,13 @@ def pdq(rgb: np.ndarray) -> tuple[str, int]:
 
     bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
     return bits_to_hex(np.asarray(bits, dtype=bool)), int(quality)
+
+
+def phash(image) -> str:
+    """imagehash's pHash of a PIL image at hash_size 16 (256 bits), as 64 hex characters."""
+    import imagehash  # the filter extra
+
+    return str(imagehash.phash(image, hash_size=16))
 
 
 def bits_to_hex(bits: np.ndarray) -> str:

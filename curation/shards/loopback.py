@@ -136,7 +136,7 @@ def serve_directory(
             "delays": delays or {},
             "stopping": stopping,
             "seen": seen,
-            "photos": [_load_rgb(Path(root) / n) for n in variants_of] if variants_of else None,
+            "photos": [load_rgb(Path(root) / n) for n in variants_of] if variants_of else None,
         },
     )
 
@@ -159,7 +159,7 @@ def serve_directory(
         thread.join(timeout=5)
 
 
-def _load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
 
