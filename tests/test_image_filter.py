@@ -73,11 +73,10 @@ def write_shard(path: Path, samples: list[dict]) -> None:
     with tarfile.open(path, "w") as tar:
         for s in samples:
             meta = {"uid": s["uid"], "url": s["url"], "caption": s["uid"], "key": s["key"]}
-            for ext, data in (
-                (s.get("ext", "jpg"), s["image"]),
-                ("txt", s["uid"].encode()),
-                ("json", json.dumps(meta).encode()),
-            ):
+            members = [("txt", s["uid"].encode()), ("json", json.dumps(meta).encode())]
+            if s["image"] is not None:
+                members.insert(0, (s.get("ext", "jpg"), s["image"]))
+            for ext, data in members:
                 info = tarfile.TarInfo(f"{s['key']}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -121,6 +120,9 @@ def planted(tmp_path_factory):
             "ext": "png",
         }  # fmt: skip
     )
+    truncated = samples[0]["image"][: len(samples[0]["image"]) // 2]
+    samples.append({"uid": "bad-truncated", "url": "https://x.example/t.jpg", "image": truncated})
+    samples.append({"uid": "bad-no-image", "url": "https://x.example/n.jpg", "image": None})
     # spread over the shards so that every planted copy sits in another shard than its original
     order = sorted(samples, key=lambda s: s["uid"])
     shards_dir = root / "shards"
@@ -233,6 +235,15 @@ def test_blocklisted_hash_url_and_domain_are_dropped_and_counted(filtered, plant
     assert report.manifest["kept"] + sum(drops.values()) == planted["input_samples"]
 
 
+def test_undecodable_and_missing_images_are_dropped_with_their_reason(filtered):
+    _, report, by_uid = filtered
+    assert by_uid["bad-truncated"]["reason"] == "decode_error"
+    assert by_uid["bad-truncated"]["sha256"] is not None  # the bytes were read and hashed
+    assert by_uid["bad-no-image"]["reason"] == "no_image"
+    assert report.manifest["drops"]["decode_error"] == 1
+    assert report.manifest["drops"]["no_image"] == 1
+
+
 def test_a_pdq_blocklist_entry_drops_the_image_and_its_re_encodings(filtered, planted, tmp_path):
     """A PDQ hash (64 hex, as hash-sharing lists carry it) blocks the image within 31 bits."""
     _, _, by_uid = filtered
@@ -290,14 +301,14 @@ def test_nsfw_scores_run_offline_and_the_threshold_bounds_hold(filtered):
     """NudeNet's model ran inside the job (a score per image); a threshold of 0 flags every
     image no earlier rule dropped, 1 flags none."""
     out, _, by_uid = filtered
-    scores = [r["nsfw_score"] for r in by_uid.values()]
-    assert all(s is not None and 0.0 < s < 1.0 for s in scores)
+    scores = [r["nsfw_score"] for r in by_uid.values() if not r["error"]]
+    assert len(scores) == len(by_uid) - 2 and all(0.0 < s < 1.0 for s in scores)
     analysis = pq.read_table(out / "image_filter").drop_columns(
         ["decision", "reason", "duplicate_of"]
     )
     everything = {r["uid"]: r["reason"] for r in decide(analysis, Rules(0.0)).table.to_pylist()}
     nothing = {r["uid"]: r["reason"] for r in decide(analysis, Rules(1.0)).table.to_pylist()}
-    assert set(everything.values()) == {"nsfw"}
+    assert set(everything.values()) == {"nsfw", "decode_error", "no_image"}
     assert "nsfw" not in set(nothing.values())
 
 
@@ -403,3 +414,27 @@ def test_url_list_matches_normalised_urls_and_subdomains(tmp_path):
     assert urls.reason("http://cdn.bad.example/x.jpg") == "blocked_domain"
     assert urls.reason("http://notbad.example/x.jpg") is None
     assert urls.reason("https://example.org/b.jpg") is None
+
+
+def test_shards_and_lists_on_an_object_store_give_the_local_decisions(spark, s3, planted, filtered):
+    """Issue 33, item 1: the stage reads shards, eval sets and lists from s3:// and writes its
+    shards and table there, with the local run's decisions and samples."""
+    root = planted["root"]
+    config = config_for(
+        planted,
+        s3.uri("filter", "out"),
+        shards=s3.upload(root / "shards", "filter", "shards"),
+        eval_sets=(s3.upload(root / "evalset", "filter", "evalset"),),
+        block_hashes=s3.upload(root / "hashes.txt", "filter", "hashes.txt"),
+        block_urls=s3.upload(root / "urls.txt", "filter", "urls.txt"),
+    )
+    report = run(config, spark=spark)
+    local, local_report, by_uid = filtered
+    assert report.manifest["drops"] == local_report.manifest["drops"]
+    copy = s3.download("filter", "out", to=Path(str(root / "from_s3")))
+    remote = {r["uid"]: r for r in pq.read_table(copy / "image_filter").to_pylist()}
+    assert {u: r["reason"] for u, r in remote.items()} == {
+        u: r["reason"] for u, r in by_uid.items()
+    }
+    assert read_tars(copy / "shards") == read_tars(local / "shards")
+    assert "sizes.json" in s3.keys("filter", "out", "shards")

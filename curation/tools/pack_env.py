@@ -202,7 +202,8 @@ def main(argv=None) -> int:
         "--extras",
         default=",".join(EXTRAS),
         help="project extras whose requirements to ship (curate,shards for export_shards.py "
-        "--distributor pyspark: img2dataset and OpenCV, ~400 MB more unpacked)",
+        "--distributor pyspark: img2dataset and OpenCV, ~400 MB more unpacked; add filter for "
+        "filter_images.py: pdqhash, imagehash, nudenet, onnxruntime, dlib)",
     )
     p.add_argument("--check", metavar="ARCHIVE", help="only check an existing archive's links")
     args = p.parse_args(argv)
