@@ -438,3 +438,18 @@ def test_shards_and_lists_on_an_object_store_give_the_local_decisions(spark, s3,
     }
     assert read_tars(copy / "shards") == read_tars(local / "shards")
     assert "sizes.json" in s3.keys("filter", "out", "shards")
+
+
+def test_the_report_lists_the_filter_drop_reasons(filtered, tmp_path):
+    from curation.report.job import image_drops
+
+    out, report, _ = filtered
+    run_dir = tmp_path / "run"
+    (run_dir / "filtered").mkdir(parents=True)
+    (run_dir / "filtered" / "shards").symlink_to(out / "shards")
+    frame = image_drops(str(run_dir))
+    rows = {(r.stage, r.what): r.images for r in frame.itertuples()}
+    for reason, count in report.manifest["drops"].items():
+        assert rows[("image filter", reason)] == count
+    assert rows[("image filter", "kept")] == report.manifest["kept"]
+    assert image_drops(str(tmp_path / "nothing")) is None

@@ -150,27 +150,7 @@ class CurationOutput:
             raise ReportError(f"{self.output}/run.json is not valid JSON: {error}") from error
 
     def image_drops(self) -> pd.DataFrame | None:
-        """What happened to the curated images after curation, by stage and reason, from the
-        manifests of `make shards` (shards/) and `make filter` (filtered/shards/); None when
-        neither exists."""
-        rows = []
-        shards = json.loads(self._read_text("shards/manifest.json") or "{}")
-        if shards:
-            rows.append(("export", "exported", shards.get("total_samples", 0)))
-            for reason, n in (shards.get("url_filter_drops") or {}).items():
-                rows.append(("export", f"url: {reason}", n))
-            failures = (shards.get("download") or {}).get("failure_categories") or {}
-            for reason, n in failures.items():
-                rows.append(("download", reason, n))
-        filtered = json.loads(self._read_text("filtered/shards/manifest.json") or "{}")
-        if filtered:
-            for reason, n in (filtered.get("drops") or {}).items():
-                rows.append(("image filter", reason, n))
-            rows.append(("image filter", "faces blurred", filtered.get("blurred_images", 0)))
-            rows.append(("image filter", "kept", filtered.get("kept", 0)))
-        if not rows:
-            return None
-        return pd.DataFrame(rows, columns=["stage", "what", "images"])
+        return image_drops(self.output)
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
         """Any SQL over the views entry_counts, thresholds, curated and matches."""
@@ -459,6 +439,37 @@ def _table(frame: pd.DataFrame, sortable: bool = False) -> str:
 def sortable_table_html(frame: pd.DataFrame) -> str:
     """A table whose columns sort on a click on their header (inline script, no download)."""
     return _table(frame, sortable=True) + f"<script>{_SORT_JS}</script>"
+
+
+def image_drops(output: str) -> pd.DataFrame | None:
+    """What happened to a run's curated images after curation, by stage and reason, from the
+    manifests of `make shards` (OUT/shards/) and `make filter` (OUT/filtered/shards/); None
+    when neither exists."""
+
+    def manifest(name: str) -> dict:
+        try:
+            return json.loads(tables.read_text(f"{output}/{name}/manifest.json") or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    rows = []
+    shards = manifest("shards")
+    if shards:
+        rows.append(("export", "exported", shards.get("total_samples", 0)))
+        for reason, n in (shards.get("url_filter_drops") or {}).items():
+            rows.append(("export", f"url: {reason}", n))
+        failures = (shards.get("download") or {}).get("failure_categories") or {}
+        for reason, n in failures.items():
+            rows.append(("download", reason, n))
+    filtered = manifest("filtered/shards")
+    if filtered:
+        for reason, n in (filtered.get("drops") or {}).items():
+            rows.append(("image filter", reason, n))
+        rows.append(("image filter", "faces blurred", filtered.get("blurred_images", 0)))
+        rows.append(("image filter", "kept", filtered.get("kept", 0)))
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["stage", "what", "images"])
 
 
 def recount_table(out: CurationOutput) -> pd.DataFrame | None:
