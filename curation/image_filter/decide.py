@@ -58,7 +58,8 @@ def identity(analysis: pa.Table) -> list[str]:
 
 def decide(analysis: pa.Table, rules: Rules, evals: EvalImages | None = None) -> Decisions:
     ids = identity(analysis)
-    order = sorted(range(len(ids)), key=lambda i: (ids[i], analysis["shard"][i].as_py()))
+    shards, keys = analysis["shard"].to_pylist(), analysis["key"].to_pylist()
+    order = sorted(range(len(ids)), key=lambda i: (ids[i], shards[i], keys[i]))
     analysis = analysis.take(pa.array(order, pa.int64()))
     ids = [ids[i] for i in order]
     n = analysis.num_rows
