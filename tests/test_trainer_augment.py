@@ -72,6 +72,77 @@ def test_device_transform_equals_torchvision_per_image(photos, train, hflip):
         assert 0 < int(batch["flips"].sum()) < len(photos)  # both kinds occur at this seed
 
 
+def colour_reference(image: torch.Tensor, aug: augment.Augmentation) -> torch.Tensor:
+    """torchvision on one image, as OpenVision 2 / open_clip's aug-cfg would have it:
+    RandomResizedCrop(scale) [+ flip] + RandomApply([ColorJitter], p) + RandomGrayscale(p) on
+    floats in [0, 1], then Normalize."""
+    steps = [
+        T.RandomResizedCrop(SIZE, aug.scale, aug.ratio, T.InterpolationMode.BILINEAR, False),
+        T.RandomHorizontalFlip() if aug.hflip else T.Lambda(lambda x: x),
+        T.Lambda(lambda x: x / 255.0),
+    ]
+    if aug.color_jitter:
+        steps.append(T.RandomApply([T.ColorJitter(*aug.color_jitter)], p=aug.color_jitter_prob))
+    if aug.grayscale:
+        steps.append(T.RandomGrayscale(aug.grayscale))
+    steps.append(T.Normalize(MEAN, STD))
+    if not aug.hflip:
+        steps.pop(1)  # no flip: no draw either
+    return T.Compose(steps)(image.permute(2, 0, 1).float())
+
+
+COLOUR_CASES = [
+    augment.Augmentation(scale=(0.4, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2),
+    augment.Augmentation(scale=(0.4, 1.0), hflip=True, color_jitter=(0.8, 0.0, 0.5, 0.0)),
+    augment.Augmentation(color_jitter=(0.0, 0.0, 0.0, 0.5), color_jitter_prob=1.0),
+    augment.Augmentation(grayscale=0.5),
+]
+
+
+@pytest.mark.parametrize("aug", COLOUR_CASES, ids=["openvision2", "flip-bs", "hue", "grey"])
+def test_crop_scale_colour_jitter_and_grayscale_equal_torchvision_per_image(photos, aug):
+    """#31, item 2: the device-side batch with --crop-scale, --color-jitter and --grayscale
+    equals torchvision's transforms applied image after image from the same seed."""
+    seed = 75  # one at which some images are jittered (greyed) and some not, in every case
+    batch = data.make_batch(photos, ["x"] * len(photos), tokens, seed, True, False, aug=aug)
+    got = augment.DeviceTransform(SIZE, MEAN, STD, torch.device("cpu"))(batch)
+    torch.manual_seed(seed)
+    for i, image in enumerate(photos):
+        torch.testing.assert_close(got[i], colour_reference(image, aug), atol=2e-4, rtol=0)
+    colour = batch["colour"]
+    if aug.color_jitter and aug.color_jitter_prob < 1:
+        assert 0 < int(colour["active"].any(1).sum()) < len(photos)  # some jittered, some not
+    if aug.grayscale:
+        grey = got[colour["grey"]] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(
+            3, 1, 1
+        )
+        assert colour["grey"].any() and torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5)
+
+
+def test_augmentation_flags_are_checked_and_off_by_default(photos):
+    plain = data.make_batch(photos, ["x"] * len(photos), tokens, 3, True, True)
+    same = data.make_batch(
+        photos, ["x"] * len(photos), tokens, 3, True, False, aug=augment.Augmentation(hflip=True)
+    )
+    assert "colour" not in same and torch.equal(plain["boxes"], same["boxes"])
+    assert torch.equal(plain["flips"], same["flips"])
+    for bad in (
+        {"scale": (0.0, 1.0)},
+        {"scale": (0.9, 0.5)},
+        {"color_jitter": (0.4, 0.4, 0.4, 0.6)},
+        {"color_jitter": (-1.0, 0.0, 0.0, 0.0)},
+        {"grayscale": 1.5},
+    ):
+        with pytest.raises(ValueError, match="^--"):
+            augment.Augmentation(**bad)
+    from trainer.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--train-data", "x", "--crop-scale", "0.5", "0.2"])
+    args = parse_args(["--train-data", "x", "--crop-scale", "0.4", "1", "--grayscale", "0.2"])
+    assert args.crop_scale == [0.4, 1.0] and args.grayscale == 0.2
+
+
 def test_crops_follow_the_seed(photos):
     a = data.make_batch(photos, ["x"] * len(photos), tokens, 1, True, True)
     b = data.make_batch(photos, ["x"] * len(photos), tokens, 1, True, True)

@@ -68,13 +68,15 @@ def test_missing_shards_fail_with_one_line(tmp_path, capsys):
 
 def test_device_decode_and_flip_run(tmp_path):
     """--gpu-decode (torchvision.io.decode_jpeg on the CPU here, the same code as on CUDA) with
-    --hflip and 2 workers; the broken JPEG is dropped in the worker by its missing end marker."""
+    --hflip, OpenVision 2's crop scale, colour jitter and greyscale (#31, item 2) and 2 workers;
+    the broken JPEG is dropped in the worker by its missing end marker."""
     make_shards(tmp_path / "shards", num_shards=2, per_shard=12, broken=True)
     out = tmp_path / "run"
     result = train(
         "--train-data", str(tmp_path / "shards"),
         "--model", "tiny-clip",
-        "--gpu-decode", "--hflip",
+        "--gpu-decode", "--hflip", "--crop-scale", "0.4", "1.0",
+        "--color-jitter", "0.4", "0.4", "0.4", "0.1", "--grayscale", "0.2",
         "--batch-size", "8", "--steps", "6", "--warmup", "1", "--lr", "1e-3",
         "--precision", "fp32", "--workers", "2", "--shuffle-buffer", "10",
         "--log-every", "1", "--output-dir", str(out),

@@ -1,16 +1,73 @@
 """The image half of the data path that runs on the training device, as batched tensor ops.
 
-Workers hand over uint8 images (or JPEG bytes with --gpu-decode) with per-image crop boxes and
-flip flags (`trainer.data.crop_params`); here the batch is decoded if need be, cut and resized
-with one `grid_sample` (bilinear, the same sampling points as `F.interpolate` on each crop, no
-antialiasing), flipped and normalised. Equal to torchvision's RandomResizedCrop(BILINEAR,
-antialias=False) + RandomHorizontalFlip + Normalize on each image (tests/test_trainer_augment.py).
+Workers hand over uint8 images (or JPEG bytes with --gpu-decode) with per-image crop boxes, flip
+flags and colour parameters (`trainer.data.crop_params`); here the batch is decoded if need be,
+cut and resized with one `grid_sample` (bilinear, the same sampling points as `F.interpolate` on
+each crop, no antialiasing), flipped, colour-jittered and greyed where drawn, and normalised.
+Equal to torchvision's RandomResizedCrop(scale, BILINEAR, antialias=False) +
+RandomHorizontalFlip + RandomApply([ColorJitter], p) + RandomGrayscale(p) + Normalize on each
+image, with the same seed (tests/test_trainer_augment.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+CROP_SCALE = (0.9, 1.0)  # open_clip's AugmentationCfg default
+CROP_RATIO = (3 / 4, 4 / 3)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx values
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation: open_clip's AugmentationCfg fields (scale, color_jitter,
+    color_jitter_prob, gray_scale_prob) plus the flip. `color_jitter` is (brightness, contrast,
+    saturation, hue) as torchvision's ColorJitter takes them."""
+
+    scale: tuple[float, float] = CROP_SCALE
+    ratio: tuple[float, float] = CROP_RATIO
+    hflip: bool = False
+    color_jitter: tuple[float, float, float, float] | None = None
+    color_jitter_prob: float = 0.8
+    grayscale: float = 0.0
+
+    def __post_init__(self):
+        low, high = self.scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"--crop-scale needs 0 < MIN <= MAX <= 1, got {low} {high}")
+        if self.color_jitter is not None:
+            if len(self.color_jitter) != 4 or min(self.color_jitter) < 0:
+                raise ValueError("--color-jitter takes 4 values >= 0: brightness contrast "
+                                 f"saturation hue, got {self.color_jitter}")  # fmt: skip
+            if self.color_jitter[3] > 0.5:
+                raise ValueError(f"--color-jitter hue must be <= 0.5, got {self.color_jitter[3]}")
+        for name in ("color_jitter_prob", "grayscale"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1]")
+
+    @property
+    def colours(self) -> bool:
+        return (self.color_jitter is not None and self.color_jitter_prob > 0) or self.grayscale > 0
+
+
+def draw_colour(aug: Augmentation, jitter) -> tuple[list[int], list[float], list[bool], bool]:
+    """One image's colour parameters from torch's RNG, in the order torchvision's
+    RandomApply([ColorJitter], p) then RandomGrayscale(p) draw them: (the four ops' order,
+    their factors, which ops apply, grey or not). `jitter` is the T.ColorJitter of the flags."""
+    order, factors, active = [0, 1, 2, 3], [1.0, 1.0, 1.0, 0.0], [False] * 4
+    if jitter is not None and not aug.color_jitter_prob < torch.rand(1):  # RandomApply's test
+        fn_idx, *drawn = jitter.get_params(
+            jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue
+        )
+        order = [int(i) for i in fn_idx]
+        for op, value in enumerate(drawn):
+            if value is not None:
+                factors[op], active[op] = float(value), True
+    grey = aug.grayscale > 0 and bool(torch.rand(1) < aug.grayscale)
+    return order, factors, active, grey
 
 
 def decode_on_device(
@@ -87,10 +144,13 @@ def crop_resize_normalize(
     std,
     channels_last_input: bool = True,
     chunk: int = 32,
+    colour: dict | None = None,
 ) -> torch.Tensor:
     """B x 3 x size x size float32 from a uint8 canvas (B x H x W x 3, or B x 3 x H x W). The
     canvas goes to float `chunk` images at a time: its float copy, 4 bytes per padded pixel,
-    would otherwise be the data path's largest tensor (a batch of 256 at 512 px: 0.8 GB)."""
+    would otherwise be the data path's largest tensor (a batch of 256 at 512 px: 0.8 GB).
+    `colour` (from `trainer.data.crop_params`) jitters and greys images in [0, 1] before the
+    normalisation, as torchvision's tensor transforms do."""
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
     _, _, height, width = x.shape
     # copies that do not wait for the device (pinned host memory from the loader makes them
@@ -110,7 +170,79 @@ def crop_resize_normalize(
                       padding_mode="border", align_corners=False)
         for i in range(0, n, chunk)
     ])  # fmt: skip
-    return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
+    if colour is None:
+        return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
+    out = apply_colour(
+        out / 255.0, {k: v.to(x.device, non_blocking=True) for k, v in colour.items()}
+    )
+    return (out - _scaled(mean, x.device) / 255.0) / (_scaled(std, x.device) / 255.0)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W luma, torchvision's rgb_to_grayscale weights."""
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """RGB -> HSV, hue + shift (mod 1), -> RGB, per image, as torchvision's adjust_hue on floats."""
+    r, g, b = x.unbind(1)
+    high, low = x.max(dim=1).values, x.min(dim=1).values
+    flat = high == low
+    span = high - low
+    saturation = span / torch.where(flat, torch.ones_like(high), high)
+    span = torch.where(flat, torch.ones_like(span), span)
+    rc, gc, bc = (high - r) / span, (high - g) / span, (high - b) / span
+    hue = torch.where(high == r, bc - gc, torch.where(high == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
+    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
+    sector = torch.floor(hue * 6.0)
+    f = hue * 6.0 - sector
+    sector = sector.to(torch.int64) % 6
+    p = (high * (1.0 - saturation)).clamp(0.0, 1.0)
+    q = (high * (1.0 - saturation * f)).clamp(0.0, 1.0)
+    t = (high * (1.0 - saturation * (1.0 - f))).clamp(0.0, 1.0)
+    # per sector (0..5): which of v, q, p, t is red, green, blue
+    table = torch.stack(
+        (
+            torch.stack((high, q, p, p, t, high), 1),
+            torch.stack((t, high, high, q, p, p), 1),
+            torch.stack((p, p, t, high, high, q), 1),
+        ),
+        1,
+    )  # B x 3 x 6 x H x W
+    index = sector.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)
+    return table.gather(2, index).squeeze(2)
+
+
+def apply_colour(x: torch.Tensor, colour: dict) -> torch.Tensor:
+    """Colour jitter (each image's four ops in its drawn order, where drawn) and greyscale, on
+    B x 3 x H x W floats in [0, 1]: torchvision's ColorJitter and RandomGrayscale per image."""
+    order, factors, active = colour["order"], colour["factors"], colour["active"]
+    for step in range(4):
+        for op in range(4):
+            rows = torch.nonzero((order[:, step] == op) & active[:, op]).flatten()
+            if not len(rows):
+                continue
+            part, factor = x[rows], factors[rows, op]
+            if op == BRIGHTNESS:
+                part = _blend(part, torch.zeros_like(part), factor)
+            elif op == CONTRAST:
+                part = _blend(part, _grey(part).mean(dim=(1, 2, 3), keepdim=True), factor)
+            elif op == SATURATION:
+                part = _blend(part, _grey(part), factor)
+            else:
+                part = _shift_hue(part, factor)
+            x = x.index_copy(0, rows, part)
+    rows = torch.nonzero(colour["grey"]).flatten()
+    if len(rows):
+        x = x.index_copy(0, rows, _grey(x[rows]).expand(-1, 3, -1, -1))
+    return x
 
 
 _SCALED: dict[tuple, torch.Tensor] = {}
@@ -147,5 +279,6 @@ class DeviceTransform:
             canvas = batch["pixels"].to(self.device, non_blocking=True)
             channels_last = True
         return crop_resize_normalize(
-            canvas, batch["boxes"], batch["flips"], self.size, self.mean, self.std, channels_last
-        )
+            canvas, batch["boxes"], batch["flips"], self.size, self.mean, self.std, channels_last,
+            colour=batch.get("colour"),
+        )  # fmt: skip

@@ -53,14 +53,17 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from trainer import augment
+from trainer.augment import Augmentation, draw_colour
+
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 # what the loader's `dropped` counts, in samples: bad_shard is the samples an unreadable or
 # truncated shard lost on each visit (exact when sizes.json gives the shard's size; an unreadable
 # shard whose size is not known counts 1), not the number of shards or visits
 DROP_REASONS = ("missing_image", "missing_text", "bad_image", "bad_shard", "not_a_pool_sample")
 # open_clip's training crop (AugmentationCfg defaults) and torchvision's aspect-ratio range
-CROP_SCALE = (0.9, 1.0)
-CROP_RATIO = (3 / 4, 4 / 3)
+CROP_SCALE = augment.CROP_SCALE
+CROP_RATIO = augment.CROP_RATIO
 _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _META_RE = re.compile(r"__[^/]*__($|/)")
 
@@ -624,15 +627,28 @@ def pad_to_canvas(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def crop_params(
-    sizes: torch.Tensor, seed: int, train: bool, hflip: bool, scale=CROP_SCALE, ratio=CROP_RATIO
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image (top, left, height, width) and flip flag: torchvision's RandomResizedCrop
-    (+ RandomHorizontalFlip) parameters drawn from torch's RNG seeded with `seed`, image after
-    image; for evaluation, the centred square (what Resize(shortest) + CenterCrop keep)."""
+    sizes: torch.Tensor,
+    seed: int,
+    train: bool,
+    hflip: bool,
+    scale=CROP_SCALE,
+    ratio=CROP_RATIO,
+    aug: Augmentation | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """Per image (top, left, height, width), flip flag and, when `aug` jitters or greys colours,
+    its colour parameters (augment.draw_colour): torchvision's RandomResizedCrop
+    (+ RandomHorizontalFlip, RandomApply([ColorJitter]), RandomGrayscale) parameters drawn from
+    torch's RNG seeded with `seed`, image after image; for evaluation, the centred square (what
+    Resize(shortest) + CenterCrop keep). `aug` replaces `hflip`, `scale` and `ratio`."""
     import torchvision.transforms as T
 
+    if aug is not None:
+        hflip, scale, ratio = aug.hflip, aug.scale, aug.ratio
+    colours = train and aug is not None and aug.colours
+    jitter = T.ColorJitter(*aug.color_jitter) if colours and aug.color_jitter else None
     boxes = torch.empty(len(sizes), 4, dtype=torch.int32)
     flips = torch.zeros(len(sizes), dtype=torch.bool)
+    drawn = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, (h, w) in enumerate(sizes.tolist()):
@@ -641,25 +657,40 @@ def crop_params(
                     T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, ratio)
                 )
                 flips[i] = hflip and bool(torch.rand(1) < 0.5)
+                if colours:
+                    drawn.append(draw_colour(aug, jitter))
             else:
                 side = min(h, w)  # torchvision's center_crop offsets
                 top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
                 boxes[i] = torch.tensor([top, left, side, side])
-    return boxes, flips
+    if not colours:
+        return boxes, flips, None
+    order, factors, active, grey = zip(*drawn)
+    colour = {
+        "order": torch.tensor(order, dtype=torch.int64),
+        "factors": torch.tensor(factors, dtype=torch.float32),
+        "active": torch.tensor(active, dtype=torch.bool),
+        "grey": torch.tensor(grey, dtype=torch.bool),
+    }
+    return boxes, flips, colour
 
 
-def make_batch(images, texts, tokenizer, seed, train, hflip, encoded=False) -> dict:
+def make_batch(
+    images, texts, tokenizer, seed, train, hflip, encoded=False, aug: Augmentation | None = None
+) -> dict:
     """What a worker hands over: a uint8 canvas of the images, or with `encoded` the list of
     images as they are (JPEG bytes for the device to decode, or decoded H x W x 3), plus the true
-    sizes, crop boxes, flips and tokens."""
+    sizes, crop boxes, flips, colour parameters (with `aug`) and tokens."""
     if encoded:
         sizes = torch.tensor([_size(img) for img in images], dtype=torch.int32)
         batch = {"encoded": [img[1] if isinstance(img, tuple) else img for img in images]}
     else:
         pixels, sizes = pad_to_canvas(images)
         batch = {"pixels": pixels}
-    boxes, flips = crop_params(sizes, seed, train, hflip)
+    boxes, flips, colour = crop_params(sizes, seed, train, hflip, aug=aug)
     batch.update(sizes=sizes, boxes=boxes, flips=flips)
+    if colour is not None:
+        batch["colour"] = colour
     tokens = tokenizer(texts)  # a dict of token sets with a teacher (`distill.TeacherTokens`)
     batch.update(tokens if isinstance(tokens, dict) else {"tokens": tokens})
     return batch
@@ -777,6 +808,7 @@ class ShardBatches(IterableDataset):
         record_keys: bool = False,
         hflip: bool = False,
         gpu_decode: bool = False,
+        augmentation: Augmentation | None = None,
         online=None,
         with_langs: bool = False,
         sources: list[list[str]] | None = None,
@@ -792,6 +824,7 @@ class ShardBatches(IterableDataset):
         self.slot_states = slot_states or {}
         self.worker_offset = worker_offset
         self.record_keys, self.hflip, self.gpu_decode = record_keys, hflip, gpu_decode
+        self.augmentation = augmentation  # crop scale and colours (replaces hflip when given)
         self.online = online  # curation.curate.online.OnlineCuration: balance the pool per epoch
 
     def __iter__(self):
@@ -843,7 +876,7 @@ class ShardBatches(IterableDataset):
             batch = make_batch(
                 images, texts, self.tokenizer,
                 mix(self.seed, "crop", fixed["salt"], slot, stream.position) & 0x7FFF_FFFF_FFFF,
-                train=True, hflip=self.hflip, encoded=self.gpu_decode,
+                train=True, hflip=self.hflip, encoded=self.gpu_decode, aug=self.augmentation,
             )  # fmt: skip
             slot_state = {"slot": slot, **stream.state(), **fixed, "dropped": dict(drops)}
             if self.online is not None:

@@ -62,6 +62,17 @@ class UsageError(ValueError):
     the data): one line and exit 2, as argparse's own flag errors; other bad input exits 1."""
 
 
+def augmentation_from(args) -> augment.Augmentation:
+    """The device-side training augmentation of the flags (validated: ValueError)."""
+    return augment.Augmentation(
+        scale=tuple(args.crop_scale),
+        hflip=args.hflip,
+        color_jitter=tuple(args.color_jitter) if args.color_jitter else None,
+        color_jitter_prob=args.color_jitter_prob,
+        grayscale=args.grayscale,
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("data")
@@ -82,6 +93,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument(
         "--hflip", action="store_true", help="random horizontal flip (on the device, p = 0.5)"
+    )
+    g.add_argument(
+        "--crop-scale",
+        nargs=2,
+        type=float,
+        default=list(augment.CROP_SCALE),
+        metavar=("MIN", "MAX"),
+        help="RandomResizedCrop's area range (open_clip's aug-cfg scale); OpenVision 2 trains "
+        "with 0.4 1.0",
+    )
+    g.add_argument(
+        "--color-jitter",
+        nargs=4,
+        type=float,
+        metavar=("B", "C", "S", "H"),
+        help="torchvision ColorJitter(brightness, contrast, saturation, hue) on the device, "
+        "applied to each image with probability --color-jitter-prob (open_clip's aug-cfg "
+        "color_jitter; OpenVision 2: 0.4 0.4 0.4 0.1)",
+    )
+    g.add_argument(
+        "--color-jitter-prob",
+        type=float,
+        default=0.8,
+        help="probability that an image is colour-jittered (open_clip's color_jitter_prob)",
+    )
+    g.add_argument(
+        "--grayscale",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that an image is turned grey (3 equal channels; open_clip's "
+        "gray_scale_prob; OpenVision 2: 0.2)",
     )
     g.add_argument(
         "--gpu-decode",
@@ -464,6 +507,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             )
     elif args.reference_model:
         p.error("--reference-model is ACID's reference: it needs --acid-ratio > 1")
+    try:
+        augmentation_from(args)  # checked here; args stay plain values (they go into checkpoints)
+    except ValueError as error:
+        p.error(str(error))
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if args.eval_every and not args.eval:
@@ -995,6 +1042,7 @@ def main(argv=None) -> dict:
             record_keys=args.record_samples,
             hflip=args.hflip,
             gpu_decode=args.gpu_decode,
+            augmentation=augmentation_from(args),
             online=online,
             with_langs=args.acid_ratio > 1,
             sources=sources,
