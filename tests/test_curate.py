@@ -774,7 +774,7 @@ def recounted(spark, corpus, tmp_path_factory):
 
     root, table, entries = corpus
     work = tmp_path_factory.mktemp("recount")
-    subset = table.take(list(range(0, table.num_rows, 8)))
+    subset = table.take(list(range(0, table.num_rows, 16)))
     pq.write_table(subset, work / "alt_text.parquet")
     flags = {"input": str(work / "alt_text.parquet"), "t_en": 5, "seed": 3}
     run(corpus_config(root, work / "run", **flags), spark)
