@@ -92,7 +92,7 @@ def colour_reference(image: torch.Tensor, aug: augment.Augmentation) -> torch.Te
 
 
 COLOUR_CASES = [
-    augment.Augmentation(scale=(0.4, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2),
+    augment.Augmentation(scale=(0.4, 1.0), color_jitter=(0.32, 0.32, 0.32, 0.08), grayscale=0.2),
     augment.Augmentation(scale=(0.4, 1.0), hflip=True, color_jitter=(0.8, 0.0, 0.5, 0.0)),
     augment.Augmentation(color_jitter=(0.0, 0.0, 0.0, 0.5), color_jitter_prob=1.0),
     augment.Augmentation(grayscale=0.5),

@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar=("B", "C", "S", "H"),
         help="torchvision ColorJitter(brightness, contrast, saturation, hue) on the device, "
         "applied to each image with probability --color-jitter-prob (open_clip's aug-cfg "
-        "color_jitter; OpenVision 2: 0.4 0.4 0.4 0.1)",
+        "color_jitter; OpenVision 2: 0.32 0.32 0.32 0.08, SimCLR's jitter at strength 0.4)",
     )
     g.add_argument(
         "--color-jitter-prob",
