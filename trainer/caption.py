@@ -1,11 +1,18 @@
 """Captioning objectives built from open_clip parts.
 
-- OpenVision 2 (`--loss caption`): an open_clip vision tower with `output_tokens=True`, a
-  projector, and a causal text decoder that cross-attends to the visual tokens (open_clip's
-  `MultimodalTransformer`), trained with the caption loss alone. No text encoder is built.
-  During training each sample keeps a random round(R * N) of its N visual tokens, in their
-  original order (`--visual-token-keep R`): the encoder sees the whole image, the decoder the
-  kept tokens.
+- OpenVision 2 (`--loss caption`): an open_clip vision tower with `output_tokens=True`, and a
+  caption decoder trained with the caption loss alone. No text encoder is built. During
+  training each sample keeps a random subset of its N visual tokens (`--visual-token-keep R`):
+  the encoder sees the whole image, the decoder only the kept tokens.
+  - `--caption-fusion prefix` (the default for `--loss caption`; the release's
+    `text_decoder_v2`, fusion_style 'concat'): `PrefixCaptionDecoder`. The kept tokens,
+    int(R * N) of them in random order as the release draws them, are projected (a linear
+    map without bias) and put in front of the text's token embeddings. One causal transformer
+    (open_clip's `Transformer`) runs over [kept visual ; text], and only the text positions'
+    outputs are read. The dropped tokens are not in the sequence, so they cost nothing.
+  - `--caption-fusion cross` (LocCa's, the default beside a contrastive loss):
+    `CaptionDecoder`, text self-attention plus cross-attention to round(R * N) kept tokens in
+    their original order (open_clip's `MultimodalTransformer`).
 - SigLIP 2 / CoCa-like (`--loss siglip+caption`, `clip+caption`): an open_clip CLIP model (both
   towers, pooled embeddings for the contrastive loss) plus the same decoder on the un-pooled
   visual tokens, LocCa-style.
@@ -18,18 +25,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import MultimodalTransformer
+from open_clip.transformer import MultimodalTransformer, Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def keep_visual_tokens(tokens: torch.Tensor, keep: float) -> torch.Tensor:
-    """B x N x D -> B x round(keep * N) x D: a random subset per sample, original order kept."""
+def keep_visual_tokens(tokens: torch.Tensor, keep: float, ordered: bool = True) -> torch.Tensor:
+    """B x N x D -> B x k x D: a random subset per sample. `ordered` (cross fusion): k =
+    round(keep * N), in their original order. Otherwise (prefix fusion, as OpenVision 2's
+    release draws them): k = int(keep * N), in the random order drawn."""
     if keep >= 1.0:
         return tokens
     b, n, d = tokens.shape
-    k = max(1, round(keep * n))
-    chosen = torch.rand(b, n, device=tokens.device).argsort(dim=1)[:, :k].sort(dim=1).values
+    k = max(1, round(keep * n) if ordered else int(keep * n))
+    chosen = torch.rand(b, n, device=tokens.device).argsort(dim=1)[:, :k]
+    if ordered:
+        chosen = chosen.sort(dim=1).values
     return tokens.gather(1, chosen[..., None].expand(b, k, d))
 
 
@@ -96,6 +107,8 @@ class CaptionDecoder(nn.Module):
     tokens; its output projection is the vocabulary head, applied by the caller to the
     positions that have a target only: `hidden` + `head`)."""
 
+    fusion = "cross"
+
     def __init__(
         self, vocab_size, context_length, width, layers, heads, vision_width, mlp_ratio=4.0
     ):
@@ -131,6 +144,9 @@ class CaptionDecoder(nn.Module):
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.vocab_head, std=width**-0.5)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.set_grad_checkpointing(enable)
+
     def hidden(self, projected: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
         """B x L x width: the decoder state after each of text_in's tokens, given the visual
         tokens already projected (`projector`)."""
@@ -145,11 +161,72 @@ class CaptionDecoder(nn.Module):
         return self.head(self.hidden(self.projector(visual_tokens), text_in))
 
 
+class PrefixCaptionDecoder(nn.Module):
+    """OpenVision 2's decoder as released (`text_decoder_v2`, fusion_style 'concat'): the
+    projected visual tokens (a linear map without bias) in front of the text's token embeddings,
+    one transformer (open_clip's `Transformer`, pre-LN blocks) with one causal mask over the
+    whole sequence, a final LayerNorm, and a vocabulary head without bias read at the text
+    positions only.
+
+    As in the release, the mask is causal over the visual prefix too: its `Encoder` is built
+    without the fusion style, so the prefix-LM mask in its block code, where image tokens see
+    each other, is never used. Also as released, there are no positional embeddings: causal
+    attention orders the text, and the kept visual tokens come in random order."""
+
+    fusion = "prefix"
+
+    def __init__(
+        self, vocab_size, context_length, width, layers, heads, vision_width, mlp_ratio=4.0
+    ):
+        super().__init__()
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.projector = nn.Linear(vision_width, width, bias=False)
+        self.transformer = Transformer(width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio)
+        self.ln_final = nn.LayerNorm(width)
+        self.vocab_head = nn.Parameter(torch.empty(width, vocab_size))
+        # the release's initialisers (text_decoder_v2 and its Encoder1DBlock)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.projector.weight, std=vision_width**-0.5)
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+            nn.init.zeros_(block.attn.in_proj_bias)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.vocab_head, std=width**-0.5)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def sequence(self, projected: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """B x (kept + L) x width: what the transformer runs over."""
+        text = self.token_embedding(text_in).to(projected.dtype)
+        return torch.cat([projected, text], dim=1)
+
+    def hidden(self, projected: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """B x L x width: the decoder state after each of text_in's tokens, given the visual
+        tokens already projected (`projector`)."""
+        x = self.sequence(projected, text_in)
+        n = x.shape[1]
+        causal = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
+        x = self.transformer(x, attn_mask=causal)
+        return self.ln_final(x[:, projected.shape[1] :])
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.vocab_head
+
+    def forward(self, visual_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """B x L x vocab logits of the token after each of text_in's L tokens."""
+        return self.head(self.hidden(self.projector(visual_tokens), text_in))
+
+
 class CaptionModel(nn.Module):
     """Vision tower + caption decoder, and with `clip` (open_clip CLIP without its vision tower)
     the text tower and logit scale/bias of a contrastive objective."""
 
-    def __init__(self, visual, decoder: CaptionDecoder, clip=None, visual_token_keep=1.0, pad_id=0):
+    def __init__(self, visual, decoder, clip=None, visual_token_keep=1.0, pad_id=0):
         super().__init__()
         visual.output_tokens = True
         self.visual = visual
@@ -170,7 +247,7 @@ class CaptionModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
-        self.decoder.transformer.set_grad_checkpointing(enable)
+        self.decoder.set_grad_checkpointing(enable)
         if self.text is not None:
             self.text.transformer.grad_checkpointing = enable
 
@@ -199,7 +276,8 @@ class CaptionModel(nn.Module):
             caption_targets = plan["caption_targets"].to(text.device)
         pooled, tokens = self.visual(image)
         if self.training:
-            tokens = keep_visual_tokens(tokens, self.visual_token_keep)
+            ordered = self.decoder.fusion == "cross"
+            tokens = keep_visual_tokens(tokens, self.visual_token_keep, ordered)
         short = text[:, :caption_length]
         hidden = self.decoder.hidden(self.decoder.projector(tokens), short[:, :-1])
         # the vocabulary head runs on the positions that have a next token only

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"  # adds e.g. `tiny-clip`
 # our configs' keys that open_clip's CLIP(**cfg) does not take: the caption decoder's size, notes
-_EXTRA_KEYS = ("decoder_cfg", "_assumed")
+_EXTRA_KEYS = ("decoder_cfg", "_assumed", "_released")
 _extras: dict[str, dict] = {}
 
 
@@ -75,19 +75,27 @@ def decoder_config(name: str, loss: str) -> dict:
     return {"width": text["width"], "layers": max(1, text["layers"] // 2), "heads": text["heads"]}
 
 
+def default_caption_fusion(loss: str) -> str:
+    """prefix for OpenVision 2's caption-only loss, cross (LocCa) beside a contrastive one."""
+    return "prefix" if loss == "caption" else "cross"
+
+
 def build_model(
     name: str,
     loss: str = "clip",
     image_size: int | None = None,
     visual_token_keep: float = 1.0,
     force_quick_gelu: bool = False,
+    caption_fusion: str | None = None,
 ) -> torch.nn.Module:
     """Random init of model `name` for --loss `loss`: an open_clip CLIP (output_dict=True;
     SigLIP's scale and bias init for siglip losses), or a `trainer.caption.CaptionModel` for
     the caption losses. `image_size` overrides the config's (open_clip's force_image_size);
     `force_quick_gelu` uses QuickGELU whatever the config says (open_clip's flag: weights
-    trained with it, e.g. MetaCLIP 2's ViT-H-14-quickgelu-worldwide)."""
-    from trainer.caption import CaptionDecoder, CaptionModel
+    trained with it, e.g. MetaCLIP 2's ViT-H-14-quickgelu-worldwide). `caption_fusion` picks
+    the caption decoder: prefix (OpenVision 2's, the default for --loss caption) or cross
+    (LocCa's, the default beside a contrastive loss)."""
+    from trainer.caption import CaptionDecoder, CaptionModel, PrefixCaptionDecoder
     from trainer.losses import loss_parts
 
     check_model_name(name)
@@ -127,7 +135,9 @@ def build_model(
         set_model_preprocess_cfg(visual, asdict(PreprocessCfg(size=(size, size))))
     text_cfg = cfg["text_cfg"]
     dec = decoder_config(name, loss)
-    decoder = CaptionDecoder(
+    fusion = caption_fusion or default_caption_fusion(loss)
+    decoder_class = {"prefix": PrefixCaptionDecoder, "cross": CaptionDecoder}[fusion]
+    decoder = decoder_class(
         vocab_size=text_cfg.get("vocab_size", 49408),
         context_length=text_cfg.get("context_length", 77),
         width=dec["width"],
@@ -179,6 +189,8 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
         args.get("image_size"),
         args.get("visual_token_keep") or 1.0,
         args.get("force_quick_gelu", False),
+        # checkpoints from before the flag were all cross-attention decoders
+        args.get("caption_fusion", "cross"),
     )
     if path.is_dir():
         checkpoint.load_sharded(path, model)

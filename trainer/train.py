@@ -228,8 +228,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--visual-token-keep",
         type=float,
         help="caption losses: the fraction of visual tokens each sample's decoder sees in "
-        "training, a random subset in original order (default 0.3 for caption, 1.0 = all for "
-        "the +caption losses); evaluation always sees all",
+        "training, a random subset (prefix fusion: int(R x N) in random order, as OpenVision "
+        "2's release; cross: round(R x N) in original order; default 0.35 for caption, as "
+        "released, 1.0 = all for the +caption losses); evaluation always sees all",
+    )
+    g.add_argument(
+        "--caption-fusion",
+        choices=["prefix", "cross"],
+        help="caption decoder: prefix = OpenVision 2's (the kept visual tokens in front of the "
+        "text in one causal decoder; default for --loss caption), cross = LocCa's (text "
+        "self-attention + cross-attention to the visual tokens; default for siglip+caption "
+        "and clip+caption)",
     )
     g.add_argument(
         "--caption-loss-weight",
@@ -467,9 +476,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not caption and args.visual_token_keep is not None:
         p.error(f"--visual-token-keep needs a caption loss, not --loss {args.loss}")
     if args.visual_token_keep is None:
-        args.visual_token_keep = 0.3 if args.loss == "caption" else 1.0
+        args.visual_token_keep = 0.35 if args.loss == "caption" else 1.0
     if not 0 < args.visual_token_keep <= 1:
         p.error("--visual-token-keep must be in (0, 1]")
+    if args.caption_fusion and not caption:
+        p.error(f"--caption-fusion picks a caption decoder: not for --loss {args.loss}")
+    if caption and args.caption_fusion is None:
+        args.caption_fusion = models.default_caption_fusion(args.loss)
     if (not caption or not contrastive) and args.caption_loss_weight != 1.0:
         p.error("--caption-loss-weight weighs the caption term of siglip+caption / clip+caption")
     if args.init_from and args.resume:
@@ -898,7 +911,12 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
     torch.backends.cudnn.allow_tf32 = True
     raw_model = models.build_model(
-        args.model, args.loss, args.image_size, args.visual_token_keep, args.force_quick_gelu
+        args.model,
+        args.loss,
+        args.image_size,
+        args.visual_token_keep,
+        args.force_quick_gelu,
+        args.caption_fusion,
     )
     if args.init_from:
         init_from(raw_model, args.init_from, is_main)
