@@ -312,6 +312,24 @@ def test_nsfw_scores_run_offline_and_the_threshold_bounds_hold(filtered):
     assert "nsfw" not in set(nothing.values())
 
 
+def test_an_nsfw_threshold_of_zero_drops_every_image_through_the_job(spark, filtered, planted):
+    """The job end to end with --nsfw-threshold 0: it reuses the analysis (the threshold is a
+    decision, not a measurement) and writes no sample; every image no earlier rule took is
+    counted as nsfw."""
+    import shutil
+
+    out = planted["root"] / "nsfw0"
+    shutil.copytree(filtered[0] / "_analysis", out / "_analysis")
+    report = run(config_for(planted, out, nsfw_threshold=0.0), spark=spark)
+    assert report.analyzed == [] and report.manifest["kept"] == 0
+    assert report.manifest["total_samples"] == 0 and not list((out / "shards").glob("*.tar"))
+    earlier = {"blocked_sha256", "blocked_url", "blocked_domain", "eval_contamination"}
+    earlier |= {"decode_error", "no_image"}
+    drops = report.manifest["drops"]
+    assert set(drops) == earlier | {"nsfw"}
+    assert drops["nsfw"] == planted["input_samples"] - sum(drops[r] for r in earlier)
+
+
 def test_decisions_do_not_depend_on_shard_order(filtered, planted):
     out, _, by_uid = filtered
     analysis = pq.read_table(out / "image_filter").drop_columns(
