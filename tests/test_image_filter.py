@@ -328,6 +328,10 @@ def test_an_nsfw_threshold_of_zero_drops_every_image_through_the_job(spark, filt
     drops = report.manifest["drops"]
     assert set(drops) == earlier | {"nsfw"}
     assert drops["nsfw"] == planted["input_samples"] - sum(drops[r] for r in earlier)
+    # --overwrite starts over: the copied analysis is not reused
+    again = run(config_for(planted, out, nsfw_threshold=0.0, overwrite=True), spark=spark)
+    assert again.analyzed == [f"{n:05d}" for n in range(SHARDS)]
+    assert again.manifest["drops"] == drops
 
 
 def test_decisions_do_not_depend_on_shard_order(filtered, planted):

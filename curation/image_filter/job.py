@@ -89,7 +89,7 @@ def run(config: FilterConfig, spark=None, log=print) -> FilterReport:
     except (OSError, pa.ArrowException) as error:
         raise FilterError(f"cannot write to output {out}: {error}") from None
     if config.overwrite:
-        for folder in ("image_filter", "shards"):
+        for folder in (ANALYSIS_DIR, "image_filter", "shards"):
             tables.delete(f"{out}/{folder}")
     shard_uris = list_shards(config.shards)
     hash_list = blocklists.read_hash_list(config.block_hashes) if config.block_hashes else None
