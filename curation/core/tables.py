@@ -152,6 +152,21 @@ def partition_values(uri: str, column: str = "lang") -> list[str]:
     )
 
 
+def list_files(uri: str, suffix: str, missing_ok: bool = False) -> list[str]:
+    """The files directly in folder `uri` whose name ends with `suffix`, sorted, as URIs like
+    `uri` (an s3:// folder gives s3:// files). A missing folder raises FileNotFoundError, or
+    gives [] with `missing_ok`."""
+    fs, path = filesystem(uri)
+    selector = pafs.FileSelector(path, allow_not_found=missing_ok)
+    files = sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.base_name.endswith(suffix)
+    )
+    scheme = f"{uri.split('://', 1)[0]}://" if "://" in uri else ""
+    return [scheme + f for f in files]
+
+
 def content_summary(uri: str) -> list[int]:
     """[bytes, files, folders, newest modification time in ms] of everything under `uri`: what
     identifies an input for `--resume`."""

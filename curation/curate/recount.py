@@ -16,7 +16,6 @@ import posixpath
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.core import tables
@@ -27,19 +26,16 @@ _survivors: dict[str, pa.Array] = {}  # per Python worker: the set each task fil
 
 def surviving_uids(shards: str) -> pa.Array:
     """The sorted distinct uids of the samples the shard folder holds."""
-    fs, path = tables.filesystem(shards)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path))
+        files = tables.list_files(shards, ".parquet")
     except FileNotFoundError:
         raise CurationError(f"--recount-from {shards} does not exist") from None
-    files = sorted(
-        i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-    )
     if not files:
         raise CurationError(f"--recount-from {shards}: no shard metadata (NNNNN.parquet) found")
     pieces = []
     for file in files:
-        with fs.open_input_file(file) as handle:
+        fs, path = tables.filesystem(file)
+        with fs.open_input_file(path) as handle:
             table = pq.read_table(handle)
         if "uid" not in table.column_names:
             raise CurationError(f"--recount-from: {posixpath.basename(file)} has no uid column")

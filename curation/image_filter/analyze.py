@@ -12,7 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from curation.image_filter import faces, hashes, nsfw
-from curation.image_filter.samples import image_of, iter_samples, metadata_of
+from curation.image_filter.samples import image_of, iter_samples, meta_text, metadata_of
 
 ANALYSIS_SCHEMA = pa.schema(
     [
@@ -39,7 +39,7 @@ def analyze_sample(
     """One row of ANALYSIS_SCHEMA (without shard and key) for a sample's members; an image
     that cannot be decoded gets `error` and no hashes beyond the byte digests."""
     meta = metadata_of(members)
-    row = {"uid": _text(meta.get("uid")), "url": _text(meta.get("url"))}
+    row = {"uid": meta_text(meta, "uid"), "url": meta_text(meta, "url")}
     ext, data = image_of(members)
     if data is None:
         return row | {"error": "no_image"}
@@ -72,10 +72,6 @@ def analyze_shard(
         row = analyze_sample(members, nsfw_on, faces_on, seconds)
         rows.append({"shard": shard, "key": key, **row})
     return pa.Table.from_pylist(rows, schema=ANALYSIS_SCHEMA)
-
-
-def _text(value) -> str | None:
-    return None if value is None else str(value)
 
 
 class _Clock:

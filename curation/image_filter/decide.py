@@ -49,16 +49,13 @@ class Decisions:
     contamination: list[dict]  # {eval_set, eval_key, uid, distance}
 
 
-def identity(analysis: pa.Table) -> list[str]:
-    """Each sample's uid, or shard/key for a sample without one."""
-    uids = analysis["uid"].to_pylist()
-    shards, keys = analysis["shard"].to_pylist(), analysis["key"].to_pylist()
-    return [u if u is not None else f"{s}/{k}" for u, s, k in zip(uids, shards, keys)]
-
-
 def decide(analysis: pa.Table, rules: Rules, evals: EvalImages | None = None) -> Decisions:
-    ids = identity(analysis)
     shards, keys = analysis["shard"].to_pylist(), analysis["key"].to_pylist()
+    # each sample's identity: its uid, or shard/key for a sample without one
+    ids = [
+        uid if uid is not None else f"{shard}/{key}"
+        for uid, shard, key in zip(analysis["uid"].to_pylist(), shards, keys)
+    ]
     order = sorted(range(len(ids)), key=lambda i: (ids[i], shards[i], keys[i]))
     analysis = analysis.take(pa.array(order, pa.int64()))
     ids = [ids[i] for i in order]

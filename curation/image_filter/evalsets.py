@@ -10,7 +10,6 @@ import io
 import posixpath
 
 import numpy as np
-import pyarrow.fs as pafs
 from PIL import Image
 
 from curation.core import tables
@@ -38,20 +37,11 @@ class EvalImages:
 
 
 def eval_tars(folder: str) -> list[str]:
-    fs, path = tables.filesystem(folder)
-    for split in (posixpath.join(path, "test"), path):
-        infos = fs.get_file_info(pafs.FileSelector(split, allow_not_found=True))
-        tars = sorted(
-            i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".tar")
-        )
+    for split in (f"{folder.rstrip('/')}/test", folder):
+        tars = tables.list_files(split, ".tar", missing_ok=True)
         if tars:
-            return [uri_of(folder, t) for t in tars]
+            return tars
     raise FilterError(f"--eval-sets {folder}: no test/*.tar (CLIP_benchmark's layout) found")
-
-
-def uri_of(folder: str, path: str) -> str:
-    """A path that `tables.filesystem(folder)` listed, as a URI like `folder`."""
-    return f"{folder.split('://', 1)[0]}://{path}" if "://" in folder else path
 
 
 def hash_eval_sets(folders: list[str]) -> EvalImages:

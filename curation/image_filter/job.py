@@ -23,7 +23,6 @@ import time
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.core import hashing, tables
@@ -127,17 +126,13 @@ def run(config: FilterConfig, spark=None, log=print) -> FilterReport:
 
 def list_shards(folder: str) -> dict[str, str]:
     """Shard name (the tar's base name without .tar) -> URI, for every tar of the folder."""
-    fs, path = tables.filesystem(folder)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path))
+        tars = tables.list_files(folder, ".tar")
     except FileNotFoundError:
         raise FilterError(f"--shards {folder} does not exist") from None
-    tars = sorted(
-        i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".tar")
-    )
     if not tars:
         raise FilterError(f"--shards {folder}: no .tar shards found")
-    return {posixpath.basename(t)[:-4]: evalsets.uri_of(folder, t) for t in tars}
+    return {posixpath.basename(t)[:-4]: t for t in tars}
 
 
 def _shard_frame(spark, names: list[str]):
@@ -161,26 +156,53 @@ def _progress(count_done, total: int, label: str, log):
 
 
 def _done_markers(folder: str, suffix: str) -> int:
-    fs, path = tables.filesystem(folder)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sum(i.base_name.endswith(suffix) for i in infos)
+    return len(tables.list_files(folder, suffix, missing_ok=True))
+
+
+def _run_per_shard(spark, names: list[str], work, markers: tuple[str, str], total: int, label, log):
+    """`work(name)` (returns the samples it handled) as one Spark task per shard of `names`,
+    with a progress line every PROGRESS_EVERY_S counting the done markers (folder, suffix)."""
+
+    def task(batches):
+        for batch in batches:
+            for name in batch.column("shard").to_pylist():
+                started = time.perf_counter()
+                samples = work(name)
+                yield pa.record_batch(
+                    [
+                        pa.array([name]),
+                        pa.array([samples], pa.int64()),
+                        pa.array([time.perf_counter() - started]),
+                    ],
+                    names=["shard", "samples", "seconds"],
+                )
+
+    stop = _progress(lambda: _done_markers(*markers), total, label, log)
+    try:
+        _shard_frame(spark, names).mapInArrow(task, TASK_SCHEMA).collect()
+    finally:
+        stop.set()
 
 
 # ---------------------------------------------------------------- 1. analyze
 
 
-def analysis_fingerprint(config: FilterConfig, uri: str) -> str:
-    """What an analysis depends on: the input tar (name and size) and which models ran."""
+def analysis_fingerprint(config: FilterConfig, uri: str, code_version: str) -> str:
+    """What an analysis depends on: the input tar (name and size), which models ran, and the
+    code (`tables.code_version()`, computed once per run: it reads every source file)."""
     fs, path = tables.filesystem(uri)
     size = fs.get_file_info(path).size
-    parts = [posixpath.basename(path), size, config.nsfw, config.blur_faces, tables.code_version()]
+    parts = [posixpath.basename(path), size, config.nsfw, config.blur_faces, code_version]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def analyze_shards(spark, config: FilterConfig, shard_uris: dict[str, str], log) -> list[str]:
     out = config.output.rstrip("/")
     folder = f"{out}/{ANALYSIS_DIR}"
-    fingerprints = {name: analysis_fingerprint(config, uri) for name, uri in shard_uris.items()}
+    version = tables.code_version()
+    fingerprints = {
+        name: analysis_fingerprint(config, uri, version) for name, uri in shard_uris.items()
+    }
     todo = [
         name
         for name in shard_uris
@@ -192,28 +214,14 @@ def analyze_shards(spark, config: FilterConfig, shard_uris: dict[str, str], log)
         return []
     nsfw_on, faces_on = config.nsfw, config.blur_faces
 
-    def task(batches):
-        for batch in batches:
-            for name in batch.column("shard").to_pylist():
-                started = time.perf_counter()
-                with open_binary(shard_uris[name]) as stream:
-                    table = analyze.analyze_shard(name, stream, nsfw_on, faces_on)
-                tables.write_parquet(f"{folder}/{name}.parquet", [table])
-                tables.write_text(f"{folder}/{name}.done", fingerprints[name])
-                yield pa.record_batch(
-                    [
-                        pa.array([name]),
-                        pa.array([table.num_rows], pa.int64()),
-                        pa.array([time.perf_counter() - started]),
-                    ],
-                    names=["shard", "samples", "seconds"],
-                )
+    def work(name: str) -> int:
+        with open_binary(shard_uris[name]) as stream:
+            table = analyze.analyze_shard(name, stream, nsfw_on, faces_on)
+        tables.write_parquet(f"{folder}/{name}.parquet", [table])
+        tables.write_text(f"{folder}/{name}.done", fingerprints[name])
+        return table.num_rows
 
-    stop = _progress(lambda: _done_markers(folder, ".done"), len(shard_uris), "analyzed", log)
-    try:
-        _shard_frame(spark, todo).mapInArrow(task, TASK_SCHEMA).collect()
-    finally:
-        stop.set()
+    _run_per_shard(spark, todo, work, (folder, ".done"), len(shard_uris), "analyzed", log)
     log(f"[filter] analyzed {len(todo)} shards ({before} done before)")
     return sorted(todo)
 
@@ -258,38 +266,24 @@ def write_shards(spark, config, shard_uris, table: pa.Table, log) -> list[str]:
         return []
     wanted = {name: kept.get(name, {}) for name in todo}
 
-    def task(batches):
-        for batch in batches:
-            for name in batch.column("shard").to_pylist():
-                started = time.perf_counter()
-                keys = wanted[name]
-                count = 0
-                tables.delete(f"{folder}/{name}_filter.json")
-                if keys:
-                    with open_binary(shard_uris[name]) as stream:
-                        with tables.published(f"{folder}/{name}.tar") as sink:
-                            meta = rewrite_shard(stream, sink, keys)
-                    tables.write_parquet(f"{folder}/{name}.parquet", [meta])
-                    count = meta.num_rows
-                else:  # nothing kept: no tar (a reader would open an empty one)
-                    tables.delete(f"{folder}/{name}.tar")
-                    tables.delete(f"{folder}/{name}.parquet")
-                done = {"digest": digests[name], "samples": count}
-                tables.write_text(f"{folder}/{name}_filter.json", json.dumps(done))
-                yield pa.record_batch(
-                    [
-                        pa.array([name]),
-                        pa.array([count], pa.int64()),
-                        pa.array([time.perf_counter() - started]),
-                    ],
-                    names=["shard", "samples", "seconds"],
-                )
+    def work(name: str) -> int:
+        keys, count = wanted[name], 0
+        tables.delete(f"{folder}/{name}_filter.json")
+        if keys:
+            with open_binary(shard_uris[name]) as stream:
+                with tables.published(f"{folder}/{name}.tar") as sink:
+                    meta = rewrite_shard(stream, sink, keys)
+            tables.write_parquet(f"{folder}/{name}.parquet", [meta])
+            count = meta.num_rows
+        else:  # nothing kept: no tar (a reader would open an empty one)
+            tables.delete(f"{folder}/{name}.tar")
+            tables.delete(f"{folder}/{name}.parquet")
+        done = {"digest": digests[name], "samples": count}
+        tables.write_text(f"{folder}/{name}_filter.json", json.dumps(done))
+        return count
 
-    stop = _progress(lambda: _done_markers(folder, "_filter.json"), len(shard_uris), "written", log)
-    try:
-        _shard_frame(spark, todo).mapInArrow(task, TASK_SCHEMA).collect()
-    finally:
-        stop.set()
+    markers = (folder, "_filter.json")
+    _run_per_shard(spark, todo, work, markers, len(shard_uris), "written", log)
     return sorted(todo)
 
 

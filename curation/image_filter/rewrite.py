@@ -14,7 +14,7 @@ import pyarrow as pa
 from PIL import Image, JpegImagePlugin
 
 from curation.image_filter.faces import blur_faces
-from curation.image_filter.samples import add_member, image_of, iter_samples, metadata_of
+from curation.image_filter.samples import add_member, image_of, iter_samples, meta_text, metadata_of
 
 META_SCHEMA = pa.schema(
     [
@@ -75,16 +75,12 @@ def rewrite_shard(stream, sink, kept: dict[str, list[list[int]] | None]) -> pa.T
             rows.append(
                 {
                     "key": key,
-                    "uid": _text(meta.get("uid")),
-                    "url": _text(meta.get("url")),
+                    "uid": meta_text(meta, "uid"),
+                    "url": meta_text(meta, "url"),
                     "caption": caption,
-                    "lang": _text(meta.get("lang")),
+                    "lang": meta_text(meta, "lang"),
                     "status": "success",
                     "face_count": len(boxes),
                 }
             )
     return pa.Table.from_pylist(rows, schema=META_SCHEMA)
-
-
-def _text(value) -> str | None:
-    return None if value is None else str(value)

@@ -51,6 +51,12 @@ def metadata_of(members: dict[str, bytes]) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def meta_text(meta: dict, field: str) -> str | None:
+    """A KEY.json field as text (img2dataset writes uids as strings, other tools may not)."""
+    value = meta.get(field)
+    return None if value is None else str(value)
+
+
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0  # byte-identical reruns
