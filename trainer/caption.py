@@ -101,6 +101,18 @@ def chunked_caption_loss(hidden, head, labels, chunk_logits: int = 1 << 26) -> t
     return total / max(1, len(labels))
 
 
+def _init_blocks(blocks, width: int, layers: int) -> None:
+    """open_clip's text-tower scheme for residual attention blocks, which OpenVision 2's release
+    also uses (attention weights width^-0.5, output projections scaled by depth); the biases
+    keep torch's zeros."""
+    proj_std = width**-0.5 * (2 * layers) ** -0.5
+    for block in blocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
 class CaptionDecoder(nn.Module):
     """Token + position embeddings, a projector of the visual tokens to the decoder width,
     open_clip's MultimodalTransformer (causal self-attention, cross-attention to the visual
@@ -136,12 +148,7 @@ class CaptionDecoder(nn.Module):
         # open_clip's text-tower scheme (MultimodalTransformer.init_parameters is not usable)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        proj_std = width**-0.5 * (2 * layers) ** -0.5
-        for block in [*self.transformer.resblocks, *self.transformer.cross_attn]:
-            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        _init_blocks([*self.transformer.resblocks, *self.transformer.cross_attn], width, layers)
         nn.init.normal_(self.vocab_head, std=width**-0.5)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -188,13 +195,7 @@ class PrefixCaptionDecoder(nn.Module):
         # the release's initialisers (text_decoder_v2 and its Encoder1DBlock)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.projector.weight, std=vision_width**-0.5)
-        proj_std = width**-0.5 * (2 * layers) ** -0.5
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
-            nn.init.zeros_(block.attn.in_proj_bias)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        _init_blocks(self.transformer.resblocks, width, layers)
         nn.init.normal_(self.vocab_head, std=width**-0.5)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
