@@ -8,7 +8,11 @@ all of them (open_clip_train's `accum_freq` scheme).
    gradient of one step on all K x batch x world samples.
 
 A caption loss (`caption`, `siglip+caption`) is per sample: each micro-batch adds its own
-caption loss / K in its gradient pass, and `caption` alone skips the cached pass.
+caption loss / K in its gradient pass, and `caption` alone skips the cached pass. So do the
+self-distillation terms (`trainer.self_distill`: the micro-batch's local crops and masked view
+against the teacher's targets for its own images): they run in the gradient pass only, never in
+the cached one, and with equal micro-batches their sum / K is the full batch's mean. The
+teacher's EMA and centres move once per optimizer step, after all K micro-batches.
 
 The temperature (and SigLIP bias) take part with gradient in the last micro-step only: the loss
 depends on them once, not K times (open_clip_train adds their gradient K times). The RNG state
@@ -47,11 +51,15 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _forward(model, micro_batch: tuple, autocast) -> dict:
-    """model(images, tokens, **host inputs) of a micro-batch (images, tokens[, host inputs])."""
+def _forward(model, micro_batch: tuple, autocast, cached: bool = False) -> dict:
+    """model(images, tokens, **host inputs) of a micro-batch (images, tokens[, host inputs]);
+    `cached`: the features-only pass, without the self-distillation inputs."""
     images, tokens, *host = micro_batch
+    host = host[0] if host else {}
+    if cached and "self_distill" in host:
+        host = {k: v for k, v in host.items() if k != "self_distill"}
     with autocast():
-        return model(images, tokens, **(host[0] if host else {}))
+        return model(images, tokens, **host)
 
 
 def forward_backward(
@@ -83,6 +91,8 @@ def forward_backward(
         out = _forward(model, micro_batches[0], autocast)
         outputs = {key: _upcast(v) for key, v in out.items()} | teacher_inputs
         loss = compute_loss(loss_kind, outputs, caption_weight, siglip_exchange, distill_weight)
+        if "self_distill_loss" in out:
+            loss = loss + out["self_distill_loss"]
         backward(loss)
         return loss.detach()
 
@@ -93,7 +103,7 @@ def forward_backward(
         with torch.no_grad():
             for micro_batch in micro_batches:
                 rng.append(_rng_state(device))
-                out = _forward(model, micro_batch, autocast)
+                out = _forward(model, micro_batch, autocast, cached=True)
                 cached.append({key: _upcast(out[key]) for key in FEATURE_KEYS})
 
     total = 0.0
@@ -125,5 +135,8 @@ def forward_backward(
                 part = caption_weight * out["caption_loss"]
                 loss = loss + part / k
                 total = total + part.detach() / k
+            if "self_distill_loss" in out:
+                loss = loss + out["self_distill_loss"] / k
+                total = total + out["self_distill_loss"].detach() / k
             backward(loss)
     return total

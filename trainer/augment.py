@@ -33,6 +33,10 @@ class Augmentation:
     color_jitter: tuple[float, float, float, float] | None = None
     color_jitter_prob: float = 0.8
     grayscale: float = 0.0
+    # self-distillation's local crops per image (their boxes, flips and colours are drawn after
+    # the whole batch's global ones: a run's global views do not depend on them)
+    local_crops: int = 0
+    local_scale: tuple[float, float] = (0.05, 0.4)
 
     def __post_init__(self):
         low, high = self.scale
@@ -44,6 +48,11 @@ class Augmentation:
                                  f"saturation hue, got {self.color_jitter}")  # fmt: skip
             if self.color_jitter[3] > 0.5:
                 raise ValueError(f"--color-jitter hue must be <= 0.5, got {self.color_jitter[3]}")
+        low, high = self.local_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"--local-crop-scale needs 0 < MIN <= MAX <= 1, got {low} {high}")
+        if self.local_crops < 0:
+            raise ValueError(f"--local-crops must be >= 0, got {self.local_crops}")
         for name in ("color_jitter_prob", "grayscale"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1]")
@@ -270,6 +279,11 @@ class DeviceTransform:
         return cls(size[0] if isinstance(size, tuple) else size, cfg["mean"], cfg["std"], device)
 
     def __call__(self, batch: dict) -> torch.Tensor:
+        return self.views(batch)[0]
+
+    def views(self, batch: dict, local_size: int | None = None):
+        """(the global views, and with `local_size` the local crops at that size, crops x B in
+        crop-major order, else None), cut from one canvas."""
         if "encoded" in batch:
             images, failed = decode_on_device(batch["encoded"], self.device, batch["sizes"])
             self.undecodable += failed
@@ -278,7 +292,25 @@ class DeviceTransform:
         else:
             canvas = batch["pixels"].to(self.device, non_blocking=True)
             channels_last = True
-        return crop_resize_normalize(
+        images = crop_resize_normalize(
             canvas, batch["boxes"], batch["flips"], self.size, self.mean, self.std, channels_last,
             colour=batch.get("colour"),
         )  # fmt: skip
+        if local_size is None:
+            return images, None
+        crops = batch["local_boxes"].shape[1]
+        colour = batch.get("local_colour")
+        local = [
+            crop_resize_normalize(
+                canvas,
+                batch["local_boxes"][:, n],
+                batch["local_flips"][:, n],
+                local_size,
+                self.mean,
+                self.std,
+                channels_last,
+                colour=None if colour is None else {k: v[n::crops] for k, v in colour.items()},
+            )  # fmt: skip
+            for n in range(crops)
+        ]
+        return images, torch.cat(local)

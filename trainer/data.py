@@ -634,9 +634,10 @@ def crop_params(
     scale=CROP_SCALE,
     ratio=CROP_RATIO,
     aug: Augmentation | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
-    """Per image (top, left, height, width), flip flag and, when `aug` jitters or greys colours,
-    its colour parameters (augment.draw_colour): torchvision's RandomResizedCrop
+) -> tuple[torch.Tensor, torch.Tensor, dict | None, dict | None]:
+    """Per image (top, left, height, width), flip flag, when `aug` jitters or greys colours
+    its colour parameters (augment.draw_colour), else None, and with `aug.local_crops` the
+    local crops' parameters (`_local_crop_params`), else None: torchvision's RandomResizedCrop
     (+ RandomHorizontalFlip, RandomApply([ColorJitter]), RandomGrayscale) parameters drawn from
     torch's RNG seeded with `seed`, image after image; for evaluation, the centred square (what
     Resize(shortest) + CenterCrop keep). `aug` replaces `hflip`, `scale` and `ratio`."""
@@ -649,6 +650,7 @@ def crop_params(
     boxes = torch.empty(len(sizes), 4, dtype=torch.int32)
     flips = torch.zeros(len(sizes), dtype=torch.bool)
     drawn = []
+    local = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, (h, w) in enumerate(sizes.tolist()):
@@ -663,16 +665,42 @@ def crop_params(
                 side = min(h, w)  # torchvision's center_crop offsets
                 top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
                 boxes[i] = torch.tensor([top, left, side, side])
-    if not colours:
-        return boxes, flips, None
+        if train and aug is not None and aug.local_crops:
+            local = _local_crop_params(sizes, aug, ratio, jitter, colours)
+    return boxes, flips, _stack_colours(drawn) if colours else None, local
+
+
+def _stack_colours(drawn: list) -> dict:
     order, factors, active, grey = zip(*drawn)
-    colour = {
+    return {
         "order": torch.tensor(order, dtype=torch.int64),
         "factors": torch.tensor(factors, dtype=torch.float32),
         "active": torch.tensor(active, dtype=torch.bool),
         "grey": torch.tensor(grey, dtype=torch.bool),
     }
-    return boxes, flips, colour
+
+
+def _local_crop_params(sizes: torch.Tensor, aug: Augmentation, ratio, jitter, colours) -> dict:
+    """Self-distillation's local crops, image after image and crop after crop, from torch's
+    RNG as it stands after the global views: `local_boxes` B x N x 4, `local_flips` B x N and
+    (with colour augmentation) `local_colour`, one row per crop in image-major order."""
+    import torchvision.transforms as T
+
+    n = aug.local_crops
+    boxes = torch.empty(len(sizes), n, 4, dtype=torch.int32)
+    flips = torch.zeros(len(sizes), n, dtype=torch.bool)
+    drawn = []
+    for i, (h, w) in enumerate(sizes.tolist()):
+        for j in range(n):
+            params = T.RandomResizedCrop.get_params(torch.empty(0, h, w), aug.local_scale, ratio)
+            boxes[i, j] = torch.tensor(params)
+            flips[i, j] = aug.hflip and bool(torch.rand(1) < 0.5)
+            if colours:
+                drawn.append(draw_colour(aug, jitter))
+    out = {"local_boxes": boxes, "local_flips": flips}
+    if drawn:
+        out["local_colour"] = _stack_colours(drawn)
+    return out
 
 
 def make_batch(
@@ -687,8 +715,8 @@ def make_batch(
     else:
         pixels, sizes = pad_to_canvas(images)
         batch = {"pixels": pixels}
-    boxes, flips, colour = crop_params(sizes, seed, train, hflip, aug=aug)
-    batch.update(sizes=sizes, boxes=boxes, flips=flips)
+    boxes, flips, colour, local = crop_params(sizes, seed, train, hflip, aug=aug)
+    batch.update(sizes=sizes, boxes=boxes, flips=flips, **(local or {}))
     if colour is not None:
         batch["colour"] = colour
     tokens = tokenizer(texts)  # a dict of token sets with a teacher (`distill.TeacherTokens`)

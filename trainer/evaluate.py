@@ -270,7 +270,7 @@ def _subset(samples: Samples, keep: list[int]) -> Samples:
 
 def _image_batch(images: list[torch.Tensor]) -> dict:
     pixels, sizes = data.pad_to_canvas(images)
-    boxes, flips, _ = data.crop_params(sizes, 0, train=False, hflip=False)
+    boxes, flips, _, _ = data.crop_params(sizes, 0, train=False, hflip=False)
     return {"pixels": pixels, "sizes": sizes, "boxes": boxes, "flips": flips}
 
 

@@ -193,9 +193,11 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
         args.get("caption_fusion", "cross"),
     )
     if path.is_dir():
-        checkpoint.load_sharded(path, model)
+        checkpoint.load_sharded(path, model)  # reads the model's own keys only
     else:
-        model.load_state_dict(ckpt["model"])
+        from trainer.self_distill import without_self_distill
+
+        model.load_state_dict(without_self_distill(ckpt["model"]))
     tokenizer = build_tokenizer(args["model"], args.get("tokenizer"), model.context_length)
     return model.eval(), tokenizer, args
 

@@ -62,7 +62,10 @@ def shard_model(model: torch.nn.Module, precision: str) -> list[torch.nn.Paramet
     blocks = transformer_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no transformer blocks to shard")
-    for unit in [*embeddings(model), *blocks]:
+    # modules that run outside the model's forward (self-distillation's teacher) are units of
+    # their own, after their blocks: their forward gathers what the blocks leave
+    outside = [m for m in model.modules() if getattr(m, "fsdp_unit", False)]
+    for unit in [*embeddings(model), *blocks, *outside]:
         fully_shard(unit, mp_policy=policy)
     replicated = [p for p in model.parameters() if p.dim() == 0]
     fully_shard(model, mp_policy=policy, ignored_params=set(replicated))

@@ -41,6 +41,7 @@ from trainer import (  # noqa: E402
     locking,
     models,
     pretrained,
+    self_distill,
     sharding,
 )
 from trainer.losses import (  # noqa: E402
@@ -62,6 +63,57 @@ class UsageError(ValueError):
     the data): one line and exit 2, as argparse's own flag errors; other bad input exits 1."""
 
 
+SELF_DISTILL_DEFAULTS = {
+    "ema_decay": 0.996, "local_crops": 8, "local_crop_size": None, "local_crop_scale": [0.05, 0.4],
+    "mask_ratio": 0.5, "silc_weight": 1.0, "tips_weight": 0.25, "self_distill_dim": 8192,
+}  # fmt: skip
+
+
+def check_self_distill_flags(p: argparse.ArgumentParser, args) -> None:
+    """The --self-distill-* family's combinations (argparse's one-line error otherwise)."""
+    if args.self_distill_from is None:
+        changed = [k for k, v in SELF_DISTILL_DEFAULTS.items() if getattr(args, k) != v]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            p.error(f"{flags}: self-distillation flags need --self-distill-from")
+        return
+    if not 0 <= args.self_distill_from < 1:
+        p.error("--self-distill-from is a fraction of the run in [0, 1)")
+    if not 0 <= args.ema_decay < 1:
+        p.error("--ema-decay must be in [0, 1)")
+    if not 0 < args.mask_ratio < 1:
+        p.error("--mask-ratio must be in (0, 1)")
+    if args.local_crops < 0 or (args.silc_weight > 0 and args.local_crops == 0):
+        p.error("--local-crops must be >= 1 while --silc-weight > 0 (the SILC term needs them)")
+    if args.self_distill_dim < 1:
+        p.error("--self-distill-dim must be >= 1")
+    if args.acid_ratio > 1:
+        p.error("--self-distill-from and --acid-ratio: ACID's selection is not combined with it")
+    if args.lock_image:
+        p.error("--self-distill-from trains the image tower: not with --lock-image")
+
+
+def self_distill_config(args, visual, total_steps: int):
+    """The run's SelfDistillConfig, or None without --self-distill-from (ValueError: a local
+    crop size that is not whole patches)."""
+    if args.self_distill_from is None:
+        return None
+    patch, image = visual.patch_size[0], visual.image_size[0]
+    size = args.local_crop_size or self_distill.default_local_size(image, patch)
+    if size <= 0 or size % patch:
+        raise UsageError(f"--local-crop-size {size} is not a multiple of the {patch} px patch")
+    return self_distill.SelfDistillConfig(
+        start_step=int(args.self_distill_from * total_steps),
+        ema_decay=args.ema_decay,
+        local_crops=args.local_crops,
+        local_size=size,
+        mask_ratio=args.mask_ratio,
+        silc_weight=args.silc_weight,
+        tips_weight=args.tips_weight,
+        prototypes=args.self_distill_dim,
+    )
+
+
 def augmentation_from(args) -> augment.Augmentation:
     """The device-side training augmentation of the flags (validated: ValueError)."""
     return augment.Augmentation(
@@ -70,6 +122,8 @@ def augmentation_from(args) -> augment.Augmentation:
         color_jitter=tuple(args.color_jitter) if args.color_jitter else None,
         color_jitter_prob=args.color_jitter_prob,
         grayscale=args.grayscale,
+        local_crops=args.local_crops if args.self_distill_from is not None else 0,
+        local_scale=tuple(args.local_crop_scale),
     )
 
 
@@ -355,6 +409,67 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--reference-tokenizer",
         help="its local Hugging Face tokenizer folder (default: open_clip's)",
     )
+    g = p.add_argument_group(
+        "self-distillation (SigLIP 2's last 20%: SILC + TIPS with iBOT's heads; self_distill.py)"
+    )
+    g.add_argument(
+        "--self-distill-from",
+        type=float,
+        metavar="FRACTION",
+        help="from this fraction of the run on (SigLIP 2: 0.8), add SILC's local-to-global "
+        "consistency and TIPS's masked prediction against an EMA teacher of the image tower, "
+        "a copy of it made at that step (default: off)",
+    )
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.996,
+        help="teacher = decay x teacher + (1 - decay) x student after every optimizer step "
+        "(iBOT's base value, constant here)",
+    )
+    g.add_argument(
+        "--local-crops",
+        type=int,
+        default=8,
+        help="local crops per image the student sees for the SILC term (SigLIP 2: 8)",
+    )
+    g.add_argument(
+        "--local-crop-size",
+        type=int,
+        help="their side in pixels, a multiple of the patch size (default: 96/224 of the image "
+        "size in whole patches, DINO's 96 px at 224)",
+    )
+    g.add_argument(
+        "--local-crop-scale",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=[0.05, 0.4],
+        help="their area range as a fraction of the image (DINO's and iBOT's)",
+    )
+    g.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.5,
+        help="fraction of the student's patch embeddings replaced by a learned mask token for "
+        "the TIPS term (exactly this share per image; SigLIP 2: 0.5)",
+    )
+    g.add_argument(
+        "--silc-weight", type=float, default=1.0, help="weight of the SILC term (SigLIP 2: 1)"
+    )
+    g.add_argument(
+        "--tips-weight",
+        type=float,
+        default=0.25,
+        help="weight of the TIPS term (SigLIP 2: 0.25, re-weighted by model size in a way the "
+        "paper does not state: set it here)",
+    )
+    g.add_argument(
+        "--self-distill-dim",
+        type=int,
+        default=8192,
+        help="prototypes of the shared projection head (iBOT's out_dim)",
+    )
     g = p.add_argument_group("model, continued")
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
@@ -520,6 +635,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             )
     elif args.reference_model:
         p.error("--reference-model is ACID's reference: it needs --acid-ratio > 1")
+    check_self_distill_flags(p, args)
     try:
         augmentation_from(args)  # checked here; args stay plain values (they go into checkpoints)
     except ValueError as error:
@@ -562,18 +678,29 @@ def host_inputs(batch: dict, model) -> dict:
     return model.caption_plan(batch["tokens"]) if hasattr(model, "caption_plan") else {}
 
 
-def micro_batch(batch: dict, transform, host: dict, device: torch.device) -> tuple:
+def _to_device(value, device: torch.device):
+    """A host tensor (or a dict of them) on the device without waiting for it."""
+    if isinstance(value, dict):
+        return {key: _to_device(v, device) for key, v in value.items()}
+    if not torch.is_tensor(value) or value.device == device:
+        return value
+    if device.type == "cuda":
+        value = value.pin_memory()  # a copy from pageable memory waits for the stream
+    return value.to(device, non_blocking=True)
+
+
+def micro_batch(
+    batch: dict, transform, host: dict, device: torch.device, local_size: int | None = None
+) -> tuple:
     """A loader batch on the device, for `accumulate.forward_backward`: images through the
-    device transform, tokens and the host's tensors copied without waiting."""
+    device transform, tokens and the host's tensors copied without waiting. With
+    `local_size`, the host's `self_distill` inputs gain the batch's local crops at that size."""
     tokens = batch["tokens"].to(device, non_blocking=True)
-    on_device = {}
-    for key, value in host.items():
-        if torch.is_tensor(value):
-            if device.type == "cuda":
-                value = value.pin_memory()  # a copy from pageable memory waits for the stream
-            value = value.to(device, non_blocking=True)
-        on_device[key] = value
-    return transform(batch), tokens, on_device
+    on_device = _to_device(host, device)
+    images, local = transform.views(batch, local_size)
+    if local is not None:
+        on_device["self_distill"]["local"] = local
+    return images, tokens, on_device
 
 
 def optimizer_step(
@@ -750,6 +877,14 @@ class StepExtras:
     reference: distill.Teacher | None = None  # ACID's, when not the teacher
     acid_counts: acid.SelectionCounts | None = None
     batch_size: int = 0  # trained samples per micro-batch under ACID
+    self_distill: self_distill.SelfDistillConfig | None = None
+
+
+def self_distill_inputs(cfg, batch: dict, host: dict, patches: int, seed) -> dict:
+    """`host` plus this micro-batch's masked positions (`self_distill.draw_mask`), drawn on the
+    host; the local crops join them on the device (`micro_batch`)."""
+    mask = self_distill.draw_mask(len(batch["tokens"]), patches, cfg.mask_ratio, seed)
+    return {**host, "self_distill": mask}
 
 
 def prepare_micro_batch(
@@ -760,7 +895,10 @@ def prepare_micro_batch(
     indices or None). Under ACID the learner (eval mode, no gradient) and the reference score
     the drawn set and the most learnable `batch_size` rows go on; a teacher that is not the
     reference runs on those rows only. No host sync: tests/test_trainer_step_syncs.py."""
-    images, tokens, host = micro_batch(batch, transform, host, device)
+    local_size = None
+    if "self_distill" in host:  # a step after the switch-on: see self_distill_inputs
+        local_size = extras.self_distill.local_size
+    images, tokens, host = micro_batch(batch, transform, host, device, local_size)
     teacher, reference = extras.teacher, extras.reference
     taught, chosen = None, None
     if teacher is not None and (extras.acid_counts is None or reference is None):
@@ -906,6 +1044,8 @@ def main(argv=None) -> dict:
     # samples the loader draws per step: the trained batch, or ACID's larger drawn sets
     drawn_per_step = loader_batch_size(args) * dist_info.world_size * args.accum_steps
 
+    total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / drawn_per_step))
+
     # model, tokenizer, preprocessing
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast, on GPU
@@ -921,6 +1061,21 @@ def main(argv=None) -> dict:
     if args.init_from:
         init_from(raw_model, args.init_from, is_main)
     start_weights(raw_model, args, is_main)
+    sd_cfg = None
+    if args.self_distill_from is not None:
+        try:
+            self_distill.check_tower(raw_model.visual)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        sd_cfg = self_distill_config(args, raw_model.visual, total_steps)
+        raw_model.self_distill = self_distill.SelfDistill(raw_model.visual, sd_cfg)
+        if is_main:
+            print(
+                f"self-distillation from step {sd_cfg.start_step}: {sd_cfg.local_crops} local "
+                f"crops of {sd_cfg.local_size} px, {sd_cfg.mask_ratio:g} of the patches masked, "
+                f"EMA decay {sd_cfg.ema_decay}",
+                flush=True,
+            )
     raw_model.to(device)
     if args.grad_checkpointing:
         raw_model.set_grad_checkpointing(True)
@@ -967,7 +1122,7 @@ def main(argv=None) -> dict:
                 f"micro-batch; reference {args.reference_model or args.distill_model}",
                 flush=True,
             )
-    extras = StepExtras(teacher, reference, acid_counts, args.batch_size)
+    extras = StepExtras(teacher, reference, acid_counts, args.batch_size, sd_cfg)
 
     def acid_totals() -> dict:
         """ACID's drawn and kept per language over all ranks and the whole run."""
@@ -979,7 +1134,6 @@ def main(argv=None) -> dict:
     image_size = models.image_size(raw_model)
 
     # optimisation
-    total_steps = args.steps or max(1, math.ceil(args.epochs * samples_per_epoch / drawn_per_step))
     optimizer = torch.optim.AdamW(
         param_groups(raw_model, args.wd),
         lr=args.lr,
@@ -1014,6 +1168,11 @@ def main(argv=None) -> dict:
         if len(set(chosen)) > 1:  # a file one rank could read and another not: never diverge
             raise ValueError(f"the ranks would resume from different checkpoints: {chosen}")
     if resume_path is not None:
+        if (ckpt["args"].get("self_distill_from") is None) != (sd_cfg is None):
+            raise UsageError(
+                f"{resume_path} was trained {'without' if sd_cfg else 'with'} "
+                "--self-distill-from: resume it with the same self-distillation flags"
+            )
         if resume_path.is_dir():
             checkpoint.load_sharded(resume_path, raw_model, optimizer)
         elif args.fsdp:
@@ -1101,13 +1260,17 @@ def main(argv=None) -> dict:
         sample_flops = flops_per_sample(
             raw_model, args.loss, transform(batch), batch["tokens"].to(device)
         )
-    model = raw_model
+    # with self-distillation the forward is `self_distill.Learner`'s: its terms' gradients are
+    # reduced with the rest; its head is unused before the switch-on (find_unused_parameters)
+    model = raw_model if sd_cfg is None else self_distill.Learner(raw_model)
     if dist_info.enabled and not args.fsdp:
         model = DistributedDataParallel(
-            raw_model,
+            model,
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
-            static_graph=args.accum_steps == 1,  # every parameter is used in every backward
+            # every parameter is used in every backward, the same way
+            static_graph=args.accum_steps == 1 and sd_cfg is None,
+            find_unused_parameters=sd_cfg is not None,
             # buffers that training changes are batch-norm statistics (ResNet towers); the
             # others (open_clip's attention mask) are constants: no broadcast every forward
             broadcast_buffers=has_running_stats(raw_model),
@@ -1170,11 +1333,24 @@ def main(argv=None) -> dict:
     acid_before = (ckpt or {}).get("acid", {})  # ACID's counts up to the resumed checkpoint
     stalls = []  # seconds the training loop waited for each checkpoint
     state_bytes = None
+    sd_started = sd_cfg is not None and bool(raw_model.self_distill.started)
+    sd_patches = 0
+    if sd_cfg is not None:
+        sd_patches = math.prod(raw_model.visual.grid_size)
     while step < total_steps:
         micro_batches, teacher_features = [], []
-        for _ in range(args.accum_steps):
+        sd_on = sd_cfg is not None and step >= sd_cfg.start_step
+        if sd_on and not sd_started:
+            raw_model.self_distill.start(raw_model.visual)
+            sd_started = True
+            if is_main:
+                print(f"step {step + 1}: self-distillation on, the teacher copied", flush=True)
+        for micro in range(args.accum_steps):
             batch, keys = pending.pop() if pending else (next(loader), loader.last_keys)
             host = host_inputs(batch, raw_model)  # CPU work on the CPU batch
+            if sd_on:
+                seed = (args.seed, step, dist_info.rank, micro)
+                host = self_distill_inputs(sd_cfg, batch, host, sd_patches, seed)
             micro, taught, chosen = prepare_micro_batch(
                 batch, host, raw_model, transform, device, autocast, extras
             )
@@ -1205,6 +1381,8 @@ def main(argv=None) -> dict:
         loss_sum = loss_sum + torch.where(skipped > 0, 0.0, step_loss)
         finite_steps = finite_steps + (1 - skipped)
         nonfinite.add(skipped)
+        if sd_on:
+            raw_model.self_distill.after_step(raw_model.visual)
         if state_bytes is None:  # parameters, gradients and AdamW state held by this rank
             state_bytes = sharding.training_state_bytes(raw_model, optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -1232,6 +1410,11 @@ def main(argv=None) -> dict:
                 )
             if acid_counts is not None:  # drawn and kept per language, all ranks
                 selection = acid_totals()
+            if sd_cfg is not None:  # the terms' means over the interval (0 before the switch)
+                sd_terms = [
+                    distributed.mean_across_ranks(x, dist_info)
+                    for x in raw_model.self_distill.read_terms()
+                ]
             if is_main:
                 epoch = step * drawn_per_step / samples_per_epoch
                 skips = f" skipped {nonfinite.total} non-finite" if nonfinite.total else ""
@@ -1258,6 +1441,10 @@ def main(argv=None) -> dict:
                     row["online"] = online_counts  # kept / skipped per language, all ranks
                 if acid_counts is not None:
                     row["acid"] = selection
+                if sd_cfg is not None:
+                    row["silc_loss"], row["tips_loss"] = sd_terms
+                    writer.add_scalar("train/silc_loss", sd_terms[0], step)
+                    writer.add_scalar("train/tips_loss", sd_terms[1], step)
                 with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
             last_time, last_step, loss_sum, finite_steps = now, step, 0.0, 0.0
@@ -1306,6 +1493,8 @@ def main(argv=None) -> dict:
     }
     if acid_counts is not None:
         summary["acid"] = acid_totals()
+    if sd_cfg is not None:
+        summary["self_distill"] = {"start_step": sd_cfg.start_step, "started": sd_started}
     if transform.undecodable:  # --gpu-decode: this rank's JPEGs that no decoder could read
         summary["undecodable_on_device"] = transform.undecodable
     if eval_row is not None:
