@@ -181,9 +181,7 @@ def crop_resize_normalize(
     ])  # fmt: skip
     if colour is None:
         return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
-    out = apply_colour(
-        out / 255.0, {k: v.to(x.device, non_blocking=True) for k, v in colour.items()}
-    )
+    out = apply_colour(out / 255.0, to_device(colour, x.device))
     return (out - _scaled(mean, x.device) / 255.0) / (_scaled(std, x.device) / 255.0)
 
 
@@ -229,28 +227,64 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return table.gather(2, index).squeeze(2)
 
 
+def colour_params(drawn: list) -> dict:
+    """A batch's colour parameters from each image's `draw_colour` (in the worker): the drawn
+    `order`, `factors`, `active` and `grey`, and which rows take which op: `rows`, 16 index
+    tensors (step-major: step x 4 + op) and `grey_rows`. `apply_colour` selects with these;
+    choosing the rows on the device would make it report each count back to the host."""
+    order, factors, active, grey = zip(*drawn)
+    out = {
+        "order": torch.tensor(order, dtype=torch.int64),
+        "factors": torch.tensor(factors, dtype=torch.float32),
+        "active": torch.tensor(active, dtype=torch.bool),
+        "grey": torch.tensor(grey, dtype=torch.bool),
+    }
+    out["rows"] = [
+        torch.nonzero((out["order"][:, step] == op) & out["active"][:, op]).flatten()
+        for step in range(4)
+        for op in range(4)
+    ]
+    out["grey_rows"] = torch.nonzero(out["grey"]).flatten()
+    return out
+
+
+def to_device(value, device: torch.device):
+    """Host tensors (in dicts and lists) on `device` without waiting for its queue (a copy
+    from pageable memory to a GPU waits for the stream first: pinned)."""
+    if isinstance(value, dict):
+        return {key: to_device(v, device) for key, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if not torch.is_tensor(value) or value.device == device:
+        return value
+    if device.type == "cuda" and not value.is_pinned():
+        value = value.pin_memory()
+    return value.to(device, non_blocking=True)
+
+
 def apply_colour(x: torch.Tensor, colour: dict) -> torch.Tensor:
     """Colour jitter (each image's four ops in its drawn order, where drawn) and greyscale, on
-    B x 3 x H x W floats in [0, 1]: torchvision's ColorJitter and RandomGrayscale per image."""
-    order, factors, active = colour["order"], colour["factors"], colour["active"]
-    for step in range(4):
-        for op in range(4):
-            rows = torch.nonzero((order[:, step] == op) & active[:, op]).flatten()
-            if not len(rows):
-                continue
-            part, factor = x[rows], factors[rows, op]
-            if op == BRIGHTNESS:
-                part = _blend(part, torch.zeros_like(part), factor)
-            elif op == CONTRAST:
-                part = _blend(part, _grey(part).mean(dim=(1, 2, 3), keepdim=True), factor)
-            elif op == SATURATION:
-                part = _blend(part, _grey(part), factor)
-            else:
-                part = _shift_hue(part, factor)
-            x = x.index_copy(0, rows, part)
-    rows = torch.nonzero(colour["grey"]).flatten()
-    if len(rows):
-        x = x.index_copy(0, rows, _grey(x[rows]).expand(-1, 3, -1, -1))
+    B x 3 x H x W floats in [0, 1]: torchvision's ColorJitter and RandomGrayscale per image.
+    `colour` is `colour_params`'s (on the device): its row lists say which images take each
+    op, and their sizes are known without asking the device."""
+    for index, rows in enumerate(colour["rows"]):
+        if not rows.numel():
+            continue
+        op = index % 4
+        factor = colour["factors"][rows, op]
+        part = x.index_select(0, rows)
+        if op == BRIGHTNESS:
+            part = _blend(part, torch.zeros_like(part), factor)
+        elif op == CONTRAST:
+            part = _blend(part, _grey(part).mean(dim=(1, 2, 3), keepdim=True), factor)
+        elif op == SATURATION:
+            part = _blend(part, _grey(part), factor)
+        else:
+            part = _shift_hue(part, factor)
+        x = x.index_copy(0, rows, part)
+    rows = colour["grey_rows"]
+    if rows.numel():
+        x = x.index_copy(0, rows, _grey(x.index_select(0, rows)).expand(-1, 3, -1, -1))
     return x
 
 
@@ -309,7 +343,7 @@ class DeviceTransform:
                 self.mean,
                 self.std,
                 channels_last,
-                colour=None if colour is None else {k: v[n::crops] for k, v in colour.items()},
+                colour=None if colour is None else colour[n],
             )  # fmt: skip
             for n in range(crops)
         ]

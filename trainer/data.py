@@ -54,7 +54,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import augment
-from trainer.augment import Augmentation, draw_colour
+from trainer.augment import Augmentation, colour_params, draw_colour
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 # what the loader's `dropped` counts, in samples: bad_shard is the samples an unreadable or
@@ -667,23 +667,13 @@ def crop_params(
                 boxes[i] = torch.tensor([top, left, side, side])
         if train and aug is not None and aug.local_crops:
             local = _local_crop_params(sizes, aug, ratio, jitter, colours)
-    return boxes, flips, _stack_colours(drawn) if colours else None, local
-
-
-def _stack_colours(drawn: list) -> dict:
-    order, factors, active, grey = zip(*drawn)
-    return {
-        "order": torch.tensor(order, dtype=torch.int64),
-        "factors": torch.tensor(factors, dtype=torch.float32),
-        "active": torch.tensor(active, dtype=torch.bool),
-        "grey": torch.tensor(grey, dtype=torch.bool),
-    }
+    return boxes, flips, colour_params(drawn) if colours else None, local
 
 
 def _local_crop_params(sizes: torch.Tensor, aug: Augmentation, ratio, jitter, colours) -> dict:
     """Self-distillation's local crops, image after image and crop after crop, from torch's
     RNG as it stands after the global views: `local_boxes` B x N x 4, `local_flips` B x N and
-    (with colour augmentation) `local_colour`, one row per crop in image-major order."""
+    (with colour augmentation) `local_colour`, a `colour_params` per crop index."""
     import torchvision.transforms as T
 
     n = aug.local_crops
@@ -698,8 +688,8 @@ def _local_crop_params(sizes: torch.Tensor, aug: Augmentation, ratio, jitter, co
             if colours:
                 drawn.append(draw_colour(aug, jitter))
     out = {"local_boxes": boxes, "local_flips": flips}
-    if drawn:
-        out["local_colour"] = _stack_colours(drawn)
+    if drawn:  # one colour_params per crop index, over the images
+        out["local_colour"] = [colour_params(drawn[j::n]) for j in range(n)]
     return out
 
 

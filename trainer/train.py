@@ -678,17 +678,6 @@ def host_inputs(batch: dict, model) -> dict:
     return model.caption_plan(batch["tokens"]) if hasattr(model, "caption_plan") else {}
 
 
-def _to_device(value, device: torch.device):
-    """A host tensor (or a dict of them) on the device without waiting for it."""
-    if isinstance(value, dict):
-        return {key: _to_device(v, device) for key, v in value.items()}
-    if not torch.is_tensor(value) or value.device == device:
-        return value
-    if device.type == "cuda":
-        value = value.pin_memory()  # a copy from pageable memory waits for the stream
-    return value.to(device, non_blocking=True)
-
-
 def micro_batch(
     batch: dict, transform, host: dict, device: torch.device, local_size: int | None = None
 ) -> tuple:
@@ -696,7 +685,7 @@ def micro_batch(
     device transform, tokens and the host's tensors copied without waiting. With
     `local_size`, the host's `self_distill` inputs gain the batch's local crops at that size."""
     tokens = batch["tokens"].to(device, non_blocking=True)
-    on_device = _to_device(host, device)
+    on_device = augment.to_device(host, device)
     images, local = transform.views(batch, local_size)
     if local is not None:
         on_device["self_distill"]["local"] = local
