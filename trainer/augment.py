@@ -37,6 +37,9 @@ class Augmentation:
     # the whole batch's global ones: a run's global views do not depend on them)
     local_crops: int = 0
     local_scale: tuple[float, float] = (0.05, 0.4)
+    # NaFlex: `ratio` multiplies each image's own aspect ratio (timm's
+    # RandomResizedCropToSequence) instead of bounding the crop's
+    native_aspect: bool = False
 
     def __post_init__(self):
         low, high = self.scale
@@ -161,28 +164,39 @@ def crop_resize_normalize(
     `colour` (from `trainer.data.crop_params`) jitters and greys images in [0, 1] before the
     normalisation, as torchvision's tensor transforms do."""
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
-    _, _, height, width = x.shape
     # copies that do not wait for the device (pinned host memory from the loader makes them
     # truly asynchronous): the step must not block on a host round trip
     boxes = boxes.to(x.device, non_blocking=True).float()
     top, left, h, w = boxes.unbind(1)
     ys = _sample_points(top, h, size)
     xs = _sample_points(left, w, size, flips.to(x.device, non_blocking=True))
+    return colour_normalize(resample(x, ys, xs, chunk), mean, std, colour)
+
+
+def resample(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, chunk: int = 32):
+    """B x 3 x len(ys) x len(xs) float32: each uint8 canvas image (B x 3 x H x W) sampled
+    bilinearly at its rows `ys` (B x h) and columns `xs` (B x w) of source coordinates, `chunk`
+    images at a time."""
+    _, _, height, width = x.shape
     gy = (2 * ys + 1) / height - 1
     gx = (2 * xs + 1) / width - 1
-    n = len(x)
+    n, rows, cols = len(x), ys.shape[1], xs.shape[1]
     grid = torch.stack(
-        (gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), -1
+        (gx[:, None, :].expand(n, rows, cols), gy[:, :, None].expand(n, rows, cols)), -1
     )
-    out = torch.cat([
+    return torch.cat([
         F.grid_sample(x[i : i + chunk].float(), grid[i : i + chunk], mode="bilinear",
                       padding_mode="border", align_corners=False)
         for i in range(0, n, chunk)
     ])  # fmt: skip
+
+
+def colour_normalize(out: torch.Tensor, mean, std, colour: dict | None = None) -> torch.Tensor:
+    """Resampled 0-255 floats -> colour-jittered where drawn, then normalised."""
     if colour is None:
-        return (out - _scaled(mean, x.device)) / _scaled(std, x.device)
-    out = apply_colour(out / 255.0, to_device(colour, x.device))
-    return (out - _scaled(mean, x.device) / 255.0) / (_scaled(std, x.device) / 255.0)
+        return (out - _scaled(mean, out.device)) / _scaled(std, out.device)
+    out = apply_colour(out / 255.0, to_device(colour, out.device))
+    return (out - _scaled(mean, out.device) / 255.0) / (_scaled(std, out.device) / 255.0)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -308,6 +322,10 @@ class DeviceTransform:
 
     @classmethod
     def for_model(cls, model, device):
+        if hasattr(model.visual, "max_patches"):  # a NaFlex tower (trainer/naflex.py)
+            from trainer.naflex import NaFlexTransform
+
+            return NaFlexTransform.for_tower(model.visual, device)
         cfg = model.visual.preprocess_cfg
         size = model.visual.image_size
         return cls(size[0] if isinstance(size, tuple) else size, cfg["mean"], cfg["std"], device)
@@ -315,17 +333,19 @@ class DeviceTransform:
     def __call__(self, batch: dict) -> torch.Tensor:
         return self.views(batch)[0]
 
-    def views(self, batch: dict, local_size: int | None = None):
-        """(the global views, and with `local_size` the local crops at that size, crops x B in
-        crop-major order, else None), cut from one canvas."""
+    def canvas(self, batch: dict) -> tuple[torch.Tensor, bool]:
+        """(the batch's uint8 canvas on the device, whether it is channels-last): the worker's
+        pixels, or the JPEGs decoded here (--gpu-decode)."""
         if "encoded" in batch:
             images, failed = decode_on_device(batch["encoded"], self.device, batch["sizes"])
             self.undecodable += failed
-            canvas = _canvas(images, batch["sizes"], self.device)
-            channels_last = False
-        else:
-            canvas = batch["pixels"].to(self.device, non_blocking=True)
-            channels_last = True
+            return _canvas(images, batch["sizes"], self.device), False
+        return batch["pixels"].to(self.device, non_blocking=True), True
+
+    def views(self, batch: dict, local_size: int | None = None):
+        """(the global views, and with `local_size` the local crops at that size, crops x B in
+        crop-major order, else None), cut from one canvas."""
+        canvas, channels_last = self.canvas(batch)
         images = crop_resize_normalize(
             canvas, batch["boxes"], batch["flips"], self.size, self.mean, self.std, channels_last,
             colour=batch.get("colour"),

@@ -655,8 +655,11 @@ def crop_params(
         torch.manual_seed(seed)
         for i, (h, w) in enumerate(sizes.tolist()):
             if train:
+                bounds = ratio
+                if aug is not None and aug.native_aspect:
+                    bounds = (ratio[0] * w / h, ratio[1] * w / h)
                 boxes[i] = torch.tensor(
-                    T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, ratio)
+                    T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, bounds)
                 )
                 flips[i] = hflip and bool(torch.rand(1) < 0.5)
                 if colours:
@@ -706,7 +709,7 @@ def make_batch(
         pixels, sizes = pad_to_canvas(images)
         batch = {"pixels": pixels}
     boxes, flips, colour, local = crop_params(sizes, seed, train, hflip, aug=aug)
-    batch.update(sizes=sizes, boxes=boxes, flips=flips, **(local or {}))
+    batch.update(sizes=sizes, boxes=boxes, flips=flips, train=train, **(local or {}))
     if colour is not None:
         batch["colour"] = colour
     tokens = tokenizer(texts)  # a dict of token sets with a teacher (`distill.TeacherTokens`)

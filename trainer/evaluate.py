@@ -271,7 +271,7 @@ def _subset(samples: Samples, keep: list[int]) -> Samples:
 def _image_batch(images: list[torch.Tensor]) -> dict:
     pixels, sizes = data.pad_to_canvas(images)
     boxes, flips, _, _ = data.crop_params(sizes, 0, train=False, hflip=False)
-    return {"pixels": pixels, "sizes": sizes, "boxes": boxes, "flips": flips}
+    return {"pixels": pixels, "sizes": sizes, "boxes": boxes, "flips": flips, "train": False}
 
 
 def gather_rows(indices: list[int], rows: torch.Tensor, n: int, info) -> torch.Tensor:
@@ -332,8 +332,8 @@ class Evaluator:
                     rows.append(fn(transform(_image_batch([p for _, p in chunk]))).float())
                 else:  # this rank's share is done: a forward the others need, result unused
                     size = transform.size
-                    blank = torch.zeros(1, 3, size, size, device=transform.device)
-                    rows.append(fn(blank).float()[:0])
+                    blank = _image_batch([torch.zeros(size, size, 3, dtype=torch.uint8)])
+                    rows.append(fn(transform(blank)).float()[:0])
         n = len(samples.langs)
         out = gather_rows([i for i, _ in ok], torch.cat(rows), n, info)
         decoded = torch.zeros(n, 1, device=transform.device)

@@ -54,6 +54,8 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         "preprocess_cfg": dict(model.visual.preprocess_cfg),
         "trainer": {"checkpoint": _where(checkpoint), "model": args["model"]},
     }
+    if args.get("naflex"):  # open_clip 3.3.0 builds the square tower; trainer.evaluate NaFlex
+        config["trainer"]["naflex"] = {"max_patches": args["max_patches"]}
     (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out_dir
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 from pathlib import Path
@@ -192,6 +193,10 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, object, di
         # checkpoints from before the flag were all cross-attention decoders
         args.get("caption_fusion", "cross"),
     )
+    if args.get("naflex"):
+        from trainer.naflex import NaFlexVisionTransformer
+
+        NaFlexVisionTransformer.enable(model.visual, args["max_patches"])
     if path.is_dir():
         checkpoint.load_sharded(path, model)  # reads the model's own keys only
     else:
@@ -208,4 +213,10 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, object]:
         raise ValueError(f"{path}: no open_clip_config.json (not an open_clip local-dir folder)")
     spec = f"local-dir:{Path(path).resolve()}"
     model = open_clip.create_model(spec, output_dict=True)
+    config = json.loads((Path(path) / "open_clip_config.json").read_text(encoding="utf-8"))
+    flex = config.get("trainer", {}).get("naflex")
+    if flex:  # exported from a --naflex run: its tower takes NaFlex batches again
+        from trainer.naflex import NaFlexVisionTransformer
+
+        NaFlexVisionTransformer.enable(model.visual, flex["max_patches"])
     return model.eval(), open_clip.get_tokenizer(spec)

@@ -40,6 +40,7 @@ from trainer import (  # noqa: E402
     evaluate,
     locking,
     models,
+    naflex,
     pretrained,
     self_distill,
     sharding,
@@ -93,6 +94,26 @@ def check_self_distill_flags(p: argparse.ArgumentParser, args) -> None:
         p.error("--self-distill-from trains the image tower: not with --lock-image")
 
 
+def check_naflex_flags(p: argparse.ArgumentParser, args, caption: bool) -> None:
+    if not args.naflex:
+        if args.max_patches != 256:
+            p.error("--max-patches is NaFlex's budget: it needs --naflex")
+        return
+    if args.max_patches < 1:
+        p.error("--max-patches must be >= 1")
+    refused = {
+        "a caption loss (its decoder has no padding mask)": caption,
+        "--fsdp (its blocks run outside their units' forward)": args.fsdp,
+        "--grad-checkpointing": args.grad_checkpointing,
+        "--distill-model (the teacher takes square images)": args.distill_model,
+        "--acid-ratio": args.acid_ratio > 1,
+        "--self-distill-from": args.self_distill_from is not None,
+    }
+    for what, given in refused.items():
+        if given:
+            p.error(f"--naflex is not combined with {what}")
+
+
 def self_distill_config(args, visual, total_steps: int):
     """The run's SelfDistillConfig, or None without --self-distill-from (ValueError: a local
     crop size that is not whole patches)."""
@@ -124,6 +145,7 @@ def augmentation_from(args) -> augment.Augmentation:
         grayscale=args.grayscale,
         local_crops=args.local_crops if args.self_distill_from is not None else 0,
         local_scale=tuple(args.local_crop_scale),
+        native_aspect=args.naflex,
     )
 
 
@@ -470,6 +492,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=8192,
         help="prototypes of the shared projection head (iBOT's out_dim)",
     )
+    g = p.add_argument_group("NaFlex (SigLIP 2's native aspect ratio; trainer/naflex.py)")
+    g.add_argument(
+        "--naflex",
+        "--use-naflex",
+        action="store_true",
+        help="each image at its own aspect ratio, resized to as many patches as fit "
+        "--max-patches (a training crop has the image's aspect ratio times a draw in "
+        "[3/4, 4/3]; evaluation resizes the whole image), padding masked in attention and "
+        "pooling; open_clip ViT towers with the clip or siglip loss (open_clip's --use-naflex)",
+    )
+    g.add_argument(
+        "--max-patches",
+        type=int,
+        default=256,
+        help="NaFlex's patch budget per image, also its sequence length (SigLIP 2: 256)",
+    )
     g = p.add_argument_group("model, continued")
     g.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute activations in backward"
@@ -636,6 +674,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif args.reference_model:
         p.error("--reference-model is ACID's reference: it needs --acid-ratio > 1")
     check_self_distill_flags(p, args)
+    check_naflex_flags(p, args, caption)
     try:
         augmentation_from(args)  # checked here; args stay plain values (they go into checkpoints)
     except ValueError as error:
@@ -780,9 +819,10 @@ def flops_per_sample(model, loss: str, images, tokens) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     devices = [images.device] if images.device.type == "cuda" else []
+    first = images.rows(2) if isinstance(images, naflex.NaFlexBatch) else images[:2]
     with torch.random.fork_rng(devices=devices):
         with FlopCounterMode(display=False) as counter:
-            compute_loss(loss, model(images[:2], tokens[:2])).backward()
+            compute_loss(loss, model(first, tokens[:2])).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() // 2
 
@@ -1050,6 +1090,11 @@ def main(argv=None) -> dict:
     if args.init_from:
         init_from(raw_model, args.init_from, is_main)
     start_weights(raw_model, args, is_main)
+    if args.naflex:
+        try:
+            naflex.NaFlexVisionTransformer.enable(raw_model.visual, args.max_patches)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     sd_cfg = None
     if args.self_distill_from is not None:
         try:

@@ -1,0 +1,252 @@
+"""NaFlex (SigLIP 2): images at their own aspect ratio, as many patches as fit a budget.
+
+Built on open_clip 3.3.0's VisionTransformer (the version pinned: its NaFlex is on open_clip's
+main branch only, after 3.3.0). Same parameters, same state dict: a NaFlex tower is the
+open_clip tower with a second forward, taken when it is given a `NaFlexBatch` instead of a
+B x 3 x H x W tensor.
+
+- **Size.** Each image (its crop box in training, the whole image in evaluation) is resized to
+  gh x gw patches, the largest size of its aspect ratio with gh x gw <= --max-patches
+  (`grid_for`, the search of SigLIP 2's processor: both sides rounded up to whole patches).
+- **Patches.** The device resamples every image to its own size on one padded canvas,
+  cuts the canvas into patches and gathers each image's gh x gw of them, row by row, into a
+  sequence of --max-patches, padded; the indices come from the host.
+- **Position embeddings.** The learned square grid is resized to each image's gh x gw
+  (bilinear, antialiased when shrinking: `resize_position_grid`).
+- **Padding.** The padded positions are masked as attention keys in every block (the blocks'
+  own weights, through scaled_dot_product_attention with a B x 1 x 1 x L mask rather than the
+  B·heads x L x L one nn.MultiheadAttention would need) and left out of average pooling; the
+  class token is the first position and always valid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+
+def grid_for(height: int, width: int, patch: int, max_patches: int) -> tuple[int, int]:
+    """(gh, gw): the patch grid of an image of height x width, its aspect ratio kept, both
+    sides rounded up to whole patches, at the largest scale with gh x gw <= max_patches
+    (a bisection on the scale, as SigLIP 2's image processor searches it)."""
+
+    def sides(scale: float) -> tuple[int, int]:
+        return (
+            max(1, math.ceil(height * scale / patch)),
+            max(1, math.ceil(width * scale / patch)),
+        )
+
+    low, high = 1e-6, 100.0
+    while high - low >= 1e-5:
+        mid = (low + high) / 2
+        gh, gw = sides(mid)
+        if gh * gw <= max_patches:
+            low = mid
+        else:
+            high = mid
+    gh, gw = sides(low)
+    return gh, gw
+
+
+@dataclass
+class NaFlexBatch:
+    """What a NaFlex tower takes: `patches` B x N x (3·p·p) pixels, `valid` B x N (the first
+    gh·gw positions of each row), `grids` each image's (gh, gw) on the host."""
+
+    patches: torch.Tensor
+    valid: torch.Tensor
+    grids: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patches.device
+
+    def rows(self, n: int) -> NaFlexBatch:
+        return NaFlexBatch(self.patches[:n], self.valid[:n], self.grids[:n])
+
+    def to(self, *args, **kwargs) -> NaFlexBatch:  # autocast / dtype moves touch pixels only
+        return NaFlexBatch(self.patches.to(*args, **kwargs), self.valid, self.grids)
+
+
+def resize_position_grid(pos: torch.Tensor, grid: tuple[int, int], size) -> torch.Tensor:
+    """(gh·gw) x W position embeddings from the learned G x G grid (`pos` without its class
+    row), bilinear, antialiased when shrinking."""
+    gh, gw = grid
+    if (gh, gw) == tuple(size):
+        return pos
+    width = pos.shape[-1]
+    image = pos.reshape(1, size[0], size[1], width).permute(0, 3, 1, 2)
+    wide = torch.promote_types(pos.dtype, torch.float32)
+    out = F.interpolate(image.to(wide), size=(gh, gw), mode="bilinear", antialias=True)
+    return out.permute(0, 2, 3, 1).reshape(gh * gw, width).to(pos.dtype)
+
+
+def _block(block: ResidualAttentionBlock, x: torch.Tensor, key_mask: torch.Tensor):
+    """open_clip's ResidualAttentionBlock on B x L x W with padded keys masked out."""
+    attn = block.attn
+    b, length, width = x.shape
+    heads = attn.num_heads
+    y = block.ln_1(x)
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.view(b, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    y = attn.out_proj(y.transpose(1, 2).reshape(b, length, width))
+    x = x + block.ls_1(y)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def check_tower(visual) -> None:
+    """A ValueError in one line unless `visual` is a tower this forward covers."""
+    if not isinstance(visual, VisionTransformer):
+        name = type(visual).__name__
+        raise ValueError(f"--naflex needs an open_clip VisionTransformer, not {name}")
+    if visual.attn_pool is not None or visual.pool_type == "none":
+        raise ValueError("--naflex: attention-pooled towers are not covered")
+    blocks = visual.transformer.resblocks
+    if not all(type(b) is ResidualAttentionBlock for b in blocks):
+        raise ValueError("--naflex covers open_clip's ResidualAttentionBlock towers only")
+
+
+class NaFlexVisionTransformer(VisionTransformer):
+    """open_clip's VisionTransformer with the NaFlex forward (`enable` turns a built tower
+    into one in place: the parameters and their names stay as they are)."""
+
+    max_patches: int
+
+    @classmethod
+    def enable(cls, visual: VisionTransformer, max_patches: int) -> NaFlexVisionTransformer:
+        check_tower(visual)
+        visual.__class__ = cls
+        visual.max_patches = max_patches
+        return visual
+
+    def forward(self, x):
+        if not isinstance(x, NaFlexBatch):
+            return super().forward(x)
+        weight = self.conv1.weight
+        tokens = x.patches.to(weight.dtype) @ weight.flatten(1).T  # the patch embedding
+        b, n, width = tokens.shape
+        pos = self.positional_embedding.to(tokens.dtype)
+        by_grid = {g: resize_position_grid(pos[1:], g, self.grid_size) for g in set(x.grids)}
+        patch_pos = torch.zeros_like(tokens)
+        for i, grid in enumerate(x.grids):
+            patch_pos[i, : grid[0] * grid[1]] = by_grid[grid]
+        cls = (self.class_embedding.to(tokens.dtype) + pos[0]).expand(b, 1, width)
+        tokens = self.ln_pre(torch.cat([cls, tokens + patch_pos], dim=1))
+        valid = torch.cat([x.valid.new_ones(b, 1), x.valid], dim=1)
+        key_mask = valid[:, None, None, :]  # True: attend
+        for block in self.transformer.resblocks:
+            tokens = _block(block, tokens, key_mask)
+        # open_clip's _pool without attention pooling; the average over valid patches only
+        if not self.final_ln_after_pool:
+            tokens = self.ln_post(tokens)
+        if self.pool_type == "avg":
+            weights = valid[:, 1:, None].to(tokens.dtype)
+            pooled = (tokens[:, 1:] * weights).sum(1) / weights.sum(1)
+        else:
+            pooled = tokens[:, 0]
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(pooled)
+        if self.proj is not None:
+            pooled = pooled @ self.proj
+        if self.output_tokens:
+            return pooled, tokens[:, 1:]
+        return pooled
+
+
+def _sample_points(start, length, sizes, largest: int) -> torch.Tensor:
+    """B x largest source coordinates: F.interpolate's (i + 0.5) * length / size - 0.5 for
+    each image's own output `sizes`, clamped to its crop (points past its size are padding)."""
+    i = torch.arange(largest, dtype=torch.float32) + 0.5
+    points = start[:, None] + i[None, :] * (length / sizes)[:, None] - 0.5
+    return torch.clamp(points, min=start[:, None], max=(start + length - 1)[:, None])
+
+
+def plan(boxes: torch.Tensor, patch: int, max_patches: int, flips=None) -> dict:
+    """The host's part of a NaFlex batch from the crop boxes (B x 4: top, left, height,
+    width) and flip flags: each image's grid, the sampling coordinates of its own size on the
+    padded canvas (flipped within its own width) and the flat indices of its patches."""
+    grids = [grid_for(int(h), int(w), patch, max_patches) for _, _, h, w in boxes.tolist()]
+    rows = max(g[0] for g in grids)
+    cols = max(g[1] for g in grids)
+    boxes = boxes.float()
+    heights = torch.tensor([g[0] * patch for g in grids], dtype=torch.float32)
+    widths = torch.tensor([g[1] * patch for g in grids], dtype=torch.float32)
+    ys = _sample_points(boxes[:, 0], boxes[:, 2], heights, rows * patch)
+    xs = _sample_points(boxes[:, 1], boxes[:, 3], widths, cols * patch)
+    if flips is not None:
+        for i in torch.nonzero(flips).flatten().tolist():  # host tensors: no device involved
+            w = grids[i][1] * patch
+            xs[i, :w] = xs[i, :w].flip(0)
+    index = torch.zeros(len(grids), max_patches, dtype=torch.int64)
+    valid = torch.zeros(len(grids), max_patches, dtype=torch.bool)
+    for i, (gh, gw) in enumerate(grids):
+        r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        index[i, : gh * gw] = (r * cols + c).flatten()
+        valid[i, : gh * gw] = True
+    return {"grids": grids, "ys": ys, "xs": xs, "index": index, "valid": valid}
+
+
+def patchify(canvas: torch.Tensor, patch: int, index: torch.Tensor) -> torch.Tensor:
+    """B x 3 x (R·p) x (C·p) -> B x N x (3·p·p): the canvas's patches (channel, row, column
+    within a patch: conv1's weight order) at `index` (B x N flat positions, row-major)."""
+    b, c, h, w = canvas.shape
+    rows, cols = h // patch, w // patch
+    patches = canvas.view(b, c, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(b, rows * cols, c * patch * patch)
+    return patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+
+
+class NaFlexTransform:
+    """batch dict from `trainer.data` -> a `NaFlexBatch` on the device: each image's crop box
+    (training; in evaluation the whole image) resized to its own patch grid, colour-jittered
+    where drawn, normalised and cut into patches. The device transform of a NaFlex tower
+    (`augment.DeviceTransform.for_model` picks it)."""
+
+    def __init__(self, patch: int, max_patches: int, mean, std, device: torch.device):
+        from trainer.augment import DeviceTransform
+
+        self.patch, self.max_patches = patch, max_patches
+        # the side a worker decodes an evaluation image to (`data.decode_image`)
+        self.size = patch * math.isqrt(max_patches)
+        self.base = DeviceTransform(self.size, mean, std, device)
+        self.mean, self.std, self.device = tuple(mean), tuple(std), device
+
+    @classmethod
+    def for_tower(cls, visual, device):
+        cfg = visual.preprocess_cfg
+        return cls(visual.patch_size[0], visual.max_patches, cfg["mean"], cfg["std"], device)
+
+    @property
+    def undecodable(self) -> int:
+        return self.base.undecodable
+
+    def __call__(self, batch: dict) -> NaFlexBatch:
+        return self.views(batch)[0]
+
+    def views(self, batch: dict, local_size: int | None = None):
+        from trainer.augment import colour_normalize, resample
+
+        if local_size is not None:
+            raise ValueError("--naflex has no local crops (self-distillation)")
+        boxes = batch["boxes"]
+        if not batch.get("train", True):  # evaluation: the whole image, no crop
+            sizes = batch["sizes"].to(torch.int32)
+            boxes = torch.cat([torch.zeros_like(sizes), sizes], dim=1)
+        host = plan(boxes, self.patch, self.max_patches, batch.get("flips"))
+        canvas, channels_last = self.base.canvas(batch)
+        if channels_last:
+            canvas = canvas.permute(0, 3, 1, 2)
+        on = {k: host[k].to(self.device, non_blocking=True) for k in ("ys", "xs", "index", "valid")}
+        pixels = colour_normalize(
+            resample(canvas, on["ys"], on["xs"]), self.mean, self.std, batch.get("colour")
+        )
+        patches = patchify(pixels, self.patch, on["index"])
+        return NaFlexBatch(patches, on["valid"], host["grids"]), None
