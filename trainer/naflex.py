@@ -1,7 +1,7 @@
 """NaFlex (SigLIP 2): images at their own aspect ratio, as many patches as fit a budget.
 
-Built on open_clip 3.3.0's VisionTransformer (the version pinned: its NaFlex is on open_clip's
-main branch only, after 3.3.0). Same parameters, same state dict: a NaFlex tower is the
+Built on open_clip 3.3.0's VisionTransformer (the newest open_clip on the package index; its
+NaFlex is on open_clip's main branch only, 4.2.0.dev0). Same parameters, same state dict: a NaFlex tower is the
 open_clip tower with a second forward, taken when it is given a `NaFlexBatch` instead of a
 B x 3 x H x W tensor.
 
@@ -12,7 +12,7 @@ B x 3 x H x W tensor.
   cuts the canvas into patches and gathers each image's gh x gw of them, row by row, into a
   sequence of --max-patches, padded; the indices come from the host.
 - **Position embeddings.** The learned square grid is resized to each image's gh x gw
-  (bilinear, antialiased when shrinking: `resize_position_grid`).
+  (bicubic, antialiased, in fp32, as timm's NaFlexEmbeds: `resize_position_grid`).
 - **Padding.** The padded positions are masked as attention keys in every block (the blocks'
   own weights, through scaled_dot_product_attention with a B x 1 x 1 x L mask rather than the
   B·heads x L x L one nn.MultiheadAttention would need) and left out of average pooling; the
@@ -77,14 +77,14 @@ class NaFlexBatch:
 
 def resize_position_grid(pos: torch.Tensor, grid: tuple[int, int], size) -> torch.Tensor:
     """(gh·gw) x W position embeddings from the learned G x G grid (`pos` without its class
-    row), bilinear, antialiased when shrinking."""
+    row): bicubic, antialiased, in fp32 (timm's NaFlexEmbeds defaults)."""
     gh, gw = grid
     if (gh, gw) == tuple(size):
         return pos
     width = pos.shape[-1]
     image = pos.reshape(1, size[0], size[1], width).permute(0, 3, 1, 2)
     wide = torch.promote_types(pos.dtype, torch.float32)
-    out = F.interpolate(image.to(wide), size=(gh, gw), mode="bilinear", antialias=True)
+    out = F.interpolate(image.to(wide), size=(gh, gw), mode="bicubic", antialias=True)
     return out.permute(0, 2, 3, 1).reshape(gh * gw, width).to(pos.dtype)
 
 
