@@ -1,9 +1,9 @@
 """NaFlex (SigLIP 2): images at their own aspect ratio, as many patches as fit a budget.
 
 Built on open_clip 3.3.0's VisionTransformer (the newest open_clip on the package index; its
-NaFlex is on open_clip's main branch only, 4.2.0.dev0). Same parameters, same state dict: a NaFlex tower is the
-open_clip tower with a second forward, taken when it is given a `NaFlexBatch` instead of a
-B x 3 x H x W tensor.
+NaFlex is on open_clip's main branch only, 4.2.0.dev0). Same parameters, same state dict: a
+NaFlex tower is the open_clip tower with a second forward, taken when it is given a
+`NaFlexBatch` instead of a B x 3 x H x W tensor.
 
 - **Size.** Each image (its crop box in training, the whole image in evaluation) is resized to
   gh x gw patches, the largest size of its aspect ratio with gh x gw <= --max-patches
