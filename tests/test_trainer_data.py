@@ -100,8 +100,11 @@ def test_resume_continues_with_identical_batches(shards, tokenizer, resampled):
 
     for (ref, ref_keys), (batch, keys) in zip(reference[3:], resumed, strict=True):
         assert keys == ref_keys
-        assert ref.keys() == batch.keys() == {"pixels", "sizes", "boxes", "flips", "tokens"}
-        for name in ref:
+        assert (
+            ref.keys() == batch.keys() == {"pixels", "sizes", "boxes", "flips", "tokens", "train"}
+        )
+        assert batch["train"] is ref["train"] is True
+        for name in ref.keys() - {"train"}:
             assert torch.equal(batch[name], ref[name]), name  # crops seeded per position
     pixels = reference[0][0]["pixels"]
     assert pixels.dtype == torch.uint8 and pixels.shape == (4, 40, 40, 3)  # as stored

@@ -269,14 +269,14 @@ def test_multilingual_sets_during_training_equal_trainer_evaluate(trained, multi
 
 def test_self_distillation_from_half_the_run_is_not_worse(trained, digits, tmp_path):
     """SigLIP 2's late terms (issue 31) from step 100 of 200, against the same run without
-    (`trained`). A toy: 32 px digits, a 64-wide tower, 4 local crops of 16 px (2 x 2 patches)
+    (`trained`). A toy: 32 px digits, a 64-wide tower, 2 local crops of 16 px (2 x 2 patches)
     and 256 prototypes. Here the SILC term stays near ln(256) (the teacher's targets flatten)
     and the masked prediction barely learns. Adding them costs the contrastive model at most
     a point here: 0.883 with, 0.886 without, when written (the same pair of runs on the digits
     in English only, 8 crops: 0.922 with, 0.919 without)."""
     train(
         digits, tmp_path, "--eval", str(digits / "zeroshot"), "--save-every", "1000",
-        "--self-distill-from", "0.5", "--local-crops", "4", "--self-distill-dim", "256",
+        "--self-distill-from", "0.5", "--local-crops", "2", "--self-distill-dim", "256",
     )  # fmt: skip
     with_terms = eval_rows(tmp_path)[STEPS]["eval"]["zeroshot/acc1"]
     without = eval_rows(trained)[STEPS]["eval"]["zeroshot/acc1"]

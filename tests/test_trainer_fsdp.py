@@ -175,17 +175,29 @@ def test_export_of_a_sharded_checkpoint_loads_in_open_clip(fsdp_run, tmp_path):
         torch.testing.assert_close(exported.encode_text(tokens), trained.encode_text(tokens))
 
 
-def test_fsdp_with_compile_checkpointing_accumulation_bf16_and_siglip(shards, tmp_path):
+def test_fsdp_with_compile_checkpointing_accumulation_bf16_siglip_and_self_distillation(
+    shards, tmp_path
+):
     """--fsdp with --compile (aot_eager), --grad-checkpointing, 2 micro-batches, bf16 mixed
-    precision and the chunked sigmoid loss, whose 0-d scale and bias stay replicated."""
+    precision, the chunked sigmoid loss, whose 0-d scale and bias stay replicated, and SigLIP
+    2's self-distillation from step 3 (the teacher an FSDP unit of its own, the student's
+    terms on the root's gathered parameters)."""
     result = torchrun(
         shards, tmp_path, "--fsdp", "--compile", "--compile-backend", "aot_eager",
         "--grad-checkpointing", "--accum-steps", "2", "--precision", "bf16", "--loss", "siglip",
-        "--steps", "4", "--save-every", "4", "--sync-checkpoint",
+        "--steps", "4", "--save-every", "4", "--sync-checkpoint", "--log-every", "1",
+        "--self-distill-from", "0.5", "--self-distill-dim", "64", "--local-crops", "2",
     )  # fmt: skip
     assert "global batch 32 (8 x 2 rank(s) x 2 micro-batch(es)" in result.stdout
     curve = losses(tmp_path)
-    assert sorted(curve) == [1, 2, 3, 4] and curve[4] < curve[1]
+    assert sorted(curve) == [1, 2, 3, 4] and curve[2] < curve[1]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    terms = {r["step"]: (r["silc_loss"], r["tips_loss"]) for r in rows}
+    assert terms[2] == (0.0, 0.0) and min(terms[3]) > 0 and min(terms[4]) > 0
     model = weights(ckpt(tmp_path, 4, "dcp"))
     assert model["logit_bias"].shape == () and model["logit_scale"].shape == ()
     assert all(v.dtype == torch.float32 for v in model.values())  # fp32 master weights
+    import torch.distributed.checkpoint as dcp
+
+    held = dcp.FileSystemReader(str(ckpt(tmp_path, 4, "dcp"))).read_metadata()
+    assert any(".self_distill.teacher.visual." in k for k in held.state_dict_metadata)

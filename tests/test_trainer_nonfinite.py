@@ -29,9 +29,9 @@ def shards(tmp_path_factory):
 def plant_nan(monkeypatch, steps: set[int]) -> None:
     real, calls = train.micro_batch, [0]
 
-    def micro_batch(batch, transform, host, device):
+    def micro_batch(batch, transform, host, device, *rest):
         calls[0] += 1
-        images, tokens, on_device = real(batch, transform, host, device)
+        images, tokens, on_device = real(batch, transform, host, device, *rest)
         if calls[0] in steps:
             images = images * float("nan")
         return images, tokens, on_device

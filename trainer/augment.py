@@ -322,10 +322,8 @@ class DeviceTransform:
 
     @classmethod
     def for_model(cls, model, device):
-        if hasattr(model.visual, "max_patches"):  # a NaFlex tower (trainer/naflex.py)
-            from trainer.naflex import NaFlexTransform
-
-            return NaFlexTransform.for_tower(model.visual, device)
+        if hasattr(model.visual, "device_transform"):  # a tower with its own (NaFlex)
+            return model.visual.device_transform(device)
         cfg = model.visual.preprocess_cfg
         size = model.visual.image_size
         return cls(size[0] if isinstance(size, tuple) else size, cfg["mean"], cfg["std"], device)

@@ -127,6 +127,10 @@ class NaFlexVisionTransformer(VisionTransformer):
         visual.max_patches = max_patches
         return visual
 
+    def device_transform(self, device: torch.device) -> NaFlexTransform:
+        """The data path's device half for this tower (`augment.DeviceTransform.for_model`)."""
+        return NaFlexTransform.for_tower(self, device)
+
     def forward(self, x):
         if not isinstance(x, NaFlexBatch):
             return super().forward(x)
