@@ -262,7 +262,9 @@ class ShardedCheckpointer:
             )
             self.pending = (future, tmp, final)
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            with warnings.catch_warnings():  # one process writing the whole state: meant
+                warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                dcp.save(state, checkpoint_id=str(tmp))
             self.pending = (None, tmp, final)
             self.wait()
         return final
