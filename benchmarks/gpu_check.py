@@ -143,9 +143,17 @@ def check_syncs(device: torch.device, args) -> None:
         say("SKIP", "syncs", "needs CUDA (torch.cuda.set_sync_debug_mode)")
         return
     caption_model = "tiny-caption" if args.dry_run else "openvision2-ViT-B-16"
+    from trainer.augment import Augmentation
+
+    jitter = Augmentation(hflip=True, color_jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2)
+    cases = ((args.model, "clip", None), (caption_model, "caption", None),
+             (args.model, "clip", jitter))  # fmt: skip
     counts = [
-        (f"{name} {loss}", *_syncs_in_a_step(name, loss, device))
-        for name, loss in ((args.model, "clip"), (caption_model, "caption"))
+        (
+            f"{name} {loss}{' colour jitter' if aug else ''}",
+            *_syncs_in_a_step(name, loss, device, aug),
+        )
+        for name, loss, aug in cases
     ]
     say(
         "PASS" if not any(n for _, n, _ in counts) else "FAIL",
@@ -154,7 +162,7 @@ def check_syncs(device: torch.device, args) -> None:
     )
 
 
-def _syncs_in_a_step(name: str, loss: str, device: torch.device) -> tuple[int, list[str]]:
+def _syncs_in_a_step(name: str, loss: str, device: torch.device, aug=None) -> tuple[int, list[str]]:
     """Host syncs in train.py's step (host inputs, device copies and transform, forward +
     backward in bf16, clipped fused AdamW with the non-finite guard) after a warm-up step; and
     the first lines."""
@@ -171,7 +179,7 @@ def _syncs_in_a_step(name: str, loss: str, device: torch.device) -> tuple[int, l
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     images = [torch.from_numpy(np.array(p.resize((256, 256)))) for p in source_images()[:8]]
-    batch = trainer_data.make_batch(images, captions(8), tokenizer, 0, True, True)
+    batch = trainer_data.make_batch(images, captions(8), tokenizer, 0, True, True, aug=aug)
     batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
 
     nonfinite = NonFiniteSteps(device)
@@ -302,9 +310,14 @@ def check_train(device: torch.device, args) -> None:
         "gpu-decode hflip accum 2": [*common, *device_path],
         "compile": [*common, "--compile"],
     }
+    jitter = ["--color-jitter", "0.4", "0.4", "0.4", "0.1", "--grayscale", "0.2"]
+    runs["self-distill colour jitter"] = [*common, *jitter, "--self-distill-from", "0.5"]
+    runs["naflex + eval"] = [*common, "--naflex", "--max-patches", "256", "--val-data", args.val]
     if args.dry_run:  # one process for the paths a CPU can run: the suite's time is short
         runs = {"eager + eval + gpu-decode hflip accum 2": [*common, "--val-data", args.val,
                                                               *device_path]}  # fmt: skip
+        say("SKIP", "train self-distill colour jitter", "GPU run only: the suite has it on CPU")
+        say("SKIP", "train naflex + eval", "GPU run only: the suite has it on CPU")
     for name, extra in runs.items():
         summary = train(args, args.work / f"train_{name.replace(' ', '_')}", *extra)
         say("PASS", f"train {name}", figures(summary, batch, peak))
