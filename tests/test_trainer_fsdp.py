@@ -176,23 +176,26 @@ def test_export_of_a_sharded_checkpoint_loads_in_open_clip(fsdp_run, tmp_path):
 
 
 def test_fsdp_with_compile_checkpointing_accumulation_bf16_siglip_and_self_distillation(
-    shards, tmp_path
+    shards, uneven_eval_set, tmp_path
 ):
     """--fsdp with --compile (aot_eager), --grad-checkpointing, 2 micro-batches, bf16 mixed
     precision, the chunked sigmoid loss, whose 0-d scale and bias stay replicated, and SigLIP
     2's self-distillation from step 3 (the teacher an FSDP unit of its own, the student's
-    terms on the root's gathered parameters)."""
+    terms on the root's gathered parameters), switched on right after an evaluation (which
+    leaves the root's parameters gathered: the teacher's copy needs them sharded)."""
     result = torchrun(
         shards, tmp_path, "--fsdp", "--compile", "--compile-backend", "aot_eager",
         "--grad-checkpointing", "--accum-steps", "2", "--precision", "bf16", "--loss", "siglip",
         "--steps", "4", "--save-every", "4", "--sync-checkpoint", "--log-every", "1",
         "--self-distill-from", "0.5", "--self-distill-dim", "64", "--local-crops", "2",
+        "--eval", f"{uneven_eval_set}:retrieval", "--eval-every", "2", "--eval-batch-size", "2",
     )  # fmt: skip
     assert "global batch 32 (8 x 2 rank(s) x 2 micro-batch(es)" in result.stdout
     curve = losses(tmp_path)
     assert sorted(curve) == [1, 2, 3, 4] and curve[2] < curve[1]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    terms = {r["step"]: (r["silc_loss"], r["tips_loss"]) for r in rows}
+    terms = {r["step"]: (r["silc_loss"], r["tips_loss"]) for r in rows if "loss" in r}
+    assert sorted(r["step"] for r in rows if "eval" in r) == [2, 4]
     assert terms[2] == (0.0, 0.0) and min(terms[3]) > 0 and min(terms[4]) > 0
     model = weights(ckpt(tmp_path, 4, "dcp"))
     assert model["logit_bias"].shape == () and model["logit_scale"].shape == ()

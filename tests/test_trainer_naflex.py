@@ -29,6 +29,16 @@ def tiny(max_patches: int = 24, pool: str | None = None) -> torch.nn.Module:
     return model
 
 
+def patchify(image: torch.Tensor, patch: int, index: torch.Tensor) -> torch.Tensor:
+    """B x 3 x (R·p) x (C·p) -> B x N x (3·p·p): the patches at `index` (row-major), each in
+    (channel, row, column) order, conv1's weight layout: what NaFlexBatch.patches holds."""
+    b, c, h, w = image.shape
+    rows, cols = h // patch, w // patch
+    patches = image.view(b, c, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(b, rows * cols, c * patch * patch)
+    return patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+
+
 def photos(sizes) -> list[torch.Tensor]:
     return [torch.from_numpy(np.array(p.resize(s))) for p, s in zip(source_images(), sizes)]
 
@@ -85,7 +95,7 @@ def test_on_the_native_grid_it_is_open_clips_forward(pool):
     model = tiny(max_patches=16, pool=pool)
     image = torch.randn(3, 3, 32, 32)
     index = torch.arange(16).expand(3, 16)
-    patches = naflex.patchify(image, 8, index)
+    patches = patchify(image, 8, index)
     flex = naflex.NaFlexBatch(patches, torch.ones(3, 16, dtype=torch.bool), [(4, 4)] * 3)
     with torch.no_grad():
         torch.testing.assert_close(model.visual(flex), model.visual(image), rtol=1e-5, atol=1e-5)
@@ -110,6 +120,32 @@ def test_training_batches_keep_the_budget_and_the_image_aspect():
     assert (square["boxes"][:, 2] / square["boxes"][:, 3]).max() <= 4 / 3 + 0.05  # not NaFlex
     with pytest.raises(ValueError, match="no local crops"):
         transform.views(batch, 16)
+    # an image's patches, colour jitter included, do not depend on its neighbours: its crop
+    # and colours are drawn first either way, and the contrast's mean is over its own patches
+    aug = augment.Augmentation(native_aspect=True, color_jitter=(0.4, 0.9, 0.4, 0.1))
+    for seed in range(4):
+        pair = data.make_batch(photos([(40, 120), (120, 40)]), captions(2), tokenizer, seed,
+                               True, False, aug=aug)  # fmt: skip
+        alone = data.make_batch(photos([(40, 120)]), captions(1), tokenizer, seed, True, False,
+                                aug=aug)  # fmt: skip
+        torch.testing.assert_close(
+            transform(pair).patches[0], transform(alone).patches[0], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_the_contrast_jitter_averages_over_the_image_not_its_padding():
+    """NaFlex pads a short sequence with copies of a patch: the contrast's grey mean is the
+    image's own (torchvision's adjust_contrast on the image alone)."""
+    contrast = ([1, 0, 2, 3], [1.0, 0.5, 1.0, 0.0], [False, True, False, False], False)
+    colour = augment.colour_params([contrast])
+    x = torch.rand(1, 3, 4, 8)
+    x[..., 4:] = 1.0  # "padding": white
+    inside = torch.zeros(1, 1, 4, 8)
+    inside[..., :4] = 1
+    alone = augment.apply_colour(x[..., :4].clone(), colour)
+    padded = augment.apply_colour(x.clone(), colour, inside)[..., :4]
+    torch.testing.assert_close(padded, alone)
+    assert not torch.allclose(augment.apply_colour(x.clone(), colour)[..., :4], alone)
 
 
 def test_a_tiny_naflex_run_trains_evaluates_and_exports(tmp_path):

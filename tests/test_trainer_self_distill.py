@@ -168,7 +168,7 @@ def test_the_step_needs_no_device_value_on_the_host():
     plain = data.make_batch(images, captions(4), tokenizer, 0, True, True, aug=aug)
     aug = augment.Augmentation(hflip=True, color_jitter=(0.4, 0.4, 0.4, 0.1), local_crops=2)
     batch = data.make_batch(images, captions(4), tokenizer, 0, True, True, aug=aug)
-    assert "local_boxes" not in plain and batch["local_boxes"].shape == (4, 2, 4)
+    assert "local_boxes" not in plain and batch["local_boxes"].shape == (2, 4, 4)  # crop-major
     assert [c["order"].shape for c in batch["local_colour"]] == [(4, 4), (4, 4)]
     for key in ("boxes", "flips"):  # the global views do not depend on the local crops
         assert torch.equal(plain[key], batch[key])
@@ -184,6 +184,17 @@ def test_the_step_needs_no_device_value_on_the_host():
         model.self_distill.after_step(model.visual)
     assert micro[2]["self_distill"]["local"].shape == (8, 3, 16, 16)
     assert not inspected.found, inspected.found
+    # without local crops (--local-crops 0 --silc-weight 0): the masked prediction alone
+    cfg = self_distill.SelfDistillConfig(start_step=0, local_crops=0, local_size=16,
+                                         silc_weight=0.0, prototypes=PROTOTYPES)  # fmt: skip
+    model.self_distill = self_distill.SelfDistill(model.visual, cfg)
+    plain_host = self_distill_inputs(cfg, plain, host_inputs(plain, model), 16, (0, 0, 0, 0))
+    micro, _, _ = prepare_micro_batch(
+        plain, plain_host, model, transform, torch.device("cpu"), contextlib.nullcontext,
+        StepExtras(self_distill=cfg),
+    )  # fmt: skip
+    out = self_distill.Learner(model)(*micro[:2], **micro[2])
+    assert out["silc_loss"] == 0 and out["tips_loss"] > 0
 
 
 # -- runs -------------------------------------------------------------------------------------

@@ -191,11 +191,14 @@ def resample(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, chunk: int = 3
     ])  # fmt: skip
 
 
-def colour_normalize(out: torch.Tensor, mean, std, colour: dict | None = None) -> torch.Tensor:
-    """Resampled 0-255 floats -> colour-jittered where drawn, then normalised."""
+def colour_normalize(
+    out: torch.Tensor, mean, std, colour: dict | None = None, inside: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Resampled 0-255 floats -> colour-jittered where drawn, then normalised. `inside`
+    (B x 1 x H x W, NaFlex's patches that are not padding) bounds the contrast's mean."""
     if colour is None:
         return (out - _scaled(mean, out.device)) / _scaled(std, out.device)
-    out = apply_colour(out / 255.0, to_device(colour, out.device))
+    out = apply_colour(out / 255.0, to_device(colour, out.device), inside)
     return (out - _scaled(mean, out.device) / 255.0) / (_scaled(std, out.device) / 255.0)
 
 
@@ -276,11 +279,21 @@ def to_device(value, device: torch.device):
     return value.to(device, non_blocking=True)
 
 
-def apply_colour(x: torch.Tensor, colour: dict) -> torch.Tensor:
+def _mean_grey(part: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    """B x 1 x 1 x 1: each image's mean luma (over its `inside` pixels when given)."""
+    grey = _grey(part)
+    if inside is None:
+        return grey.mean(dim=(1, 2, 3), keepdim=True)
+    inside = inside.to(grey.dtype)
+    total = inside.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
+    return (grey * inside).sum(dim=(1, 2, 3), keepdim=True) / total
+
+
+def apply_colour(x: torch.Tensor, colour: dict, inside: torch.Tensor | None = None):
     """Colour jitter (each image's four ops in its drawn order, where drawn) and greyscale, on
     B x 3 x H x W floats in [0, 1]: torchvision's ColorJitter and RandomGrayscale per image.
     `colour` is `colour_params`'s (on the device): its row lists say which images take each
-    op, and their sizes are known without asking the device."""
+    op, and their sizes are known without asking the device. `inside`: see colour_normalize."""
     for index, rows in enumerate(colour["rows"]):
         if not rows.numel():
             continue
@@ -290,7 +303,8 @@ def apply_colour(x: torch.Tensor, colour: dict) -> torch.Tensor:
         if op == BRIGHTNESS:
             part = _blend(part, torch.zeros_like(part), factor)
         elif op == CONTRAST:
-            part = _blend(part, _grey(part).mean(dim=(1, 2, 3), keepdim=True), factor)
+            where = None if inside is None else inside.index_select(0, rows)
+            part = _blend(part, _mean_grey(part, where), factor)
         elif op == SATURATION:
             part = _blend(part, _grey(part), factor)
         else:
@@ -350,13 +364,13 @@ class DeviceTransform:
         )  # fmt: skip
         if local_size is None:
             return images, None
-        crops = batch["local_boxes"].shape[1]
+        crops = len(batch["local_boxes"])
         colour = batch.get("local_colour")
         local = [
             crop_resize_normalize(
                 canvas,
-                batch["local_boxes"][:, n],
-                batch["local_flips"][:, n],
+                batch["local_boxes"][n],
+                batch["local_flips"][n],
                 local_size,
                 self.mean,
                 self.std,

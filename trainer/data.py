@@ -675,19 +675,20 @@ def crop_params(
 
 def _local_crop_params(sizes: torch.Tensor, aug: Augmentation, ratio, jitter, colours) -> dict:
     """Self-distillation's local crops, image after image and crop after crop, from torch's
-    RNG as it stands after the global views: `local_boxes` B x N x 4, `local_flips` B x N and
-    (with colour augmentation) `local_colour`, a `colour_params` per crop index."""
+    RNG as it stands after the global views: `local_boxes` N x B x 4, `local_flips` N x B
+    (crop-major: each crop's rows are one contiguous, pinned block for the device) and (with
+    colour augmentation) `local_colour`, a `colour_params` per crop index."""
     import torchvision.transforms as T
 
     n = aug.local_crops
-    boxes = torch.empty(len(sizes), n, 4, dtype=torch.int32)
-    flips = torch.zeros(len(sizes), n, dtype=torch.bool)
+    boxes = torch.empty(n, len(sizes), 4, dtype=torch.int32)
+    flips = torch.zeros(n, len(sizes), dtype=torch.bool)
     drawn = []
     for i, (h, w) in enumerate(sizes.tolist()):
         for j in range(n):
             params = T.RandomResizedCrop.get_params(torch.empty(0, h, w), aug.local_scale, ratio)
-            boxes[i, j] = torch.tensor(params)
-            flips[i, j] = aug.hflip and bool(torch.rand(1) < 0.5)
+            boxes[j, i] = torch.tensor(params)
+            flips[j, i] = aug.hflip and bool(torch.rand(1) < 0.5)
             if colours:
                 drawn.append(draw_colour(aug, jitter))
     out = {"local_boxes": boxes, "local_flips": flips}

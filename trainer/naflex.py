@@ -8,9 +8,9 @@ NaFlex tower is the open_clip tower with a second forward, taken when it is give
 - **Size.** Each image (its crop box in training, the whole image in evaluation) is resized to
   gh x gw patches, the largest size of its aspect ratio with gh x gw <= --max-patches
   (`grid_for`, the search of SigLIP 2's processor: both sides rounded up to whole patches).
-- **Patches.** The device resamples every image to its own size on one padded canvas,
-  cuts the canvas into patches and gathers each image's gh x gw of them, row by row, into a
-  sequence of --max-patches, padded; the indices come from the host.
+- **Patches.** The device samples each image's gh x gw patches, row by row, straight into a
+  sequence of --max-patches (padded), one grid_sample for the batch: the sampling points of
+  each patch come from the image's own size and crop, worked out on the host.
 - **Position embeddings.** The learned square grid is resized to each image's gh x gw
   (bicubic, antialiased, in fp32, as timm's NaFlexEmbeds: `resize_position_grid`).
 - **Padding.** The padded positions are masked as attention keys in every block (the blocks'
@@ -137,12 +137,12 @@ class NaFlexVisionTransformer(VisionTransformer):
         weight = self.conv1.weight
         tokens = x.patches.to(weight.dtype) @ weight.flatten(1).T  # the patch embedding
         b, n, width = tokens.shape
-        pos = self.positional_embedding.to(tokens.dtype)
+        pos = self.positional_embedding  # resized from the parameter, then cast
         by_grid = {g: resize_position_grid(pos[1:], g, self.grid_size) for g in set(x.grids)}
         patch_pos = torch.zeros_like(tokens)
         for i, grid in enumerate(x.grids):
-            patch_pos[i, : grid[0] * grid[1]] = by_grid[grid]
-        cls = (self.class_embedding.to(tokens.dtype) + pos[0]).expand(b, 1, width)
+            patch_pos[i, : grid[0] * grid[1]] = by_grid[grid].to(tokens.dtype)
+        cls = (self.class_embedding + pos[0]).to(tokens.dtype).expand(b, 1, width)
         tokens = self.ln_pre(torch.cat([cls, tokens + patch_pos], dim=1))
         valid = torch.cat([x.valid.new_ones(b, 1), x.valid], dim=1)
         key_mask = valid[:, None, None, :]  # True: attend
@@ -175,37 +175,50 @@ def _sample_points(start, length, sizes, largest: int) -> torch.Tensor:
 
 def plan(boxes: torch.Tensor, patch: int, max_patches: int, flips=None) -> dict:
     """The host's part of a NaFlex batch from the crop boxes (B x 4: top, left, height,
-    width) and flip flags: each image's grid, the sampling coordinates of its own size on the
-    padded canvas (flipped within its own width) and the flat indices of its patches."""
+    width) and flip flags: each image's grid; the source rows `ys` and columns `xs` of its
+    own output size (flipped within its own width); and for each of the N positions, the
+    patch row and column it holds (`rows`, `cols`) and whether it is one (`valid`)."""
     grids = [grid_for(int(h), int(w), patch, max_patches) for _, _, h, w in boxes.tolist()]
-    rows = max(g[0] for g in grids)
-    cols = max(g[1] for g in grids)
     boxes = boxes.float()
     heights = torch.tensor([g[0] * patch for g in grids], dtype=torch.float32)
     widths = torch.tensor([g[1] * patch for g in grids], dtype=torch.float32)
-    ys = _sample_points(boxes[:, 0], boxes[:, 2], heights, rows * patch)
-    xs = _sample_points(boxes[:, 1], boxes[:, 3], widths, cols * patch)
-    if flips is not None:
-        for i in torch.nonzero(flips).flatten().tolist():  # host tensors: no device involved
-            w = grids[i][1] * patch
-            xs[i, :w] = xs[i, :w].flip(0)
-    index = torch.zeros(len(grids), max_patches, dtype=torch.int64)
+    ys = _sample_points(boxes[:, 0], boxes[:, 2], heights, max(g[0] for g in grids) * patch)
+    xs = _sample_points(boxes[:, 1], boxes[:, 3], widths, max(g[1] for g in grids) * patch)
+    flipped = [] if flips is None else [i for i, f in enumerate(flips.tolist()) if f]
+    for i in flipped:
+        w = grids[i][1] * patch
+        xs[i, :w] = xs[i, :w].flip(0)
+    rows = torch.zeros(len(grids), max_patches, dtype=torch.int64)
+    cols = torch.zeros(len(grids), max_patches, dtype=torch.int64)
     valid = torch.zeros(len(grids), max_patches, dtype=torch.bool)
     for i, (gh, gw) in enumerate(grids):
-        r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        index[i, : gh * gw] = (r * cols + c).flatten()
+        rows[i, : gh * gw] = torch.arange(gh).repeat_interleave(gw)
+        cols[i, : gh * gw] = torch.arange(gw).repeat(gh)
         valid[i, : gh * gw] = True
-    return {"grids": grids, "ys": ys, "xs": xs, "index": index, "valid": valid}
+    return {"grids": grids, "ys": ys, "xs": xs, "rows": rows, "cols": cols, "valid": valid}
 
 
-def patchify(canvas: torch.Tensor, patch: int, index: torch.Tensor) -> torch.Tensor:
-    """B x 3 x (R·p) x (C·p) -> B x N x (3·p·p): the canvas's patches (channel, row, column
-    within a patch: conv1's weight order) at `index` (B x N flat positions, row-major)."""
-    b, c, h, w = canvas.shape
-    rows, cols = h // patch, w // patch
-    patches = canvas.view(b, c, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
-    patches = patches.reshape(b, rows * cols, c * patch * patch)
-    return patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+def sample_patches(canvas, ys, xs, rows, cols, patch: int, chunk: int = 32) -> torch.Tensor:
+    """B x 3 x (N·p) x p float32: position t of image b is its patch (rows[b, t], cols[b, t]),
+    sampled bilinearly from its uint8 canvas image at source rows `ys` and columns `xs` (one
+    grid_sample, `chunk` images at a time). Only the N patches are made: a canvas as tall as
+    the tallest grid and as wide as the widest would hold up to N x N patches per image."""
+    _, _, height, width = canvas.shape
+    offsets = torch.arange(patch, device=canvas.device)
+    out = []
+    for i in range(0, len(canvas), chunk):
+        part = slice(i, i + chunk)
+        b, n = rows[part].shape
+        gy = ys[part].gather(1, (rows[part, :, None] * patch + offsets).view(b, -1))
+        gx = xs[part].gather(1, (cols[part, :, None] * patch + offsets).view(b, -1))
+        gy = ((2 * gy + 1) / height - 1).view(b, n, patch, 1).expand(b, n, patch, patch)
+        gx = ((2 * gx + 1) / width - 1).view(b, n, 1, patch).expand(b, n, patch, patch)
+        grid = torch.stack((gx, gy), dim=-1).view(b, n * patch, patch, 2)
+        out.append(
+            F.grid_sample(canvas[part].float(), grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)
+        )  # fmt: skip
+    return torch.cat(out)
 
 
 class NaFlexTransform:
@@ -236,7 +249,7 @@ class NaFlexTransform:
         return self.views(batch)[0]
 
     def views(self, batch: dict, local_size: int | None = None):
-        from trainer.augment import colour_normalize, resample
+        from trainer.augment import colour_normalize, to_device
 
         if local_size is not None:
             raise ValueError("--naflex has no local crops (self-distillation)")
@@ -248,9 +261,11 @@ class NaFlexTransform:
         canvas, channels_last = self.base.canvas(batch)
         if channels_last:
             canvas = canvas.permute(0, 3, 1, 2)
-        on = {k: host[k].to(self.device, non_blocking=True) for k in ("ys", "xs", "index", "valid")}
-        pixels = colour_normalize(
-            resample(canvas, on["ys"], on["xs"]), self.mean, self.std, batch.get("colour")
-        )
-        patches = patchify(pixels, self.patch, on["index"])
+        on = to_device({k: host[k] for k in ("ys", "xs", "rows", "cols", "valid")}, self.device)
+        pixels = sample_patches(canvas, on["ys"], on["xs"], on["rows"], on["cols"], self.patch)
+        b, n, p = len(canvas), self.max_patches, self.patch
+        # the contrast jitter's mean is over an image's own patches, not its padding
+        inside = on["valid"].view(b, 1, n, 1, 1).expand(b, 1, n, p, p).reshape(b, 1, n * p, p)
+        pixels = colour_normalize(pixels, self.mean, self.std, batch.get("colour"), inside)
+        patches = pixels.view(b, 3, n, p, p).transpose(1, 2).reshape(b, n, 3 * p * p)
         return NaFlexBatch(patches, on["valid"], host["grids"]), None

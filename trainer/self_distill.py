@@ -202,7 +202,7 @@ class SelfDistill(nn.Module):
         self.register_buffer("pending_images", torch.zeros(()), persistent=False)
         self.register_buffer("logged", torch.zeros(3), persistent=False)
 
-    def forward(self, visual, images, local, mask, positions):
+    def forward(self, visual, images, mask, positions, local=None):
         """The terms of one micro-batch: `images` the global view (B x 3 x S x S), `local` the
         local crops (crops x B in crop-major order), `mask` and `positions` from `draw_mask`.
         Returns the weighted sum (`self_distill_loss`) and each term."""
@@ -218,7 +218,7 @@ class SelfDistill(nn.Module):
             self.pending_images += len(images)
         zero = images.new_zeros((), dtype=torch.float32)
         silc = zero
-        if cfg.local_crops:
+        if local is not None:
             pooled = encode(visual, local)[0]
             per_crop = soft_cross_entropy(target.repeat(cfg.local_crops, 1), self.head(pooled))
             silc = per_crop.mean()
@@ -239,7 +239,10 @@ class SelfDistill(nn.Module):
         teacher = [*self.teacher.visual.parameters(), *self.teacher.head.parameters()]
         assert len(student) == len(teacher)
         local = [getattr(p, "_local_tensor", p) for p in (*teacher, *student)]
-        return list(zip(local[: len(teacher)], local[len(teacher) :], strict=True))
+        pairs = list(zip(local[: len(teacher)], local[len(teacher) :], strict=True))
+        if any(t.shape != s.shape for t, s in pairs):  # a gathered FSDP root: reshard first
+            raise RuntimeError("teacher and student parameters are not sharded alike")
+        return pairs
 
     @torch.no_grad()
     def start(self, visual) -> None:

@@ -108,6 +108,7 @@ def check_naflex_flags(p: argparse.ArgumentParser, args, caption: bool) -> None:
         "--distill-model (the teacher takes square images)": args.distill_model,
         "--acid-ratio": args.acid_ratio > 1,
         "--self-distill-from": args.self_distill_from is not None,
+        "--compile (every new set of image grids would recompile)": args.compile,
     }
     for what, given in refused.items():
         if given:
@@ -925,7 +926,7 @@ def prepare_micro_batch(
     the drawn set and the most learnable `batch_size` rows go on; a teacher that is not the
     reference runs on those rows only. No host sync: tests/test_trainer_step_syncs.py."""
     local_size = None
-    if "self_distill" in host:  # a step after the switch-on: see self_distill_inputs
+    if "self_distill" in host and extras.self_distill.local_crops:  # see self_distill_inputs
         local_size = extras.self_distill.local_size
     images, tokens, host = micro_batch(batch, transform, host, device, local_size)
     teacher, reference = extras.teacher, extras.reference
@@ -1166,6 +1167,8 @@ def main(argv=None) -> dict:
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
     image_size = models.image_size(raw_model)
+    if args.naflex:  # the side a decoded image keeps (JPEG draft): NaFlex's, not the config's
+        image_size = naflex.NaFlexTransform.for_tower(raw_model.visual, device).size
 
     # optimisation
     optimizer = torch.optim.AdamW(
@@ -1375,6 +1378,8 @@ def main(argv=None) -> dict:
         micro_batches, teacher_features = [], []
         sd_on = sd_cfg is not None and step >= sd_cfg.start_step
         if sd_on and not sd_started:
+            if args.fsdp:  # a forward without backward (an evaluation) leaves the root gathered
+                raw_model.reshard()
             raw_model.self_distill.start(raw_model.visual)
             sd_started = True
             if is_main:
@@ -1416,6 +1421,8 @@ def main(argv=None) -> dict:
         finite_steps = finite_steps + (1 - skipped)
         nonfinite.add(skipped)
         if sd_on:
+            if args.fsdp:
+                raw_model.reshard()
             raw_model.self_distill.after_step(raw_model.visual)
         if state_bytes is None:  # parameters, gradients and AdamW state held by this rank
             state_bytes = sharding.training_state_bytes(raw_model, optimizer)
