@@ -658,12 +658,9 @@ def crop_params(
                 bounds = ratio
                 if aug is not None and aug.native_aspect:
                     bounds = (ratio[0] * w / h, ratio[1] * w / h)
-                boxes[i] = torch.tensor(
-                    T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, bounds)
-                )
-                flips[i] = hflip and bool(torch.rand(1) < 0.5)
+                boxes[i], flips[i], colour = _draw_view(h, w, scale, bounds, hflip, aug, jitter)
                 if colours:
-                    drawn.append(draw_colour(aug, jitter))
+                    drawn.append(colour)
             else:
                 side = min(h, w)  # torchvision's center_crop offsets
                 top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
@@ -673,24 +670,34 @@ def crop_params(
     return boxes, flips, colour_params(drawn) if colours else None, local
 
 
+def _draw_view(h: int, w: int, scale, ratio, hflip: bool, aug, jitter):
+    """One training view of an h x w image from torch's RNG, in torchvision's order: its
+    RandomResizedCrop box, its flip, then (with `jitter`, or `aug` greying) its colours, else
+    None."""
+    import torchvision.transforms as T
+
+    box = torch.tensor(T.RandomResizedCrop.get_params(torch.empty(0, h, w), scale, ratio))
+    flip = hflip and bool(torch.rand(1) < 0.5)
+    colour = draw_colour(aug, jitter) if aug is not None and aug.colours else None
+    return box, flip, colour
+
+
 def _local_crop_params(sizes: torch.Tensor, aug: Augmentation, ratio, jitter, colours) -> dict:
     """Self-distillation's local crops, image after image and crop after crop, from torch's
     RNG as it stands after the global views: `local_boxes` N x B x 4, `local_flips` N x B
     (crop-major: each crop's rows are one contiguous, pinned block for the device) and (with
     colour augmentation) `local_colour`, a `colour_params` per crop index."""
-    import torchvision.transforms as T
-
     n = aug.local_crops
     boxes = torch.empty(n, len(sizes), 4, dtype=torch.int32)
     flips = torch.zeros(n, len(sizes), dtype=torch.bool)
     drawn = []
     for i, (h, w) in enumerate(sizes.tolist()):
         for j in range(n):
-            params = T.RandomResizedCrop.get_params(torch.empty(0, h, w), aug.local_scale, ratio)
-            boxes[j, i] = torch.tensor(params)
-            flips[j, i] = aug.hflip and bool(torch.rand(1) < 0.5)
+            boxes[j, i], flips[j, i], colour = _draw_view(
+                h, w, aug.local_scale, ratio, aug.hflip, aug, jitter
+            )
             if colours:
-                drawn.append(draw_colour(aug, jitter))
+                drawn.append(colour)
     out = {"local_boxes": boxes, "local_flips": flips}
     if drawn:  # one colour_params per crop index, over the images
         out["local_colour"] = [colour_params(drawn[j::n]) for j in range(n)]

@@ -64,16 +64,16 @@ class UsageError(ValueError):
     the data): one line and exit 2, as argparse's own flag errors; other bad input exits 1."""
 
 
-SELF_DISTILL_DEFAULTS = {
-    "ema_decay": 0.996, "local_crops": 8, "local_crop_size": None, "local_crop_scale": [0.05, 0.4],
-    "mask_ratio": 0.5, "silc_weight": 1.0, "tips_weight": 0.25, "self_distill_dim": 8192,
-}  # fmt: skip
+SELF_DISTILL_FLAGS = (
+    "ema_decay", "local_crops", "local_crop_size", "local_crop_scale", "mask_ratio",
+    "silc_weight", "tips_weight", "self_distill_dim",
+)  # fmt: skip
 
 
 def check_self_distill_flags(p: argparse.ArgumentParser, args) -> None:
     """The --self-distill-* family's combinations (argparse's one-line error otherwise)."""
     if args.self_distill_from is None:
-        changed = [k for k, v in SELF_DISTILL_DEFAULTS.items() if getattr(args, k) != v]
+        changed = [k for k in SELF_DISTILL_FLAGS if getattr(args, k) != p.get_default(k)]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             p.error(f"{flags}: self-distillation flags need --self-distill-from")
@@ -96,7 +96,7 @@ def check_self_distill_flags(p: argparse.ArgumentParser, args) -> None:
 
 def check_naflex_flags(p: argparse.ArgumentParser, args, caption: bool) -> None:
     if not args.naflex:
-        if args.max_patches != 256:
+        if args.max_patches != p.get_default("max_patches"):
             p.error("--max-patches is NaFlex's budget: it needs --naflex")
         return
     if args.max_patches < 1:
@@ -1166,9 +1166,8 @@ def main(argv=None) -> dict:
 
     has_text_tower = getattr(raw_model, "has_text_tower", True)
     evals = eval_sets(args)
-    image_size = models.image_size(raw_model)
-    if args.naflex:  # the side a decoded image keeps (JPEG draft): NaFlex's, not the config's
-        image_size = naflex.NaFlexTransform.for_tower(raw_model.visual, device).size
+    transform = augment.DeviceTransform.for_model(raw_model, device)
+    image_size = transform.size  # the side a decoded image keeps (JPEG draft); NaFlex's own
 
     # optimisation
     optimizer = torch.optim.AdamW(
@@ -1285,7 +1284,6 @@ def main(argv=None) -> dict:
         checkpoint.set_rng_state(rng_state)
     elif elastic is not None:
         torch.manual_seed(args.seed + 1000 * step + dist_info.rank)
-    transform = augment.DeviceTransform.for_model(raw_model, device)
 
     # FLOPs per sample, counted on the first batch before DDP wraps the model (a backward
     # through the bare model would fire DDP's gradient hooks; FSDP's run on every rank alike);
