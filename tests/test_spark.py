@@ -148,3 +148,48 @@ def test_the_curation_job_plans_its_queries_without_generated_code_and_restores_
         )
     assert spark.conf.get(key) == before
     assert spark.conf.get("spark.sql.codegen.factoryMode") != "NO_CODEGEN"
+
+
+def test_local_workers_import_pyspark_from_the_installed_package(spark):
+    """Local sessions run core/pyspark_daemon.py: the workers import this venv's pyspark (with
+    its bytecode cache) instead of compiling Spark's pyspark.zip, whose version it equals."""
+    import pyspark
+
+    def where(batches):
+        import pyspark as worker_pyspark
+
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict({"file": [worker_pyspark.__file__]})
+
+    files = {r.file for r in spark.range(1).mapInArrow(where, "file string").collect()}
+    assert spark.sparkContext.getConf().get("spark.python.daemon.module") == (
+        "curation.core.pyspark_daemon"
+    )
+    assert files == {pyspark.__file__} and ".zip" not in pyspark.__file__
+
+
+def test_the_daemon_keeps_spark_archives_of_another_version_first(tmp_path):
+    """Only an archive whose version file equals the installed one moves; one of another
+    version (a cluster's Spark against an older pip pyspark), or with nothing installed, stays
+    first, as Spark put it."""
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    import pyspark
+
+    from curation.core.pyspark_daemon import prefer_installed
+
+    installed = Path(pyspark.__file__).parents[1]
+    same, other = tmp_path / "same" / "pyspark.zip", tmp_path / "other" / "pyspark.zip"
+    for archive, text in ((same, (installed / "pyspark" / "version.py").read_text()),
+                          (other, '__version__: str = "0.0.1"\n')):  # fmt: skip
+        archive.parent.mkdir()
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.writestr("pyspark/version.py", text)
+    path = [str(same), str(installed), "/nowhere"]
+    assert prefer_installed(path) == [str(installed), "/nowhere", str(same)]
+    path = [str(other), str(installed)]
+    assert prefer_installed(path) == path
+    assert prefer_installed([str(same), "/nowhere"]) == [str(same), "/nowhere"]
+    assert prefer_installed(sys.path) == sys.path  # nothing to move in the test process

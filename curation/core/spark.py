@@ -46,6 +46,9 @@ def get_spark(
         # archive (`archive_java_options`, built by curation/tools/spark_archive.py) halves its
         # start-up.
         settings["spark.driver.extraJavaOptions"] = local_java_options + archive_java_options()
+    if local and not _conf_given("spark.python.daemon.module"):
+        # the workers import pyspark with its bytecode cache (core/pyspark_daemon.py)
+        settings["spark.python.daemon.module"] = "curation.core.pyspark_daemon"
     settings.update(conf or {})
     if local:
         settings.update(local_conf or {})
