@@ -100,6 +100,15 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         "the images that downloaded and survived filtering (export with --pool matched for "
         "every matched image); run.json and the report show t and the kept set before and after",
     )
+    parser.add_argument(
+        "--exchange",
+        choices=["auto", "shuffle", "files"],
+        default="auto",
+        help="how the matched records reach the tasks that de-duplicate them: Spark's shuffle "
+        "(any cluster), or Arrow files under spark.local.dir that every task reads (one machine "
+        "only: a local master); auto (default) picks files for a local master, else the "
+        "shuffle. The outputs are the same byte for byte; files spare the JVM copying them",
+    )
     parser.add_argument("--master", help="Spark master for plain python runs (default local[*])")
     # gone with the previous plan: accepted so that old command lines still run, and said so
     parser.add_argument("--plan", choices=["one-shuffle"], help=argparse.SUPPRESS)
@@ -129,6 +138,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
         partitions=args.partitions,
         input_reader=args.input_reader,
         recount_from=absolute(args.recount_from) if args.recount_from else None,
+        exchange=args.exchange,
     )
     return config, args.master
 

@@ -535,10 +535,12 @@ def test_input_without_uid_and_lang_is_completed_alike_by_both_readers(spark, co
 
 
 def test_same_records_in_other_files_give_byte_identical_files(
-    spark, corpus, tangled_input, tmp_path
+    spark, corpus, tangled_input, tmp_path, monkeypatch
 ):
     """Not only the same rows: the same bytes, file by file, whatever the input files' order
-    and cut (every order inside a file comes from uid hashes and the records themselves)."""
+    and cut (every order inside a file comes from uid hashes and the records themselves), and
+    whichever way the records reach the reduce tasks: run c moves them through Spark's shuffle,
+    a and b as files (--exchange auto on a local master), which are gone after the run."""
     root, _, _ = corpus
     rows = ds_table(tangled_input)
     reordered = tmp_path / "reordered"
@@ -547,8 +549,16 @@ def test_same_records_in_other_files_give_byte_identical_files(
     for i, start in enumerate(range(0, rows.num_rows, 2900)):
         pq.write_table(rows.slice(start, 2900), reordered / f"other-{i}.parquet")
     outputs = []
-    for name, source in (("a", tangled_input), ("b", reordered), ("c", reordered)):
-        run(corpus_config(root, tmp_path / name, input=str(source), seed=11, partitions=3), spark)
+    local_dir = tmp_path / "spark_local"
+    local_dir.mkdir()
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(local_dir))  # where the files go (no local.dir)
+    assert spark.sparkContext.getConf().get("spark.local.dir", None) is None
+    runs = (("a", tangled_input, "auto"), ("b", reordered, "files"), ("c", reordered, "shuffle"))
+    for name, source, how in runs:
+        flags = dict(input=str(source), seed=11, partitions=3, exchange=how)
+        report = run(corpus_config(root, tmp_path / name, **flags), spark)
+        assert report.exchange == ("shuffle" if name == "c" else "files")
+        assert not any(local_dir.iterdir()), "the exchange folder is removed"
         outputs.append(
             {
                 str(path.relative_to(tmp_path / name)): path.read_bytes()

@@ -69,7 +69,10 @@ def test_uid_hash_is_the_same_for_every_arrow_layout(records):
 def test_pack_sends_each_row_once_to_its_partition_in_order(records):
     keys = hashing.partition_keys(5)
     partition = (hashing.uid_hashes(records.column("uid")) % np.uint64(5)).astype(np.int64)
-    blobs = list(exchange.pack(records, partition, keys, blob_bytes=64 * 1024))
+    blobs = [
+        (key, exchange.to_blob(share))
+        for key, share in exchange.pack(records, partition, keys, blob_bytes=64 * 1024)
+    ]
     key_to_partition = {int(k): p for p, k in enumerate(keys)}
     per_partition = {}
     for key, blob in blobs:
@@ -80,3 +83,28 @@ def test_pack_sends_each_row_once_to_its_partition_in_order(records):
         assert exchange.unpack(parts).equals(expected)
     assert sum(exchange.unpack(parts).num_rows for parts in per_partition.values()) == len(records)
     assert exchange.unpack([]).num_rows == 0
+
+
+def test_blob_files_read_back_as_the_blobs_do(records, tmp_path):
+    """--exchange files: a share written as a file reads back as its bytes blob does, alone or
+    mixed with bytes blobs, lz4-compressed or not; a rewrite (a retried task) replaces it
+    whole and leaves no partial file behind."""
+    big, small = records.slice(0, 2000), records.slice(2000, 20)
+    assert big.nbytes >= exchange.COMPRESS_BYTES > small.nbytes
+    paths = [str(tmp_path / "a.arrow"), str(tmp_path / "b.arrow")]
+    for path, share in zip(paths, (big, small)):
+        exchange.write_blob(path, share)
+    exchange.write_blob(paths[0], big)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.arrow", "b.arrow"]
+    assert exchange.unpack(paths).equals(records.slice(0, 2020))
+    mixed = exchange.unpack([paths[1], exchange.to_blob(big)])
+    assert mixed.equals(pa.concat_tables([small, big]))
+
+
+def test_files_exchange_needs_a_local_master():
+    assert exchange.uses_files("auto", "local[2]") and exchange.uses_files("files", "local")
+    assert not exchange.uses_files("shuffle", "local[*]")
+    assert not exchange.uses_files("auto", "spark://127.0.0.1:7077")
+    assert not exchange.uses_files("auto", "local-cluster[2,1,1024]")
+    with pytest.raises(ValueError, match="one machine|a local master"):
+        exchange.uses_files("files", "spark://127.0.0.1:7077")

@@ -4,6 +4,14 @@ A map task hashes each record's uid to one of P reduce partitions, and sends eac
 share of its records as one compressed Arrow IPC stream. The JVM moves a few rows per
 (map task, partition) instead of converting, serializing and compressing every record.
 
+Two ways to move a blob (`--exchange`):
+- `shuffle`: the blob is the row's `blob` bytes, moved by Spark's shuffle (any cluster);
+- `files`: the map task writes it as an Arrow IPC file in a folder every task can read, and the
+  row carries its `path`. With every task on one machine (a local master) this spares the JVM
+  four copies of every byte (Arrow to rows, shuffle write, shuffle read, rows to Arrow): at
+  3M records on one core ~2.5 of the JVM's ~7 CPU-s. The folder lives under Spark's local
+  directory, for the one job, and is removed when its stage ends.
+
 The blob rows are repartitioned with Spark's own hash partitioning of an int `key` column.
 `hashing.partition_keys(P)[p]` is a key that Spark sends to partition p: Spark's Murmur3 hash
 is reproduced in curation/core/hashing.py and checked against Spark in tests, so every reduce
@@ -14,6 +22,8 @@ whatever it is sent, and every copy of a uid is always sent to the same task.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,8 +39,12 @@ RECORD_SCHEMA = pa.schema(
         ("entry_ids", pa.list_(pa.int32())),
     ]
 )
-# the rows that cross the shuffle: a blob of records, or (blob null) a map task's input counts
-BLOB_SCHEMA = "key int, records long, nulls long, blob binary"
+# a blob's records carry their hashing.uid_hashes too, computed once, on the map side
+UID_HASH = "uid_hash"
+# the rows that cross the shuffle: a blob of records (its bytes, or the path of its file with
+# --exchange files), or (both null) a map task's input counts
+BLOB_SCHEMA = "key int, records long, nulls long, blob binary, path string"
+EXCHANGES = ("auto", "shuffle", "files")
 BLOB_BYTES = 32 * 2**20  # uncompressed Arrow bytes per blob, at most (one large image aside)
 # lz4 costs ~15 us per Arrow buffer: a small share (many partitions, few records each) is sent
 # as it is (readers see which from the message itself)
@@ -48,11 +62,11 @@ def pack(
     keys: np.ndarray,
     blob_bytes: int = BLOB_BYTES,
     order: np.ndarray | None = None,
-) -> Iterator[tuple[int, bytes]]:
-    """(key, blob) for each partition that `records` has rows for (`partition[i]` is row i's),
-    the rows of a partition in their order in `records`, or in `order` (a permutation of the
-    rows that keeps each partition's rows together, in ascending partition order); large
-    shares in several blobs."""
+) -> Iterator[tuple[int, pa.Table]]:
+    """(key, share) for each partition that `records` has rows for (`partition[i]` is row
+    i's), the rows of a partition in their order in `records`, or in `order` (a permutation of
+    the rows that keeps each partition's rows together, in ascending partition order); large
+    shares in several pieces of at most `blob_bytes`. `to_blob` or `write_blob` sends one."""
     if order is None:
         order = np.argsort(partition, kind="stable")
     present = np.unique(partition)
@@ -63,18 +77,57 @@ def pack(
     for p, start, stop in zip(present, bounds[:-1], bounds[1:]):
         for first in range(start, stop, rows_per_blob):
             share = records.slice(first, min(stop, first + rows_per_blob) - first)
-            yield int(keys[p]), to_blob(share)
+            yield int(keys[p]), share
+
+
+def _write_stream(sink, table: pa.Table) -> None:
+    options = _LZ4 if table.nbytes >= COMPRESS_BYTES else _PLAIN
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
 
 
 def to_blob(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    options = _LZ4 if table.nbytes >= COMPRESS_BYTES else _PLAIN
-    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
-        writer.write_table(table)
+    _write_stream(sink, table)
     return sink.getvalue().to_pybytes()
 
 
+def write_blob(path: str, table: pa.Table) -> None:
+    """The blob of `table` as a local file, whole or not at all: a retried map task rewrites
+    the same name with the same bytes, and a reader never sees half of one."""
+    partial = f"{path}.{os.getpid()}.partial"
+    with pa.OSFile(partial, "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema, options=_PLAIN) as writer:
+            writer.write_table(table)
+    os.replace(partial, path)
+
+
 def unpack(blobs: list) -> pa.Table:
-    """The records of several blobs, as one table of RECORD_SCHEMA."""
-    tables = [pa.ipc.open_stream(pa.py_buffer(blob)).read_all() for blob in blobs]
+    """The records of several blobs (bytes or buffers, or paths of `write_blob` files), as one
+    table of RECORD_SCHEMA (and UID_HASH, if the blobs have it)."""
+    tables = []
+    for blob in blobs:
+        source = pa.memory_map(blob) if isinstance(blob, str) else pa.py_buffer(blob)
+        tables.append(pa.ipc.open_stream(source).read_all())
     return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def exchange_folder(spark) -> str:
+    """A new folder for one job's blob files, under Spark's local directory (spark.local.dir,
+    else SPARK_LOCAL_DIRS, else the system's temporary folder), as Spark's own shuffle files."""
+    configured = spark.sparkContext.getConf().get("spark.local.dir", None)
+    roots = configured or os.environ.get("SPARK_LOCAL_DIRS") or tempfile.gettempdir()
+    root = roots.split(",")[0]
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(prefix="curate-exchange-", dir=root)
+
+
+def uses_files(exchange: str, master: str) -> bool:
+    """Whether `--exchange` moves blobs as files: `files`, or `auto` with a local master (every
+    task on this machine; `local-cluster` is several executors, treated as a cluster)."""
+    local = master == "local" or master.startswith("local[")
+    if exchange == "files" and not local:
+        raise ValueError(
+            f"--exchange files needs every task on this machine (a local master), not {master}"
+        )
+    return exchange == "files" or (exchange == "auto" and local)

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -84,6 +85,7 @@ class CurateConfig:
     partitions: int | None = None
     input_reader: str = "auto"
     recount_from: str | None = None  # shards of the images that downloaded (recount.py)
+    exchange: str = "auto"  # how blobs reach the reduce tasks (exchange.py); not in outputs
 
     def __post_init__(self):
         if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
@@ -94,6 +96,10 @@ class CurateConfig:
             raise CurationError(f"--format must be parquet or delta, got {self.format!r}")
         if self.partitions is not None and self.partitions < 1:
             raise CurationError(f"--partitions must be at least 1, got {self.partitions}")
+        if self.exchange not in exchange.EXCHANGES:
+            raise CurationError(
+                f"--exchange must be one of {', '.join(exchange.EXCHANGES)}, got {self.exchange!r}"
+            )
         if self.input_reader not in INPUT_READERS:
             raise CurationError(
                 f"--input-reader must be one of {', '.join(INPUT_READERS)}, "
@@ -110,6 +116,7 @@ class CurateReport:
     drops: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
     recount: dict = field(default_factory=dict)  # --recount-from: the shards, t and kept before
+    exchange: str = ""  # how the records crossed to the reduce tasks: files or shuffle
 
     def summary(self, output: str) -> str:
         curated, matched = self.counts["curated_records"], self.counts["matched_records"]
@@ -157,6 +164,13 @@ class CurationJob:
     def run(self) -> CurateReport:
         started = time.perf_counter()
         self.check_output_writable()
+        try:
+            self.blob_files = exchange.uses_files(
+                self.config.exchange, self.spark.sparkContext.master
+            )
+        except ValueError as error:
+            raise CurationError(str(error)) from None
+        self.report.exchange = "files" if self.blob_files else "shuffle"
         tables.delete(f"{self.out}/_SUCCESS")
         tables.delete(f"{self.out}/run.json")
         self.metadata_langs = self.metadata_languages()
@@ -323,9 +337,7 @@ class CurationJob:
         self.report.drops["null_text_or_url"] = int(counts["null"])
 
     def write_matches(self, source) -> None:
-        partitions = self.matching_partitions()
-        version = self.fingerprints["matches"]
-        config, langs = self.config, self.metadata_langs
+        config = self.config
         derive = (
             tuple(c for c in ("uid", "lang") if c not in source.columns)
             if isinstance(source, input_splits.InputFiles)
@@ -336,6 +348,18 @@ class CurationJob:
                      config.lid_model or "lid.176")  # fmt: skip
         read_splits = isinstance(source, input_splits.InputFiles)
         survivors = self.survivors_uri() if config.recount_from else None
+        folder = exchange.exchange_folder(self.spark) if self.blob_files else None
+        try:
+            self.shuffle_records(source, derive, read_splits, survivors, folder)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def shuffle_records(self, source, derive, read_splits, survivors, folder) -> None:
+        """matches/ and the partial counts: map tasks read, match and send blobs (bytes, or
+        files in `folder`); each reduce task writes its partition's files."""
+        config, langs = self.config, self.metadata_langs
+        partitions, version = self.matching_partitions(), self.fingerprints["matches"]
         pack = curate_tasks.read_and_pack(
             config.metadata,
             version,
@@ -345,6 +369,7 @@ class CurationJob:
             config.lid_model,
             read_splits,
             survivors,
+            folder,
         )
         if read_splits:
             rows = [s.row() for s in source.splits]
@@ -476,6 +501,7 @@ class CurationJob:
             )
         except ValueError as error:
             raise CurationError(str(error)) from None
+        self.report.exchange = "files" if self.blob_files else "shuffle"
         stats = self.match_stats()
         rows = sorted(thresholds.items())
         table = pa.table(
