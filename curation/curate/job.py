@@ -367,16 +367,13 @@ class CurationJob:
             partitions,
             derive,
             config.lid_model,
-            read_splits,
+            source.splits if read_splits else None,
             survivors,
             folder,
         )
-        if read_splits:
-            rows = [s.row() for s in source.splits]
-            columns = ["path", "start", "length", "partition"]
-            table = pa.table(dict(zip(columns, map(list, zip(*rows)))))
-            table = table.append_column("key", pa.array(hashing.partition_keys(len(rows))))
-            source = self.local_frame(table).repartition(len(rows), "key")
+        if read_splits:  # a map task per split, each given its index (no rows to shuffle out)
+            count = len(source.splits)
+            source = self.spark.range(0, count, numPartitions=count)
         blobs = source.mapInArrow(pack, exchange.BLOB_SCHEMA)
         matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
         tables.start_table(matches_uri)

@@ -201,12 +201,13 @@ def read_and_pack(
     num_partitions: int,
     derive: tuple[str, ...] = (),
     lid_model: str | None = None,
-    splits: bool = True,
+    splits: list[Split] | None = None,
     survivors: str | None = None,
     folder: str | None = None,
 ):
-    """mapInArrow function, the map side: over input splits (input_splits.SPLIT_SCHEMA, each
-    read here), or with `splits=False` over records Spark read (RECORD_COLUMNS). The records,
+    """mapInArrow function, the map side: over the indices (`id`, as spark.range gives them)
+    of input `splits`, each read here, or without `splits` over records Spark read
+    (RECORD_COLUMNS). The records,
     `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA): the blobs
     themselves, or with a `folder` (--exchange files) the paths of the files they are written
     to; with `survivors` (--recount-from), only the records of the images that file lists."""
@@ -215,12 +216,11 @@ def read_and_pack(
     known = pa.array(sorted(metadata_langs), pa.string())
 
     def records_of(batch: pa.RecordBatch) -> Iterator[pa.Table]:
-        if not splits:
+        if splits is None:
             yield pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
             return
-        for row in batch.to_pylist():
-            split = Split(row["path"], row["start"], row["length"], row["partition"])
-            yield read_split(split, list(RECORD_COLUMNS))
+        for index in batch.column("id").to_pylist():
+            yield read_split(splits[index], list(RECORD_COLUMNS))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         send = exchange.to_blob
@@ -362,21 +362,23 @@ def partition_records(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
     group = np.cumsum(starts) - 1
     shared = np.bincount(group)[group] > 1
     alone = order[~shared]
-    columns = [*RECORD_COLUMNS, "entry_ids"]
-    source = table.select(columns)
     lang = _routed(table.column("lang").take(alone), known)
     chosen = has_matches(table.column("entry_ids").take(alone))
-    rows, hashes = alone, hashes[alone]
+    rows, smallest = alone, None
     if shared.any():
-        copies = _resolve_copies(table.take(order[shared]), seed, known)
-        source = pa.concat_tables([source, copies.select(columns)])
-        rows = np.concatenate([rows, table.num_rows + np.arange(copies.num_rows)])
-        lang = pa.concat_arrays([lang, copies.column("lang").combine_chunks()])
-        chosen = np.concatenate([chosen, copies.column("chosen").to_numpy()])
-        hashes = np.concatenate([hashes, _uid_hashes(copies)])
+        copies, copy_lang, copy_chosen, smallest = _resolve_copies(
+            table, order[shared], seed, known
+        )
+        rows = np.concatenate([alone, copies])
+        lang = pa.concat_arrays([lang, copy_lang])
+        chosen = np.concatenate([chosen, copy_chosen])
     # rows of equal hash are all copies, in _resolve_copies' order: a stable sort keeps it
-    final = _order_by_group_then_hash(_lang_ranks(lang) * 2 + ~chosen, hashes)
-    out = source.take(rows[final])
+    final = _order_by_group_then_hash(_lang_ranks(lang) * 2 + ~chosen, hashes[rows])
+    out = table.select([*RECORD_COLUMNS, "entry_ids"]).take(rows[final])  # the one full copy
+    if smallest is not None:
+        position = np.empty(final.size, dtype=np.int64)
+        position[final] = np.arange(final.size)
+        out = _with_smallest_urls(out, position[alone.size + smallest[0]], *smallest[1:])
     out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
     return out.append_column("chosen", pa.array(chosen[final]))
 
@@ -520,52 +522,62 @@ def sum_counts_and_write(metadata_uri: str, entry_counts_uri: str):
     return run
 
 
-def _resolve_copies(table: pa.Table, seed: int, known: pa.Array) -> pa.Table:
-    """partition_records for rows that share their uid hash, by comparing the strings
-    themselves: grouped by lang, chosen ones first, each group in (uid, text) order. The full
-    rows are copied once, into their final order; only images with several rows pay for
-    comparing texts."""
+def _resolve_copies(
+    table: pa.Table, shared: np.ndarray, seed: int, known: pa.Array
+) -> tuple[np.ndarray, pa.Array, np.ndarray, tuple | None]:
+    """partition_records for rows `shared` of `table`, which share their uid hash, by comparing
+    the strings themselves. Returns the rows of `table` that are its records (one per distinct
+    (uid, text), its copy of the smallest lang), grouped by lang, chosen ones first, each group
+    in (uid, text) order; their routed langs; their chosen flags; and for the records that had
+    several copies (index among those rows, smallest url, smallest page_url), or None. Only the
+    columns it compares are copied; only images with several rows pay for comparing texts."""
+    sub = table.select(["uid", "text", "lang", "entry_ids"]).take(shared)
     keys = [("uid", "ascending", "at_end"), ("text", "ascending", "at_end")]
-    order = pc.sort_indices(table, sort_keys=[*keys, ("lang", "ascending", "at_end")])
+    order = pc.sort_indices(sub, sort_keys=[*keys, ("lang", "ascending", "at_end")])
     order = order.to_numpy()
-    uid = table.column("uid").take(order)
+    uid = sub.column("uid").take(order)
     image = np.cumsum(run_starts(uid)) - 1
     first = np.ones(order.size, dtype=np.bool_)  # the first copy of each distinct (uid, text)
     several = np.flatnonzero(np.bincount(image)[image] > 1)
     if several.size:
-        texts = table.column("text").take(order[several])
+        texts = sub.column("text").take(order[several])
         first[several] = run_starts(uid.take(several), texts)
     rows, image = order[first], image[first]  # one row per record, smallest lang first
-    lang = _routed(table.column("lang").take(rows), known)
-    chosen = chosen_texts(seed, table, rows, image)
+    lang = _routed(sub.column("lang").take(rows), known)
+    chosen = chosen_texts(seed, sub, rows, image)
     final = np.lexsort((~chosen, _lang_ranks(lang)))
-    out = table.take(rows[final])
+    smallest = None
     if not first.all():  # url and page_url: the smallest of the record's copies
-        group = np.cumsum(first) - 1
-        out = _smallest_of_copies(out, table, order, group, final)
-    out = out.set_column(out.schema.get_field_index("lang"), "lang", lang.take(final))
-    return out.append_column("chosen", pa.array(chosen[final]))
+        smallest = _smallest_urls(table, shared[order], np.cumsum(first) - 1, final)
+    return shared[rows[final]], lang.take(final), chosen[final], smallest
 
 
-def _smallest_of_copies(out, table, order, group, final) -> pa.Table:
-    """`out` (records in `final` order) with url and page_url replaced, for the records that had
-    several copies, by the smallest non-null value among them (Spark's min)."""
-    copies = np.flatnonzero(np.bincount(group)[group] > 1)
-    subset = table.select(["url", "page_url"]).take(order[copies])
+def _smallest_urls(table, copies_in_order, record, final) -> tuple:
+    """For the records with several copies (`record[i]`: the record of row `copies_in_order[i]`
+    of `table`, records numbered in (uid, text) order, `final` their output order): (each one's
+    index in that output order, the smallest non-null url and page_url of its copies), as
+    Spark's min."""
+    several = np.flatnonzero(np.bincount(record)[record] > 1)
+    subset = table.select(["url", "page_url"]).take(copies_in_order[several])
     smallest = (
-        subset.append_column("g", pa.array(group[copies]))
+        subset.append_column("g", pa.array(record[several]))
         .group_by("g", use_threads=False)
         .aggregate([("url", "min"), ("page_url", "min")])
     )
     position = np.empty(final.size, dtype=np.int64)
-    position[final] = np.arange(final.size)  # record (in uid order) -> row of out
+    position[final] = np.arange(final.size)  # record (in uid order) -> output index
     where = position[smallest.column("g").to_numpy()]
+    return where, smallest.column("url_min"), smallest.column("page_url_min")
+
+
+def _with_smallest_urls(out: pa.Table, where: np.ndarray, urls, page_urls) -> pa.Table:
+    """`out` with url and page_url of rows `where` replaced by those values."""
     ascending = np.argsort(where)
-    mask = np.zeros(final.size, dtype=np.bool_)
+    mask = np.zeros(out.num_rows, dtype=np.bool_)
     mask[where] = True
-    for name in ("url", "page_url"):
-        values = smallest.column(f"{name}_min").take(pa.array(ascending))
-        column = pc.replace_with_mask(out.column(name), pa.array(mask), values.combine_chunks())
+    for name, values in (("url", urls), ("page_url", page_urls)):
+        values = values.take(pa.array(ascending)).combine_chunks()
+        column = pc.replace_with_mask(out.column(name), pa.array(mask), values)
         out = out.set_column(out.schema.get_field_index(name), name, column)
     return out
 
