@@ -127,10 +127,10 @@ def test_python_worker_env_reaches_the_workers_then_goes_away(spark):
 
 
 def test_the_curation_job_plans_its_queries_without_generated_code_and_restores_the_conf(spark):
-    """JOB_SQL_CONF turns off whole-stage and expression code generation for the job (its
-    queries move a few blob rows between Python tasks; compiling Java for them cost the JVM
-    more than running them interpreted), and _session_conf gives the session its own values
-    back afterwards."""
+    """JOB_SQL_CONF turns off whole-stage and expression code generation for the job (the query
+    of `--input-reader spark` moves a few blob rows between Python tasks; compiling Java for it
+    cost the JVM more than running it interpreted), and _session_conf gives the session its own
+    values back afterwards."""
     from curation.curate.job import JOB_SQL_CONF, _session_conf
 
     def executed_plan(df) -> str:

@@ -1,23 +1,25 @@
-"""How records cross the curation job's one shuffle: as Arrow IPC blobs, one row per blob.
+"""How records cross the curation job's one shuffle: as Arrow IPC blobs, a few per task pair.
 
 A map task hashes each record's uid to one of P reduce partitions, and sends each partition's
-share of its records as one compressed Arrow IPC stream. The JVM moves a few rows per
+share of its records as one Arrow IPC stream. Spark moves a few (partition, blob) pairs per
 (map task, partition) instead of converting, serializing and compressing every record.
 
-Two ways to move a blob (`--exchange`):
-- `shuffle`: the blob is the row's `blob` bytes, moved by Spark's shuffle (any cluster);
-- `files`: the map task writes it as an Arrow IPC file in a folder every task can read, and the
-  row carries its `path`. With every task on one machine (a local master) this spares the JVM
-  four copies of every byte (Arrow to rows, shuffle write, shuffle read, rows to Arrow): at
-  3M records on one core ~2.5 of the JVM's ~7 CPU-s. The folder lives under Spark's local
-  directory, for the one job, and is removed when its stage ends.
+The pairs go through an RDD's `partitionBy(P)` whose partition function is the identity: the
+key is the reduce partition itself, so every reduce task gets exactly its partition's records,
+and every copy of a uid reaches the same task. The job's own steps are plain RDDs of Python
+tasks: no SQL query is planned for them (a DataFrame plan of the same three jobs cost ~1.8
+CPU-s more of the JVM's time at start-up); only `--input-reader spark` reads the input as a
+DataFrame, whose blob rows (BLOB_SCHEMA) join the same RDD.
 
-The blob rows are repartitioned with Spark's own hash partitioning of an int `key` column.
-`hashing.partition_keys(P)[p]` is a key that Spark sends to partition p: Spark's Murmur3 hash
-is reproduced in curation/core/hashing.py and checked against Spark in tests, so every reduce
-task gets exactly one
-partition's records. A wrong guess would only unbalance the tasks: a reduce task processes
-whatever it is sent, and every copy of a uid is always sent to the same task.
+Two ways to move a blob (`--exchange`):
+- `shuffle`: the pair carries the blob's bytes (lz4 above COMPRESS_BYTES), moved by Spark's
+  shuffle (any cluster);
+- `files`: the map task writes it as an uncompressed Arrow IPC file in a folder every task can
+  read (every task on this machine: a local master), and the pair carries its path; the reduce
+  task maps it into memory. This spares the JVM copying every byte, and both sides the lz4
+  work: at 3M records on one core ~4 CPU-s of ~27. The folder lives under Spark's local
+  directory, for the one job (it holds the matched records uncompressed, about 1.4x the size
+  of the Parquet input), and is removed when its stage ends.
 """
 
 from __future__ import annotations
@@ -59,25 +61,26 @@ _PLAIN = pa.ipc.IpcWriteOptions(compression=None)
 def pack(
     records: pa.Table,
     partition: np.ndarray,
-    keys: np.ndarray,
+    partitions: int,
     blob_bytes: int = BLOB_BYTES,
     order: np.ndarray | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
-    """(key, share) for each partition that `records` has rows for (`partition[i]` is row
-    i's), the rows of a partition in their order in `records`, or in `order` (a permutation of
-    the rows that keeps each partition's rows together, in ascending partition order); large
-    shares in several pieces of at most `blob_bytes`. `to_blob` or `write_blob` sends one."""
+    """(partition, share) for each of the `partitions` that `records` has rows for
+    (`partition[i]` is row i's), the rows of a partition in their order in `records`, or in
+    `order` (a permutation of the rows that keeps each partition's rows together, in ascending
+    partition order); large shares in several pieces of at most `blob_bytes`. `to_blob` or
+    `write_blob` sends one."""
     if order is None:
         order = np.argsort(partition, kind="stable")
     present = np.unique(partition)
-    bounds = np.searchsorted(partition[order], np.append(present, len(keys)))
+    bounds = np.searchsorted(partition[order], np.append(present, partitions))
     records = records.take(order) if order.size else records
     row_bytes = max(1, records.nbytes // max(1, records.num_rows))
     rows_per_blob = max(1, blob_bytes // row_bytes)
     for p, start, stop in zip(present, bounds[:-1], bounds[1:]):
         for first in range(start, stop, rows_per_blob):
             share = records.slice(first, min(stop, first + rows_per_blob) - first)
-            yield int(keys[p]), share
+            yield int(p), share
 
 
 def _write_stream(sink, table: pa.Table) -> None:

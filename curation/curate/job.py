@@ -30,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation.balance import T_EN_METACLIP2, compute_thresholds
-from curation.core import hashing, tables
+from curation.core import tables
 from curation.core.arrays import run_starts
 from curation.core.jobs import CurationError
 from curation.core.spark import (
@@ -66,8 +67,6 @@ TABLE_SCHEMAS = {
 }
 INPUT_BYTES_PER_TASK = 16 * 2**20  # ~100k alt-text records of Parquet input
 SPLIT_BYTES_PER_PARTITION = 8 * 2**10  # ~50 records per partition and map task, at least
-# Arrow batches of blob rows to a reduce task: bounded in bytes, a blob being up to ~32 MB
-BLOB_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -371,26 +370,20 @@ class CurationJob:
             survivors,
             folder,
         )
-        if read_splits:  # a map task per split, each given its index (no rows to shuffle out)
+        context = self.spark.sparkContext
+        if read_splits:  # a map task per split, given its index: the splits need no shuffle
             count = len(source.splits)
-            source = self.spark.range(0, count, numPartitions=count)
-        blobs = source.mapInArrow(pack, exchange.BLOB_SCHEMA)
+            pairs = context.range(0, count, numSlices=count).mapPartitions(pack)
+        else:
+            pairs = source.mapInArrow(pack, exchange.BLOB_SCHEMA).rdd.map(_blob_pair)
         matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
         tables.start_table(matches_uri)
         tables.start_table(counts_uri)
         choose = curate_tasks.choose_and_write(matches_uri, counts_uri, config.seed, langs)
-        # the one shuffle of full records: one partition's blobs, from every map task, per task
-        shuffled = blobs.repartition(partitions, "key")
-        files_schema = from_arrow_schema(curate_tasks.FILES_SCHEMA)
-        with _session_conf(self.spark, BLOB_BATCHES):
-            files = shuffled.mapInArrow(choose, files_schema).collect()
+        # the one shuffle of full records: each reduce task gets its partition's blobs
+        files = pairs.partitionBy(partitions, _same).mapPartitions(choose).collect()
         tables.finish_table(matches_uri, config.format, ["lang"], self.spark)
         self.save_matches_summary(files)
-
-    def local_frame(self, table: pa.Table):
-        """A DataFrame of a small driver-side table, sent to the JVM as Arrow: a list of rows
-        would become a Python RDD that starts a Python worker (and daemon) of its own."""
-        return self.spark.createDataFrame(table)
 
     def partial_counts_uri(self) -> str:
         return f"{self.out}/_stages/partial_counts"
@@ -412,11 +405,9 @@ class CurationJob:
                 stats[1] += r["matched"]
         listed = sorted((r["part"], r["lang"], r["file"], r["chosen"]) for r in files if r["lang"])
         parts = sorted({f[0] for f in listed})
-        # the curated stage runs one task per reduce partition: a key Spark sends to its task
-        keys = dict(zip(parts, hashing.partition_keys(max(1, len(parts))).tolist()))
         table = pa.table(
             {
-                "key": pa.array([keys[f[0]] for f in listed], pa.int32()),
+                "part": pa.array([f[0] for f in listed], pa.int32()),
                 "lang": pa.array([f[1] for f in listed], pa.string()),
                 "file": pa.array([f[2] for f in listed], pa.string()),
                 "chosen": pa.array([f[3] for f in listed], pa.int64()),
@@ -449,31 +440,15 @@ class CurationJob:
         tables.start_table(uri)
         if langs:
             # a task per language sums the partial counts that reach it as blobs
-            keys = dict(zip(langs, hashing.partition_keys(len(langs)).tolist()))
-            markers = {
-                "key": pa.array([keys[lang] for lang in langs], pa.int32()),
-                "lang": pa.array(langs, pa.string()),
-                "blob": pa.nulls(len(langs), pa.binary()),
-            }
-            blobs = self.local_frame(pa.table(markers))
+            context, index = self.spark.sparkContext, {lang: i for i, lang in enumerate(langs)}
+            pairs = context.parallelize([(index[lang], (lang, None)) for lang in langs], 1)
             files = self.read_summary("matches")["count_files"]
             if files:
-                paths = pa.table(
-                    {
-                        "path": [f"{self.partial_counts_uri()}/{f}" for f in files],
-                        "key": hashing.partition_keys(len(files)),
-                    }
-                )
-                paths = self.local_frame(paths).repartition(len(files), "key").drop("key")
-                partial = paths.mapInArrow(
-                    curate_tasks.count_blobs(keys), curate_tasks.COUNT_BLOBS_DDL
-                )
-                blobs = partial.unionByName(blobs)
+                paths = [f"{self.partial_counts_uri()}/{f}" for f in files]
+                partial = context.parallelize(paths, len(paths))
+                pairs = partial.mapPartitions(curate_tasks.count_blobs(index)).union(pairs)
             summed = curate_tasks.sum_counts_and_write(self.config.metadata, uri)
-            with _session_conf(self.spark, BLOB_BATCHES):
-                blobs.repartition(len(langs), "key").mapInArrow(
-                    summed, "lang string, entries long"
-                ).collect()
+            pairs.partitionBy(len(langs), _same).mapPartitions(summed).collect()
         tables.finish_table(uri, self.config.format, ["lang"], self.spark)
 
     def write_thresholds(self) -> None:
@@ -532,8 +507,13 @@ class CurationJob:
     def write_curated(self) -> None:
         fs, path = tables.filesystem(self.files_uri())
         with fs.open_input_file(path) as handle:
-            files = self.local_frame(pq.read_table(handle))
-        tasks = max(1, self.read_summary("matches")["tasks"])
+            files = pq.read_table(handle)
+        # a task per reduce partition: its files that have chosen rows
+        files = files.filter(pc.greater(files.column("chosen"), 0))
+        groups: dict[int, list] = {}
+        columns = (files.column(c).to_pylist() for c in ("part", "lang", "file", "chosen"))
+        for part, lang, name, chosen in zip(*columns):
+            groups.setdefault(part, []).append((lang, name, chosen))
         curated_uri = self.table_uri("curated")
         tables.start_table(curated_uri)
         keep = curate_tasks.keep_and_write(
@@ -544,8 +524,11 @@ class CurationJob:
             self.config.seed,
             self.fingerprints["entry_counts"],
         )
-        chosen = files.where(F.col("chosen") > 0).repartition(tasks, "key")
-        rows = chosen.mapInArrow(keep, from_arrow_schema(curate_tasks.KEPT_SCHEMA)).collect()
+        rows = []
+        if groups:
+            tasks = [groups[part] for part in sorted(groups)]
+            context = self.spark.sparkContext
+            rows = context.parallelize(tasks, len(tasks)).mapPartitions(keep).collect()
         tables.finish_table(curated_uri, self.config.format, ["lang"], self.spark)
         per_lang: dict[str, int] = {}
         for r in rows:
@@ -583,23 +566,29 @@ class CurationJob:
         )
 
 
-# For the job's duration:
+def _same(partition: int) -> int:
+    """The partition function of the job's shuffles: pairs are keyed by their task's index."""
+    return partition
+
+
+def _blob_pair(row) -> tuple:
+    """A blob row of `--input-reader spark`'s map tasks (exchange.BLOB_SCHEMA) as a pair."""
+    blob = None if row.blob is None else bytes(row.blob)
+    return row.key, (row.records, row.nulls, blob, row.path)
+
+
+# For the job's duration, for the one query it may plan (`--input-reader spark`; its own steps
+# are RDDs of Python tasks):
 # - Arrow batches to the Python workers are capped by rows (10,000) only: with a byte cap too
 #   Spark sizes the batch being built after every row.
-# - no order-independent checksum of every shuffled row (Spark 4.1+): it detects a retried map
-#   task that sent other rows than its first attempt, and ours cannot (a map task's blobs are a
-#   function of its input split). It hashed every byte of the blobs, ~0.3 CPU-s at 3M records.
-# - no generated Java (whole-stage or per expression): the job's queries move a few blob rows
-#   per task, so compiling code for them (Janino, in the JVM's planning threads) cost more than
-#   interpreting them: ~0.5 CPU-s of the JVM's at 3M records.
+# - no generated Java (whole-stage or per expression): the query moves a few blob rows per
+#   task, so compiling code for it (Janino, in the JVM's planning threads) costs more than
+#   interpreting it.
 JOB_SQL_CONF = {
     "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
-    "spark.sql.shuffle.orderIndependentChecksum.enabled": "false",
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
 }
-# ...except for the reduce tasks' blob rows, of up to ~32 MB each
-BLOB_BATCHES = {"spark.sql.execution.arrow.maxBytesPerBatch": str(BLOB_BATCH_BYTES)}
 
 
 @contextlib.contextmanager

@@ -46,21 +46,6 @@ UNIQUE_STRINGS = ("uid", "url", "text")  # written without dictionary pages or s
 MATCHER_CACHE_ENTRIES = 2_000_000
 PROBS_CACHE_ENTRIES = 50_000_000  # float64 keep probabilities, 400 MB
 MATCH_BATCH_ROWS = 65_536
-# the rows choose_and_write returns: one per matches/ file, and one (lang null) with the input
-# counts its partition received
-FILES_SCHEMA = pa.schema(
-    [
-        ("part", pa.int32()),
-        ("lang", pa.string()),
-        ("file", pa.string()),
-        ("rows", pa.int64()),
-        ("chosen", pa.int64()),
-        ("matched", pa.int64()),
-        ("input_records", pa.int64()),
-        ("nulls", pa.int64()),
-    ]
-)
-KEPT_SCHEMA = pa.schema([("lang", pa.string()), ("file", pa.string()), ("rows", pa.int64())])
 
 
 _MATCHERS: OrderedDict = OrderedDict()
@@ -205,79 +190,85 @@ def read_and_pack(
     survivors: str | None = None,
     folder: str | None = None,
 ):
-    """mapInArrow function, the map side: over the indices (`id`, as spark.range gives them)
-    of input `splits`, each read here, or without `splits` over records Spark read
-    (RECORD_COLUMNS). The records,
-    `derive`d columns (uid, lang) filled in, as blob rows (exchange.BLOB_SCHEMA): the blobs
-    themselves, or with a `folder` (--exchange files) the paths of the files they are written
-    to; with `survivors` (--recount-from), only the records of the images that file lists."""
+    """The map side. With `splits`: an RDD partition function over split indices (each split
+    read here), yielding blob pairs `(partition, (records, nulls, blob, path))`. Without: a
+    mapInArrow function over records Spark read (RECORD_COLUMNS), yielding the same as
+    exchange.BLOB_SCHEMA rows (`key` the partition). Either way the records, `derive`d columns
+    (uid, lang) filled in, go to the reduce partition of their uid hash as blobs: the bytes, or
+    with a `folder` (--exchange files) the paths of the files they are written to; the first
+    pair of each read (no blob) counts the records read and dropped. With `survivors`
+    (--recount-from), only the records of the images that file lists."""
     match = match_records(metadata_uri, version, metadata_langs)
-    keys = hashing.partition_keys(num_partitions)
     known = pa.array(sorted(metadata_langs), pa.string())
 
-    def records_of(batch: pa.RecordBatch) -> Iterator[pa.Table]:
-        if splits is None:
-            yield pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
-            return
-        for index in batch.column("id").to_pylist():
-            yield read_split(splits[index], list(RECORD_COLUMNS))
+    def pairs_of(records: pa.Table, send) -> list[tuple]:
+        records = derive_columns(records, derive, lid_model)
+        if survivors is not None:
+            records = only_survivors(records, survivors)
+        return _pack(records, match, num_partitions, known, send)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        send = exchange.to_blob
-        if folder is not None:  # names a retry of this task rewrites with the same bytes
-            from pyspark import TaskContext
+    def sender():
+        if folder is None:
+            return lambda share: (exchange.to_blob(share), None)
+        from pyspark import TaskContext
 
-            names = (f"{folder}/{TaskContext.get().partitionId():06d}-{n:06d}.arrow"
-                     for n in itertools.count())  # fmt: skip
+        # names that a retry of this task rewrites with the same bytes
+        names = (f"{folder}/{TaskContext.get().partitionId():06d}-{n:06d}.arrow"
+                 for n in itertools.count())  # fmt: skip
 
-            def send(share: pa.Table) -> str:
-                path = next(names)
-                exchange.write_blob(path, share)
-                return path
+        def send(share: pa.Table) -> tuple[None, str]:
+            path = next(names)
+            exchange.write_blob(path, share)
+            return None, path
 
+        return send
+
+    def over_splits(indices: Iterator[int]) -> Iterator[tuple]:
+        send = sender()
+        for index in indices:
+            yield from pairs_of(read_split(splits[index], list(RECORD_COLUMNS)), send)
+
+    def over_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        send = sender()
         for batch in batches:
-            for records in records_of(batch):
-                records = derive_columns(records, derive, lid_model)
-                if survivors is not None:
-                    records = only_survivors(records, survivors)
-                yield _pack(records, match, keys, known, send, folder is not None)
+            records = pa.Table.from_batches([batch]).select(list(RECORD_COLUMNS))
+            pairs = pairs_of(records, send)
+            columns = list(zip(*(value for _, value in pairs)))
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array([key for key, _ in pairs], pa.int32()),
+                    pa.array(columns[0], pa.int64()),
+                    pa.array(columns[1], pa.int64()),
+                    pa.array(columns[2], pa.binary()),
+                    pa.array(columns[3], pa.string()),
+                ],
+                names=["key", "records", "nulls", "blob", "path"],
+            )
 
-    return run
+    return over_splits if splits is not None else over_batches
 
 
-def _pack(
-    records: pa.Table, match, keys: np.ndarray, known: pa.Array, send, as_paths: bool
-) -> pa.RecordBatch:
-    """Blob rows of some records: the matched ones with a uid, url and text, by partition of
-    their uid hash, each share `send`-ed (its bytes, or `as_paths` its file's path); first a
-    row (no blob) with the number of records read and dropped."""
+def _pack(records: pa.Table, match, partitions: int, known: pa.Array, send) -> list[tuple]:
+    """Blob pairs `(partition, (records, nulls, blob, path))` of some records: first one (no
+    blob) with the number of records read and dropped, then the matched ones with a uid, url
+    and text, by partition of their uid hash, each share `send`-ed (its bytes, or its file's
+    path)."""
     columns = [records.column(c) for c in ("uid", "url", "text")]
     valid = pc.and_(
         pc.and_(pc.is_valid(columns[0]), pc.is_valid(columns[1])), pc.is_valid(columns[2])
     )
     kept = records.filter(valid)
-    row_keys, blobs = [int(keys[0])], [None]
+    pairs = [(0, (records.num_rows, records.num_rows - kept.num_rows, None, None))]
     if kept.num_rows:
         matched = pa.Table.from_batches(match(kept.to_batches(max_chunksize=MATCH_BATCH_ROWS)))
         matched = matched.cast(exchange.RECORD_SCHEMA)
         hashes = hashing.uid_hashes(matched.column("uid"))
-        partition = (hashes % np.uint64(len(keys))).astype(np.int64)
+        partition = (hashes % np.uint64(partitions)).astype(np.int64)
         order = _write_order(matched, partition, hashes, known)
         matched = matched.append_column(exchange.UID_HASH, pa.array(hashes))  # spares the reduce
-        for key, share in exchange.pack(matched, partition, keys, order=order):
-            row_keys.append(key)
-            blobs.append(send(share))
-    counts = np.zeros(len(blobs), dtype=np.int64)
-    read, dropped = counts.copy(), counts.copy()
-    read[0], dropped[0] = records.num_rows, records.num_rows - kept.num_rows
-    if as_paths:
-        blob, path = pa.nulls(len(blobs), pa.binary()), pa.array(blobs, pa.string())
-    else:
-        blob, path = pa.array(blobs, pa.binary()), pa.nulls(len(blobs), pa.string())
-    return pa.RecordBatch.from_arrays(
-        [pa.array(row_keys, pa.int32()), pa.array(read), pa.array(dropped), blob, path],
-        names=["key", "records", "nulls", "blob", "path"],
-    )
+        for p, share in exchange.pack(matched, partition, partitions, order=order):
+            pairs.append((p, (0, 0, *send(share))))
+    return pairs
 
 
 def _write_order(
@@ -316,23 +307,23 @@ def has_matches(entry_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def choose_and_write(matches_uri: str, counts_uri: str, seed: int, metadata_langs: list[str]):
-    """mapInArrow function over a reduce partition's blob rows (bytes or paths of files):
-    writes its matches/ files
-    (`lang=L/part-NNNNN.parquet`, NNNNN the partition) and its partial entry counts
-    (`counts_uri/part-NNNNN.parquet`); returns FILES_SCHEMA rows."""
+    """RDD partition function over a reduce partition's blob pairs (read_and_pack's, bytes or
+    paths of files): writes its matches/ files (`lang=L/part-NNNNN.parquet`, NNNNN the
+    partition) and its partial entry counts (`counts_uri/part-NNNNN.parquet`); yields a
+    FILES_SCHEMA dict per file, and one (lang null) with the input counts it received."""
     known = pa.array(sorted(metadata_langs), pa.string())
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(pairs: Iterator[tuple]) -> Iterator[dict]:
         from pyspark import TaskContext
 
         part = TaskContext.get().partitionId()
         blobs, read, dropped = [], 0, 0
-        for batch in batches:
-            read += int(pc.sum(batch.column("records")).as_py() or 0)
-            dropped += int(pc.sum(batch.column("nulls")).as_py() or 0)
-            blobs += [blob.as_buffer() for blob in batch.column("blob") if blob.is_valid]
-            blobs += [path for path in batch.column("path").to_pylist() if path is not None]
-        stats = dict(part=part, rows=0, chosen=0, matched=0, input_records=read, nulls=dropped)
+        for _, (records, nulls, blob, path) in pairs:
+            read, dropped = read + records, dropped + nulls
+            if blob is not None or path is not None:
+                blobs.append(blob if blob is not None else path)
+        stats = dict(part=part, lang=None, file=None, rows=0, chosen=0, matched=0,
+                     input_records=read, nulls=dropped)  # fmt: skip
         rows = [stats]
         if blobs:
             records = partition_records(exchange.unpack(blobs), seed, known)
@@ -340,7 +331,7 @@ def choose_and_write(matches_uri: str, counts_uri: str, seed: int, metadata_lang
             rows += write_matches(matches_uri, counts_uri, part, records)
             if any(r["matched"] for r in rows):  # the partial counts file (lang null)
                 stats["file"] = counts_file(part)
-        yield pa.RecordBatch.from_pylist(rows, schema=FILES_SCHEMA)
+        yield from rows
 
     return run
 
@@ -450,57 +441,46 @@ def counts_file(part: int) -> str:
 
 # --- entry counts: partial counts summed per language ----------------------------------------
 
-# rows of count_blobs: one language's partial counts from one file; blob null marks a language
-COUNT_BLOBS_DDL = "key int, lang string, blob binary"
 ENTRY_COUNTS_FILE = "part-00000.parquet"
 
 
-def count_blobs(lang_keys: dict[str, int]):
-    """mapInArrow function over partial counts files (path): each file's counts of each
-    language as one blob (entry_id, count), keyed to that language's reduce task."""
+def count_blobs(lang_index: dict[str, int]):
+    """RDD partition function over partial counts files (paths): each file's counts of each
+    language as one blob (entry_id, count), in a pair `(its language's task, (lang, blob))`."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for path in batch.column("path").to_pylist():
-                fs, local = tables.filesystem(path)
-                with fs.open_input_file(local) as handle:
-                    counts = pq.read_table(handle)
-                langs = counts.column("lang").combine_chunks()
-                bounds = np.append(np.flatnonzero(run_starts(langs)), counts.num_rows)
-                keys, names, blobs = [], [], []
-                for start, stop in zip(bounds[:-1], bounds[1:]):
-                    lang = langs[start].as_py()
-                    piece = counts.slice(start, stop - start).select(["entry_id", "count"])
-                    keys.append(lang_keys[lang])
-                    names.append(lang)
-                    blobs.append(exchange.to_blob(piece))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(keys, pa.int32()), pa.array(names, pa.string()), pa.array(blobs)],
-                    names=["key", "lang", "blob"],
-                )
+    def run(paths: Iterator[str]) -> Iterator[tuple]:
+        for path in paths:
+            fs, local = tables.filesystem(path)
+            with fs.open_input_file(local) as handle:
+                counts = pq.read_table(handle)
+            langs = counts.column("lang").combine_chunks()
+            bounds = np.append(np.flatnonzero(run_starts(langs)), counts.num_rows)
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                lang = langs[start].as_py()
+                piece = counts.slice(start, stop - start).select(["entry_id", "count"])
+                yield lang_index[lang], (lang, exchange.to_blob(piece))
 
     return run
 
 
 def sum_counts_and_write(metadata_uri: str, entry_counts_uri: str):
-    """mapInArrow function over count blobs (a marker row per language, so that a language
-    without matches is written too): every metadata entry of the language with its summed
-    count, zeros included, as `lang=L/part-00000.parquet`. Returns (lang, entries) rows."""
+    """RDD partition function over count_blobs' pairs (and a marker `(task, (lang, None))` per
+    language, so that a language without matches is written too): every metadata entry of the
+    language with its summed count, zeros included, as `lang=L/part-00000.parquet`. Yields
+    (lang, entries) per language."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(pairs: Iterator[tuple]) -> Iterator[tuple[str, int]]:
         blobs: dict[str, list] = {}
-        for batch in batches:
-            for lang, blob in zip(batch.column("lang").to_pylist(), batch.column("blob")):
-                blobs.setdefault(lang, [])
-                if blob.is_valid:
-                    blobs[lang].append(blob.as_buffer())
-        langs, entries = [], []
+        for _, (lang, blob) in pairs:
+            blobs.setdefault(lang, [])
+            if blob is not None:
+                blobs[lang].append(blob)
         for lang in sorted(blobs):
             metadata = metadata_entries(metadata_uri, lang)
             entry_ids = metadata.column("entry_id").to_numpy().astype(np.int64)
             counts = np.zeros(int(entry_ids.max()) + 1 if entry_ids.size else 0, dtype=np.int64)
             for blob in blobs[lang]:
-                piece = pa.ipc.open_stream(blob).read_all()
+                piece = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
                 np.add.at(
                     counts, piece.column("entry_id").to_numpy(), piece.column("count").to_numpy()
                 )
@@ -513,11 +493,7 @@ def sum_counts_and_write(metadata_uri: str, entry_counts_uri: str):
             )
             path = f"{entry_counts_uri}/lang={lang}/{ENTRY_COUNTS_FILE}"
             tables.write_parquet(path, [table], plain=("entry",))
-            langs.append(lang)
-            entries.append(table.num_rows)
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(langs, pa.string()), pa.array(entries, pa.int64())], names=["lang", "entries"]
-        )
+            yield lang, table.num_rows
 
     return run
 
@@ -647,14 +623,13 @@ def keep_and_write(
     seed: int,
     version: str,
 ):
-    """mapInArrow function over matches/ files (lang, file, chosen): the keep probability of
-    each chosen row from its language's counts, kept when its image's seeded draw falls below
-    it; the kept rows written to the same file name under curated/. Returns KEPT_SCHEMA rows."""
+    """RDD partition function over lists of matches/ files, `(lang, file, chosen)` each: the
+    keep probability of each chosen row from its language's counts, kept when its image's
+    seeded draw falls below it; the kept rows written to the same file name under curated/.
+    Yields a (lang, file, rows kept) dict per file."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        done = []
-        for batch in batches:
-            files = zip(*(batch.column(c).to_pylist() for c in ("lang", "file", "chosen")))
+    def run(groups: Iterator[list[tuple]]) -> Iterator[dict]:
+        for files in groups:
             for lang, name, chosen in files:
                 rows = _first_rows(
                     f"{matches_uri}/{name}", chosen, ["uid", "url", "text", "entry_ids"]
@@ -671,12 +646,9 @@ def keep_and_write(
                 if kept.any():
                     out = rows.append_column("keep_prob", pa.array(keep_probs, pa.float64()))
                     tables.write_parquet(
-                        f"{curated_uri}/{name}",
-                        [out.filter(pa.array(kept))],
-                        plain=UNIQUE_STRINGS,
+                        f"{curated_uri}/{name}", [out.filter(pa.array(kept))], plain=UNIQUE_STRINGS
                     )
-                done.append(dict(lang=lang, file=name, rows=int(kept.sum())))
-        yield pa.RecordBatch.from_pylist(done, schema=KEPT_SCHEMA)
+                yield dict(lang=lang, file=name, rows=int(kept.sum()))
 
     return run
 
