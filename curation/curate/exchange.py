@@ -18,8 +18,8 @@ Two ways to move a blob (`--exchange`):
   read (every task on this machine: a local master), and the pair carries its path; the reduce
   task maps it into memory. This spares the JVM copying every byte, and both sides the lz4
   work: at 3M records on one core ~4 CPU-s of ~27. The folder lives under Spark's local
-  directory, for the one job (it holds the matched records uncompressed, about 1.4x the size
-  of the Parquet input), and is removed when its stage ends.
+  directory, for the one job (it holds the matched records uncompressed: 868 MB for 375 MB of
+  Parquet input at 3M records), and is removed when its stage ends.
 """
 
 from __future__ import annotations
