@@ -375,13 +375,14 @@ class CurationJob:
             count = len(source.splits)
             pairs = context.range(0, count, numSlices=count).mapPartitions(pack)
         else:
-            pairs = source.mapInArrow(pack, exchange.BLOB_SCHEMA).rdd.map(_blob_pair)
+            pairs = source.mapInArrow(pack, exchange.BLOB_SCHEMA).rdd.map(curate_tasks.blob_pair)
         matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
         tables.start_table(matches_uri)
         tables.start_table(counts_uri)
         choose = curate_tasks.choose_and_write(matches_uri, counts_uri, config.seed, langs)
         # the one shuffle of full records: each reduce task gets its partition's blobs
-        files = pairs.partitionBy(partitions, _same).mapPartitions(choose).collect()
+        shuffled = pairs.partitionBy(partitions, curate_tasks.same_partition)
+        files = shuffled.mapPartitions(choose).collect()
         tables.finish_table(matches_uri, config.format, ["lang"], self.spark)
         self.save_matches_summary(files)
 
@@ -448,7 +449,8 @@ class CurationJob:
                 partial = context.parallelize(paths, len(paths))
                 pairs = partial.mapPartitions(curate_tasks.count_blobs(index)).union(pairs)
             summed = curate_tasks.sum_counts_and_write(self.config.metadata, uri)
-            pairs.partitionBy(len(langs), _same).mapPartitions(summed).collect()
+            by_lang = pairs.partitionBy(len(langs), curate_tasks.same_partition)
+            by_lang.mapPartitions(summed).collect()
         tables.finish_table(uri, self.config.format, ["lang"], self.spark)
 
     def write_thresholds(self) -> None:
@@ -564,17 +566,6 @@ class CurationJob:
             counts["matched_records"],
             counts["curated_records"],
         )
-
-
-def _same(partition: int) -> int:
-    """The partition function of the job's shuffles: pairs are keyed by their task's index."""
-    return partition
-
-
-def _blob_pair(row) -> tuple:
-    """A blob row of `--input-reader spark`'s map tasks (exchange.BLOB_SCHEMA) as a pair."""
-    blob = None if row.blob is None else bytes(row.blob)
-    return row.key, (row.records, row.nulls, blob, row.path)
 
 
 # For the job's duration, for the one query it may plan (`--input-reader spark`; its own steps

@@ -248,6 +248,18 @@ def read_and_pack(
     return over_splits if splits is not None else over_batches
 
 
+def same_partition(partition: int) -> int:
+    """The partition function of the job's shuffles (`partitionBy`): each pair is keyed by the
+    index of the task it goes to. It runs in the workers, so it lives here, not in job.py."""
+    return partition
+
+
+def blob_pair(row) -> tuple:
+    """A blob row of `--input-reader spark`'s map tasks (exchange.BLOB_SCHEMA) as a pair."""
+    blob = None if row.blob is None else bytes(row.blob)
+    return row.key, (row.records, row.nulls, blob, row.path)
+
+
 def _pack(records: pa.Table, match, partitions: int, known: pa.Array, send) -> list[tuple]:
     """Blob pairs `(partition, (records, nulls, blob, path))` of some records: first one (no
     blob) with the number of records read and dropped, then the matched ones with a uid, url
