@@ -106,3 +106,25 @@ def test_files_exchange_needs_a_local_master():
     assert not exchange.uses_files("auto", "local-cluster[2,1,1024]")
     with pytest.raises(ValueError, match="one machine|a local master"):
         exchange.uses_files("files", "spark://127.0.0.1:7077")
+
+
+def test_exchange_folder_sweeps_dead_drivers_folders_and_checks_free_space(tmp_path, monkeypatch):
+    """A driver killed before its cleanup leaves its blob files: the next run on the machine
+    removes the folders of drivers that no longer run (a running one's stays). `auto` takes
+    Spark's shuffle (None) where the files would not fit; `files` insists."""
+    import os
+
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},/elsewhere")
+    dead, alive = (
+        tmp_path / "curate-exchange-999999999-ab",
+        tmp_path / f"curate-exchange-{os.getpid()}-cd",
+    )
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "000000-0-000000.arrow").write_bytes(b"x")
+    (tmp_path / "other").mkdir()
+    made = exchange.exchange_folder(None, 1000, "auto")
+    assert made is not None and os.path.dirname(made) == str(tmp_path)
+    assert not dead.exists() and alive.exists() and (tmp_path / "other").exists()
+    assert exchange.exchange_folder(None, 10**18, "auto") is None
+    assert exchange.exchange_folder(None, 10**18, "files") is not None

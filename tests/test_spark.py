@@ -195,4 +195,10 @@ def test_the_daemon_keeps_spark_archives_of_another_version_first(tmp_path):
     path = [str(other), str(installed)]
     assert prefer_installed(path) == path
     assert prefer_installed([str(same), "/nowhere"]) == [str(same), "/nowhere"]
+    partial = tmp_path / "partial"  # the same version file, without the worker's modules
+    (partial / "pyspark").mkdir(parents=True)
+    (partial / "pyspark" / "version.py").write_bytes(
+        (installed / "pyspark" / "version.py").read_bytes()
+    )
+    assert prefer_installed([str(same), str(partial)]) == [str(same), str(partial)]
     assert prefer_installed(sys.path) == sys.path  # nothing to move in the test process

@@ -28,11 +28,18 @@ def _archive_package(entry: str) -> str | None:
     return next((p for p in _ARCHIVES if name.startswith(p)), None)
 
 
+# modules the workers need from an installed package besides its version file: a partial
+# package of the same version (a client-only build) keeps the archive first
+_NEEDED = {"pyspark": ("pyspark/daemon.py", "pyspark/worker.py"), "py4j": ()}
+
+
 def _installed_version_file(package: str, path: list[str]) -> bytes | None:
     for entry in path:
         if os.path.isdir(entry):
             candidate = os.path.join(entry, _ARCHIVES[package])
             if os.path.isfile(candidate):
+                if not all(os.path.isfile(os.path.join(entry, f)) for f in _NEEDED[package]):
+                    return None
                 with open(candidate, "rb") as handle:
                     return handle.read()
     return None

@@ -46,7 +46,7 @@ def get_spark(
         # archive (`archive_java_options`, built by curation/tools/spark_archive.py) halves its
         # start-up.
         settings["spark.driver.extraJavaOptions"] = local_java_options + archive_java_options()
-    if local and not _conf_given("spark.python.daemon.module"):
+    if local and not _conf_given("spark.python.daemon.module") and _workers_find_this_package():
         # the workers import pyspark with its bytecode cache (core/pyspark_daemon.py)
         settings["spark.python.daemon.module"] = "curation.core.pyspark_daemon"
     settings.update(conf or {})
@@ -65,6 +65,23 @@ def get_spark(
     if quiet:
         _quiet_task_failures(session)
     return session
+
+
+def _workers_find_this_package() -> bool:
+    """Whether the Python workers run this interpreter, which has this package installed: only
+    then can Spark start them with core/pyspark_daemon.py (else a daemon that cannot be found
+    would fail the session with an EOF instead of the job's one-line error)."""
+    from importlib import metadata
+
+    worker = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    worker = shutil.which(worker) or worker
+    if os.path.realpath(worker) != os.path.realpath(sys.executable):
+        return False
+    try:
+        metadata.distribution("metaclip-pipeline")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # --- the class-data-sharing archive of local sessions ----------------------------------------

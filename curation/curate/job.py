@@ -6,10 +6,12 @@ and write every record with pyarrow; Spark schedules them and moves narrow rows
 (docs/architecture.md); tasks.py holds what they run:
 1. matches (one Spark job): map tasks read input splits, match each record against its
    language's entries where it is read and send the records on as one Arrow blob per reduce
-   partition of their uid hash: the one shuffle of full records, a few rows per (map task,
-   partition). Each reduce task holds every copy of its images and, in one Python pass, drops
-   duplicate (uid, text) records, routes languages, marks the one text per image that section 8
-   chooses, writes its matches/ files (chosen rows first) and its partial entry counts.
+   partition of their uid hash (curate/exchange.py: its bytes through Spark's shuffle, or with
+   a local master a file whose path crosses it), a few pairs per (map task, partition). The
+   steps are RDDs of Python tasks: no SQL query is planned for them. Each reduce task holds
+   every copy of its images and, in one Python pass, drops duplicate (uid, text) records,
+   routes languages, marks the one text per image that section 8 chooses, writes its
+   matches/ files (chosen rows first) and its partial entry counts.
 2. entry_counts sums the partial counts; thresholds are computed from them on the driver.
 3. curated: a map-only pass over the chosen rows of matches/ (the keep draw needs the global
    counts).
@@ -84,7 +86,7 @@ class CurateConfig:
     partitions: int | None = None
     input_reader: str = "auto"
     recount_from: str | None = None  # shards of the images that downloaded (recount.py)
-    exchange: str = "auto"  # how blobs reach the reduce tasks (exchange.py); not in outputs
+    exchange: str = "auto"  # how blobs reach the reduce tasks (exchange.py): same tables
 
     def __post_init__(self):
         if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
@@ -169,7 +171,6 @@ class CurationJob:
             )
         except ValueError as error:
             raise CurationError(str(error)) from None
-        self.report.exchange = "files" if self.blob_files else "shuffle"
         tables.delete(f"{self.out}/_SUCCESS")
         tables.delete(f"{self.out}/run.json")
         self.metadata_langs = self.metadata_languages()
@@ -347,11 +348,21 @@ class CurationJob:
                      config.lid_model or "lid.176")  # fmt: skip
         read_splits = isinstance(source, input_splits.InputFiles)
         survivors = self.survivors_uri() if config.recount_from else None
-        folder = exchange.exchange_folder(self.spark) if self.blob_files else None
+        folder = None
+        if self.blob_files:
+            folder = exchange.exchange_folder(self.spark, self.input_bytes, config.exchange)
+            if folder is None:
+                log.warning(
+                    "--exchange auto: too little free space under Spark's local directory for "
+                    "the blob files (~%.1f GB): the records go through Spark's shuffle",
+                    exchange.FILES_PER_INPUT_BYTE * self.input_bytes / 1e9,
+                )
+        self.report.exchange = "files" if folder is not None else "shuffle"
         try:
             self.shuffle_records(source, derive, read_splits, survivors, folder)
         finally:
-            if folder is not None:
+            if folder is not None:  # (a failed job's other tasks may still be writing)
+                self.spark.sparkContext.cancelAllJobs()
                 shutil.rmtree(folder, ignore_errors=True)
 
     def shuffle_records(self, source, derive, read_splits, survivors, folder) -> None:
@@ -366,21 +377,22 @@ class CurationJob:
             partitions,
             derive,
             config.lid_model,
-            source.splits if read_splits else None,
+            read_splits,
             survivors,
             folder,
         )
         context = self.spark.sparkContext
-        if read_splits:  # a map task per split, given its index: the splits need no shuffle
+        if read_splits:  # a map task per split, each sent its own split only
             count = len(source.splits)
-            pairs = context.range(0, count, numSlices=count).mapPartitions(pack)
+            pairs = context.parallelize(source.splits, count).mapPartitions(pack)
         else:
             pairs = source.mapInArrow(pack, exchange.BLOB_SCHEMA).rdd.map(curate_tasks.blob_pair)
         matches_uri, counts_uri = self.table_uri("matches"), self.partial_counts_uri()
         tables.start_table(matches_uri)
         tables.start_table(counts_uri)
         choose = curate_tasks.choose_and_write(matches_uri, counts_uri, config.seed, langs)
-        # the one shuffle of full records: each reduce task gets its partition's blobs
+        # the one shuffle of full records (or their files' paths): each reduce task gets its
+        # partition's blobs
         shuffled = pairs.partitionBy(partitions, curate_tasks.same_partition)
         files = shuffled.mapPartitions(choose).collect()
         tables.finish_table(matches_uri, config.format, ["lang"], self.spark)
@@ -475,7 +487,6 @@ class CurationJob:
             )
         except ValueError as error:
             raise CurationError(str(error)) from None
-        self.report.exchange = "files" if self.blob_files else "shuffle"
         stats = self.match_stats()
         rows = sorted(thresholds.items())
         table = pa.table(
@@ -608,8 +619,9 @@ def run(config: CurateConfig, spark=None) -> CurateReport:
 def session(master: str | None = None):
     """The Spark session the curation job runs best on: the active one under spark-submit, else
     a local one whose JVM is compiled with C1 only (it only schedules Python tasks and moves a
-    few rows per task: this halves its start-up CPU) and shuffles uncompressed (the blobs are lz4
-    already) without checksums of its shuffle files (they find disks or networks that corrupt
+    few rows per task: this halves its start-up CPU) and shuffles uncompressed (blobs worth
+    compressing are lz4 already, and with a local master only their paths cross) without
+    checksums of its shuffle files (they find disks or networks that corrupt
     them: none in one process), with file scans cut into enough tasks that the cores finish
     together."""
     spark = get_spark(

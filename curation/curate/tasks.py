@@ -8,7 +8,8 @@
    partition's matches/ files (one per language), with its partial entry counts.
 3. `keep_and_write`: the chosen rows of matches/ files, kept by their seeded draws against the
    global counts, written as curated/ files.
-Tasks write their files with pyarrow (`tables.write_parquet`) and return one row per file.
+Tasks write their files with pyarrow (`tables.write_parquet`) and yield one dict per file.
+The job runs them as RDD partition functions (`mapPartitions`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def match_language(metadata_uri: str, lang: str, version: str, texts) -> pa.List
 
 
 def match_records(metadata_uri: str, version: str, metadata_langs: list[str]):
-    """mapInArrow function, before the shuffle: entry_ids of each input record against the
+    """A function over Arrow batches, before the shuffle: entry_ids of each input record against the
     entries of its (routed) language, the input's own lang column kept for de-duplication."""
     known = frozenset(metadata_langs)
 
@@ -186,12 +187,12 @@ def read_and_pack(
     num_partitions: int,
     derive: tuple[str, ...] = (),
     lid_model: str | None = None,
-    splits: list[Split] | None = None,
+    splits: bool = True,
     survivors: str | None = None,
     folder: str | None = None,
 ):
-    """The map side. With `splits`: an RDD partition function over split indices (each split
-    read here), yielding blob pairs `(partition, (records, nulls, blob, path))`. Without: a
+    """The map side. With `splits`: an RDD partition function over input splits (each read
+    here), yielding blob pairs `(partition, (records, nulls, blob, path))`. Without: a
     mapInArrow function over records Spark read (RECORD_COLUMNS), yielding the same as
     exchange.BLOB_SCHEMA rows (`key` the partition). Either way the records, `derive`d columns
     (uid, lang) filled in, go to the reduce partition of their uid hash as blobs: the bytes, or
@@ -212,8 +213,9 @@ def read_and_pack(
             return lambda share: (exchange.to_blob(share), None)
         from pyspark import TaskContext
 
-        # names that a retry of this task rewrites with the same bytes
-        names = (f"{folder}/{TaskContext.get().partitionId():06d}-{n:06d}.arrow"
+        # one writer per name, even where another attempt of this task runs at the same time
+        task = TaskContext.get()
+        names = (f"{folder}/{task.partitionId():06d}-{task.attemptNumber()}-{n:06d}.arrow"
                  for n in itertools.count())  # fmt: skip
 
         def send(share: pa.Table) -> tuple[None, str]:
@@ -223,10 +225,10 @@ def read_and_pack(
 
         return send
 
-    def over_splits(indices: Iterator[int]) -> Iterator[tuple]:
+    def over_splits(splits: Iterator[Split]) -> Iterator[tuple]:
         send = sender()
-        for index in indices:
-            yield from pairs_of(read_split(splits[index], list(RECORD_COLUMNS)), send)
+        for split in splits:
+            yield from pairs_of(read_split(split, list(RECORD_COLUMNS)), send)
 
     def over_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         send = sender()
@@ -245,7 +247,7 @@ def read_and_pack(
                 names=["key", "records", "nulls", "blob", "path"],
             )
 
-    return over_splits if splits is not None else over_batches
+    return over_splits if splits else over_batches
 
 
 def same_partition(partition: int) -> int:
@@ -304,7 +306,7 @@ def _order_by_group_then_hash(groups: np.ndarray, hashes: np.ndarray) -> np.ndar
     they fit in 16 bits. Rows with equal keys keep their order, as with lexsort."""
     by_hash = np.argsort(hashes, kind="stable")
     groups = groups[by_hash]
-    if groups.size and groups.max() < 2**15:
+    if groups.size and 0 <= groups.min() and groups.max() < 2**15:
         groups = groups.astype(np.int16)
     return by_hash[np.argsort(groups, kind="stable")]
 
@@ -322,7 +324,8 @@ def choose_and_write(matches_uri: str, counts_uri: str, seed: int, metadata_lang
     """RDD partition function over a reduce partition's blob pairs (read_and_pack's, bytes or
     paths of files): writes its matches/ files (`lang=L/part-NNNNN.parquet`, NNNNN the
     partition) and its partial entry counts (`counts_uri/part-NNNNN.parquet`); yields a
-    FILES_SCHEMA dict per file, and one (lang null) with the input counts it received."""
+    dict per file (part, lang, file, rows, chosen, matched), and one (lang null) with the input
+    counts it received."""
     known = pa.array(sorted(metadata_langs), pa.string())
 
     def run(pairs: Iterator[tuple]) -> Iterator[dict]:
@@ -408,7 +411,7 @@ def _routed(lang: pa.Array | pa.ChunkedArray, known: pa.Array) -> pa.Array:
 
 def write_matches(matches_uri: str, counts_uri: str, part: int, records: pa.Table) -> list[dict]:
     """One file per language of partition_records' output (chosen rows in their own first row
-    groups) and the partition's per-entry counts; the FILES_SCHEMA row of each file."""
+    groups) and the partition's per-entry counts; the dict choose_and_write yields per file."""
     langs = records.column("lang").combine_chunks()
     cuts = np.flatnonzero(run_starts(langs))
     bounds = np.append(cuts, records.num_rows)
