@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from curation.balance import T_EN_METACLIP1, T_EN_METACLIP2  # noqa: E402
 from curation.core.jobs import run_job  # noqa: E402
 from curation.core.uris import absolute  # noqa: E402
+from curation.curate.exchange import EXCHANGES  # noqa: E402
 from curation.curate.job import INPUT_READERS, CurateConfig, run, session  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None) -> CurateConfig:
     )
     parser.add_argument(
         "--exchange",
-        choices=["auto", "shuffle", "files"],
+        choices=list(EXCHANGES),
         default="auto",
         help="how the matched records reach the tasks that de-duplicate them: Spark's shuffle "
         "(any cluster), or Arrow files under spark.local.dir that every task reads (one machine "

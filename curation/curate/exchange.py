@@ -33,6 +33,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from curation.core import tables
+
 RECORD_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
@@ -98,13 +100,11 @@ def to_blob(table: pa.Table) -> bytes:
 
 
 def write_blob(path: str, table: pa.Table) -> None:
-    """The blob of `table` as a local file, whole or not at all: a retried map task rewrites
-    the same name with the same bytes, and a reader never sees half of one."""
-    partial = f"{path}.{os.getpid()}.partial"
-    with pa.OSFile(partial, "wb") as sink:
+    """The blob of `table` as an uncompressed local file, published whole (`tables.published`):
+    a reader never sees half of one."""
+    with tables.published(path) as sink:
         with pa.ipc.new_stream(sink, table.schema, options=_PLAIN) as writer:
             writer.write_table(table)
-    os.replace(partial, path)
 
 
 def unpack(blobs: list) -> pa.Table:
@@ -142,8 +142,10 @@ def exchange_folder(spark, input_bytes: int, exchange: str) -> str | None:
     root = local_directory(spark)
     os.makedirs(root, exist_ok=True)
     for name in os.listdir(root):
+        if not name.startswith(_PREFIX):
+            continue
         pid = name[len(_PREFIX) :].split("-")[0]
-        if name.startswith(_PREFIX) and pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     if exchange == "auto" and shutil.disk_usage(root).free < FILES_PER_INPUT_BYTE * input_bytes:
         return None

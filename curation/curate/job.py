@@ -417,7 +417,6 @@ class CurationJob:
                 stats[0] += r["rows"]
                 stats[1] += r["matched"]
         listed = sorted((r["part"], r["lang"], r["file"], r["chosen"]) for r in files if r["lang"])
-        parts = sorted({f[0] for f in listed})
         table = pa.table(
             {
                 "part": pa.array([f[0] for f in listed], pa.int32()),
@@ -431,7 +430,6 @@ class CurationJob:
         summary = {
             "input": counts,
             "records_per_lang": per_lang,
-            "tasks": len(parts),
             "count_files": count_files,
         }
         tables.write_text(self.summary_uri("matches"), json.dumps(summary, sort_keys=True))

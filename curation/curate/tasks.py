@@ -425,9 +425,7 @@ def write_matches(matches_uri: str, counts_uri: str, part: int, records: pa.Tabl
         name = f"lang={lang}/part-{part:05d}.parquet"
         pieces = [body.slice(start, first), body.slice(start + first, stop - start - first)]
         tables.write_parquet(
-            f"{matches_uri}/{name}",
-            [p for p in pieces if p.num_rows],
-            plain=UNIQUE_STRINGS,
+            f"{matches_uri}/{name}", [p for p in pieces if p.num_rows], plain=UNIQUE_STRINGS
         )
         matched = int(np.count_nonzero(matched_rows[start:stop]))
         rows.append(dict(part=part, lang=lang, file=name, rows=int(stop - start), chosen=first,
